@@ -1,0 +1,71 @@
+"""Pick the reader for a dataset path and report what it produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loratune.config import DataSpec
+from loratune.errors import LoratuneError
+from loratune.workspace import Workspace
+
+IGNORE = -100  # label of a token that carries no loss
+
+
+@dataclass
+class Sample:
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class DataReport:
+    kind: str
+    path: str
+    records: int = 0
+    samples: int = 0
+    too_long: int = 0
+    nothing_to_train: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.kind} data {self.path}: {self.records} records -> {self.samples} samples",
+                 f"{self.tokens} tokens ({self.trained_tokens} trained)"]
+        if self.too_long:
+            parts.append(f"{self.too_long} dropped as longer than the cutoff")
+        if self.nothing_to_train:
+            parts.append(f"{self.nothing_to_train} dropped with nothing to train")
+        return ", ".join(parts)
+
+
+def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample], DataReport]:
+    """Read `spec.path` (raw .txt file/folder, or .json/.jsonl records) into training samples."""
+    from loratune.data import instructions, raw_text
+
+    path = find_data(spec.path, ws)
+    if path.is_dir() or path.suffix.lower() == ".txt":
+        samples, report = raw_text.build(path, tokenizer, spec)
+    elif path.suffix.lower() in (".json", ".jsonl"):
+        samples, report = instructions.build(path, tokenizer, spec, ws)
+    else:
+        raise LoratuneError(f"{path}: unsupported data file type; use .txt (or a folder of them), .json or .jsonl")
+    report.samples = len(samples)
+    report.tokens = sum(len(s.input_ids) for s in samples)
+    report.trained_tokens = sum(sum(1 for x in s.labels if x != IGNORE) for s in samples)
+    if not samples:
+        raise LoratuneError(f"{path}: no usable samples ({report.summary()})")
+    return samples, report
+
+
+def find_data(given: str, ws: Workspace) -> Path:
+    """A path as given, else a name inside datasets/."""
+    if not given:
+        raise LoratuneError("no dataset given: pass --data <file or folder> (or set data.path in the config)")
+    path = Path(given).expanduser()
+    if not path.exists() and not path.is_absolute() and (ws.datasets / given).exists():
+        path = ws.datasets / given
+    if not path.exists():
+        raise LoratuneError(f"dataset not found: {given}")
+    return path

@@ -1,0 +1,219 @@
+"""Instruction records (.json array or .jsonl) -> prompt/response token ids, loss on the response only.
+
+A record is rendered as text segments, each marked trained or not:
+- `messages` records (a chat) through the tokenizer's chat template; assistant turns are trained;
+- alpaca records (instruction / input / output) through the chat template when the model has one (format 'auto' or
+  'chat'), else through a text-generation-webui format file ('alpaca' ships with loratune);
+- a format file maps a comma-separated key set to a template with %key% placeholders; the text from the last
+  placeholder on is the response.
+The full text is tokenized once; a token is trained when any of its characters is in a trained segment. EOS ends every response.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+from loratune.config import DataSpec
+from loratune.data.build import IGNORE, DataReport, Sample
+from loratune.errors import LoratuneError
+from loratune.workspace import Workspace, inside
+
+Segments = list[tuple[str, bool]]
+_PLACEHOLDER = re.compile(r"%([A-Za-z0-9_]+)%")
+
+
+def build(path: Path, tokenizer, spec: DataSpec, ws: Workspace) -> tuple[list[Sample], DataReport]:
+    records = read_records(path)
+    report = DataReport(kind="instruction", path=str(path), records=len(records))
+    render = make_renderer(spec.format, tokenizer, ws)
+    samples = []
+    for number, record in enumerate(records, 1):
+        where = f"{path} record {number}"
+        segments = render(record, where)
+        if spec.add_eos and tokenizer.eos_token and not segments[-1][0].rstrip().endswith(tokenizer.eos_token):
+            segments.append((tokenizer.eos_token, True))
+        sample = tokenize_segments(segments, tokenizer)
+        if len(sample.input_ids) > spec.cutoff:
+            report.too_long += 1
+        elif all(label == IGNORE for label in sample.labels):
+            report.nothing_to_train += 1
+        else:
+            samples.append(sample)
+    return samples, report
+
+
+def read_records(path: Path) -> list[dict]:
+    """A JSON array of objects, or JSON Lines (one object per line); errors name file, line and column."""
+    from loratune.data.raw_text import read_text
+
+    text = read_text(path)
+    if not text.strip():
+        raise LoratuneError(f"{path}: file is empty")
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LoratuneError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        if isinstance(records, dict):
+            records = [records]
+        if not isinstance(records, list):
+            raise LoratuneError(f"{path}: expected a JSON array of records (objects)")
+    else:
+        records = []
+        for number, line in enumerate(text.split("\n"), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise LoratuneError(
+                        f"{path}: invalid JSON on line {number}, column {e.colno}: {e.msg}"
+                    ) from None
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            raise LoratuneError(f"{path} record {number}: expected an object with keys, got {type(record).__name__}")
+    return records
+
+
+def make_renderer(fmt: str, tokenizer, ws: Workspace):
+    """A function (record, where) -> Segments for the chosen format."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if fmt == "chat" and not has_template:
+        raise LoratuneError("data.format 'chat' needs a model with a chat template; use 'alpaca' or a format file")
+    templates = None if fmt in ("auto", "chat") else load_format(fmt, ws)
+    fallback = load_format("alpaca", ws) if templates is None and not has_template else None
+
+    def render(record: dict, where: str) -> Segments:
+        if "messages" in record:
+            if not has_template:
+                raise LoratuneError(f"{where}: 'messages' needs a model with a chat template")
+            return chat_segments(check_messages(record["messages"], where), tokenizer, where)
+        if templates is not None or fallback is not None:
+            return format_segments(record, templates or fallback, where)
+        return chat_segments(alpaca_to_messages(record, where), tokenizer, where)
+
+    return render
+
+
+def load_format(fmt: str, ws: Workspace) -> dict[str, str]:
+    """A format file: a path, a name in formats/, or one shipped with loratune ('alpaca', 'vicuna')."""
+    path = Path(fmt).expanduser()
+    if not path.is_file():
+        name = fmt if fmt.endswith(".json") else f"{fmt}-format.json"
+        local = inside(ws.formats, name) if ws.formats.is_dir() else None
+        if local is not None and local.is_file():
+            path = local
+        else:
+            shipped = resources.files("loratune") / "formats" / name
+            if not shipped.is_file():
+                raise LoratuneError(f"format '{fmt}' not found (as a file, in {ws.formats}, or shipped: alpaca, vicuna)")
+            path = Path(str(shipped))
+    try:
+        templates = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise LoratuneError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if not isinstance(templates, dict) or not all(isinstance(v, str) for v in templates.values()):
+        raise LoratuneError(f'{path}: a format file maps key sets to templates, e.g. {{"instruction,output": "..."}}')
+    return templates
+
+
+def format_segments(record: dict, templates: dict[str, str], where: str) -> Segments:
+    """Render with the template whose key set equals the record's non-empty keys (text-generation-webui rules)."""
+    present = {k for k, v in record.items() if isinstance(v, str) and v.strip()}
+    for keys, template in templates.items():
+        if {k.strip() for k in keys.split(",")} == present:
+            break
+    else:
+        known = "; ".join(templates)
+        raise LoratuneError(f"{where}: its keys {','.join(sorted(present)) or '(none)'} match no key set of the format ({known})")
+    holes = list(_PLACEHOLDER.finditer(template))
+    if not holes:
+        raise LoratuneError(f"{where}: template for '{keys}' has no %key% placeholder")
+
+    def fill(text: str) -> str:
+        return _PLACEHOLDER.sub(lambda m: _value(record, m.group(1), where), text)
+
+    response_start = holes[-1].start()
+    return [(fill(template[:response_start]), False), (fill(template[response_start:]), True)]
+
+
+def alpaca_to_messages(record: dict, where: str) -> list[dict]:
+    instruction, output = record.get("instruction"), record.get("output")
+    if not isinstance(instruction, str) or not instruction.strip() or not isinstance(output, str) or not output:
+        keys = ", ".join(record) or "(none)"
+        raise LoratuneError(
+            f"{where}: needs non-empty text 'instruction' and 'output' (or a 'messages' list); it has: {keys}"
+        )
+    extra = record.get("input")
+    user = instruction + (f"\n\n{extra}" if isinstance(extra, str) and extra.strip() else "")
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    if isinstance(record.get("system"), str) and record["system"].strip():
+        messages.insert(0, {"role": "system", "content": record["system"]})
+    return messages
+
+
+def check_messages(messages, where: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise LoratuneError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+    for i, m in enumerate(messages, 1):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise LoratuneError(f"{where}: message {i} needs text 'role' and 'content'")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise LoratuneError(f"{where}: no 'assistant' message, so there is nothing to learn")
+    return messages
+
+
+def chat_segments(messages: list[dict], tokenizer, where: str) -> Segments:
+    """Render progressively: what each assistant turn adds to the prompt before it is the trained text."""
+
+    def render(upto: int, prompt: bool) -> str:
+        return tokenizer.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=prompt)
+
+    segments, done = [], ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt, full = render(i, True), render(i + 1, False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise LoratuneError(
+                f"{where}: the model's chat template does not render this chat by appending turns, so the "
+                "response cannot be masked; use a format file (data.format)"
+            )
+        segments += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
+        done = full
+    return [s for s in segments if s[0]]
+
+
+def tokenize_segments(segments: Segments, tokenizer) -> Sample:
+    text = "".join(s for s, _ in segments)
+    bounds, pos = [], 0
+    for piece, trained in segments:
+        bounds.append((pos, pos + len(piece), trained))
+        pos += len(piece)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    labels = [tok if _trained(span, bounds) else IGNORE for tok, span in zip(ids, encoded["offset_mapping"])]
+    bos = tokenizer.bos_token_id
+    if bos is not None and not text.startswith(tokenizer.bos_token or "\0") and _adds_bos(tokenizer):
+        ids, labels = [bos] + ids, [IGNORE] + labels
+    return Sample(ids, labels)
+
+
+def _trained(span: tuple[int, int], bounds) -> bool:
+    """A token is trained when any of its characters is response text (' the' after 'A:' holds a response word)."""
+    start, end = span
+    return any(trained and start < hi and max(end, start + 1) > lo for lo, hi, trained in bounds)
+
+
+def _adds_bos(tokenizer) -> bool:
+    from loratune.data.raw_text import _adds_bos as adds
+
+    return adds(tokenizer)
+
+
+def _value(record: dict, key: str, where: str) -> str:
+    if key not in record:
+        raise LoratuneError(f"{where}: template placeholder %{key}% has no key '{key}' in the record")
+    return str(record[key])

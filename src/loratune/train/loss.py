@@ -1,0 +1,36 @@
+"""Next-token cross-entropy on trained tokens only, without computing logits for the positions that carry no loss.
+
+With short responses after long prompts most positions are masked; projecting only the kept hidden states onto the
+(often 50k-150k wide) vocabulary saves most of the LM head's compute and memory.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+from loratune.data.build import IGNORE
+
+
+def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(sum of token losses, number of trained tokens) for one micro-batch."""
+    labels = batch["labels"]
+    targets = labels[:, 1:]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = targets != IGNORE  # position p predicts token p+1
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if accepts_logits_to_keep(model):
+        logits = model(**inputs, logits_to_keep=keep).logits  # (n_kept, vocab)
+        wanted = targets[keep[:, :-1]]
+    else:
+        logits = model(**inputs).logits[:, :-1][keep[:, :-1]]
+        wanted = targets[keep[:, :-1]]
+    loss = F.cross_entropy(logits.float(), wanted, reduction="sum")
+    return loss, int(wanted.numel())
+
+
+def accepts_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters

@@ -1,0 +1,117 @@
+"""The training loop on a tiny random LLaMA: files produced, loss goes down, PEFT reload, exact resume."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from loratune import LoratuneError, RunConfig, train
+from loratune.config import AdapterSpec, DataSpec, ModelSpec, TrainSpec
+
+RECORDS = [
+    {"instruction": f"What is {a} plus {b}?", "output": f"Arr, matey! It be {a + b}."}
+    for a in range(1, 7)
+    for b in range(1, 5)
+]
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "pirate.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    return path
+
+
+def config(model, data, name="run", **train):
+    options = dict(epochs=2, batch_size=8, micro_batch=4, lr=3e-3, save_every=3, seed=1)
+    options.update(train)
+    return RunConfig(
+        name=name,
+        model=ModelSpec(source=str(model)),
+        adapter=AdapterSpec(rank=8, alpha=16, dropout=0.0),
+        data=DataSpec(path=str(data)),
+        train=TrainSpec(**options),
+    )
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_a_peft_adapter_and_learns(tiny_model, data_file, home):
+    cfg = config(tiny_model, data_file, epochs=10, lr=2e-2)
+    cfg.adapter.targets = "all-linear"
+    result = train(cfg, home=home, show_progress=False)
+    run = home / "loras" / "run"
+    assert result.run_dir == run and result.steps == 30  # 24 samples / 8 per step * 10 epochs
+    for name in ("adapter_config.json", "adapter_model.safetensors", "loratune.yaml", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    assert rows[-1]["loss"] < 0.6 * rows[0]["loss"], "loss did not go down on a tiny overfit run"
+    checkpoints = sorted(p.name for p in run.glob("checkpoint-*"))
+    assert checkpoints == [f"checkpoint-{s:06d}" for s in range(3, 30, 3)]
+    assert all((run / c / "COMPLETE").is_file() for c in checkpoints)
+    assert not list(run.glob(".*tmp*")), "temporary folders left behind"
+
+
+def test_saved_adapter_reloads_with_plain_peft_to_identical_logits(tiny_model, data_file, home):
+    result = train(config(tiny_model, data_file, max_steps=4), home=home, show_progress=False)
+    ids = torch.tensor([[2, 40, 41, 42, 43, 3]])
+    with torch.no_grad():
+        in_memory = result.model(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model)
+        reloaded = PeftModel.from_pretrained(base, result.run_dir)(input_ids=ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model)(input_ids=ids).logits
+    torch.testing.assert_close(reloaded, in_memory, rtol=0, atol=1e-6)
+    assert not torch.allclose(plain, in_memory, atol=1e-4), "the adapter changed nothing"
+
+
+def test_every_checkpoint_is_a_loadable_adapter(tiny_model, data_file, home):
+    result = train(config(tiny_model, data_file, max_steps=6), home=home, show_progress=False)
+    checkpoint = result.run_dir / "checkpoint-000003"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), checkpoint)
+    saved = load_file(checkpoint / "adapter_model.safetensors")
+    assert saved and all("lora_" in k for k in saved)
+    assert model.peft_config["default"].r == 8
+
+
+def test_resume_continues_exactly(tiny_model, data_file, home):
+    """N steps straight == k steps, then resume from checkpoint-k for N-k steps (gradient accumulation on)."""
+    straight = train(config(tiny_model, data_file, name="straight", epochs=3), home=home, show_progress=False)
+    # The interrupted run: the same run folder as it was right after checkpoint-000006 was written.
+    cut = home / "loras" / "cut"
+    shutil.copytree(straight.run_dir / "checkpoint-000006", cut / "checkpoint-000006")
+    rows = metrics(straight.run_dir)
+    (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))  # 2 rows past the checkpoint
+    resumed = train(config(tiny_model, data_file, name="cut", epochs=3, resume=True), home=home, show_progress=False)
+    assert resumed.steps == straight.steps == 9
+    assert [r["loss"] for r in metrics(cut)] == pytest.approx([r["loss"] for r in rows], abs=1e-5)
+    a = load_file(straight.run_dir / "adapter_model.safetensors")
+    b = load_file(cut / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
+
+
+def test_existing_run_is_not_overwritten_unless_asked(tiny_model, data_file, home):
+    train(config(tiny_model, data_file, max_steps=1), home=home, show_progress=False)
+    with pytest.raises(LoratuneError, match="already exists"):
+        train(config(tiny_model, data_file, max_steps=1), home=home, show_progress=False)
+    train(config(tiny_model, data_file, max_steps=1, overwrite=True), home=home, show_progress=False)
+
+
+def test_resume_without_checkpoint_is_refused(tiny_model, data_file, home):
+    with pytest.raises(LoratuneError, match="nothing to resume"):
+        train(config(tiny_model, data_file, resume=True), home=home, show_progress=False)
+
+
+def test_wrong_target_module_lists_what_the_model_has(tiny_model, data_file, home):
+    cfg = config(tiny_model, data_file)
+    cfg.adapter.targets = "query_key_value"
+    with pytest.raises(LoratuneError, match="q_proj"):
+        train(cfg, home=home, show_progress=False)
