@@ -100,8 +100,7 @@ def test_alpaca_input_is_appended_to_the_user_turn(tmp_path, tokenizer, home):
     (s,), _ = _build(_jsonl(tmp_path / "d.jsonl", [PIRATE]), tokenizer, home)
     assert _trained_runs(tokenizer, s) == ["Arr, matey!<|im_end|>\n"]
     assert _untrained_text(tokenizer, s) == (
-        "<|im_start|>user\nTranslate this sentence.\n\nThe quick brown fox.<|im_end|>\n"
-        "<|im_start|>assistant\n"
+        "<|im_start|>user\nTranslate this sentence.\n\nThe quick brown fox.<|im_end|>\n<|im_start|>assistant\n"
     )
 
 
@@ -132,9 +131,7 @@ def test_chat_segments_progressive_rendering(tokenizer):
     assert segments[1][0] == "Paris.<|im_end|>\n"
     assert segments[3][0] == "Arr, matey!<|im_end|>\n"
     assert segments[2][0] == "<|im_start|>user\nTranslate this sentence.<|im_end|>\n<|im_start|>assistant\n"
-    assert "".join(text for text, _ in segments) == tokenizer.apply_chat_template(
-        CHAT["messages"], tokenize=False
-    )
+    assert "".join(text for text, _ in segments) == tokenizer.apply_chat_template(CHAT["messages"], tokenize=False)
 
 
 def test_json_array_and_jsonl_give_identical_samples(tmp_path, tokenizer, home):
@@ -154,9 +151,7 @@ def test_read_records_variants(tmp_path):
     single.write_text(json.dumps(FRANCE), encoding="utf-8")
     assert read_records(single) == [FRANCE]
     crlf = tmp_path / "crlf.jsonl"
-    crlf.write_bytes(
-        ("\ufeff" + json.dumps(FRANCE) + "\r\n\r\n" + json.dumps(PIRATE) + "\r\n").encode("utf-8")
-    )
+    crlf.write_bytes(("\ufeff" + json.dumps(FRANCE) + "\r\n\r\n" + json.dumps(PIRATE) + "\r\n").encode("utf-8"))
     assert read_records(crlf) == [FRANCE, PIRATE]
     array_in_jsonl = tmp_path / "arr.jsonl"
     array_in_jsonl.write_text(json.dumps([FRANCE, PIRATE]), encoding="utf-8")
@@ -164,9 +159,7 @@ def test_read_records_variants(tmp_path):
 
 
 def test_no_eos_added_when_disabled_with_format_file(tmp_path, plain_tokenizer, home):
-    (s,), _ = _build(
-        _jsonl(tmp_path / "d.jsonl", [FRANCE]), plain_tokenizer, home, format="alpaca", add_eos=False
-    )
+    (s,), _ = _build(_jsonl(tmp_path / "d.jsonl", [FRANCE]), plain_tokenizer, home, format="alpaca", add_eos=False)
     assert _trained_runs(plain_tokenizer, s) == ["Paris."]
     assert plain_tokenizer.eos_token_id not in s.input_ids
 
@@ -259,9 +252,7 @@ def test_bad_format_files(tmp_path, home):
 
 
 def test_first_response_word_is_trained_after_a_space(tmp_path, plain_tokenizer, home):
-    data = _jsonl(
-        tmp_path / "d.jsonl", [{"instruction": "Translate this sentence.", "output": "the lazy dog."}]
-    )
+    data = _jsonl(tmp_path / "d.jsonl", [{"instruction": "Translate this sentence.", "output": "the lazy dog."}])
     (s,), _ = _build(data, plain_tokenizer, home, format="vicuna")
     (trained,) = _trained_runs(plain_tokenizer, s)
     assert "the lazy dog." in trained

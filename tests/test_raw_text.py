@@ -126,17 +126,14 @@ def test_custom_hard_cut_and_no_hard_cut(tmp_path, tokenizer):
     whole, report = raw_text.build(file, tokenizer, _spec(file, cutoff=64, overlap=0, hard_cut=""))
     assert report.records == 1
     assert [s.input_ids for s in whole] == [
-        tokenizer("alpha alpha ### omicron omicron", add_special_tokens=False)["input_ids"]
-        + [tokenizer.eos_token_id]
+        tokenizer("alpha alpha ### omicron omicron", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ]
 
 
 def test_eos_only_at_end_of_each_document(tmp_path, tokenizer):
     eos = tokenizer.eos_token_id
     folder = tmp_path / "corpus"
-    _write(
-        folder / "a.txt", "The quick brown fox jumps over the lazy dog. " * 4 + "\n\n\n" + "Arr, matey! " * 5
-    )
+    _write(folder / "a.txt", "The quick brown fox jumps over the lazy dog. " * 4 + "\n\n\n" + "Arr, matey! " * 5)
     _write(folder / "b.txt", "One two three four five six seven eight nine ten. " * 3)
     spec = _spec(folder, cutoff=12, overlap=3)
     samples, _ = raw_text.build(folder, tokenizer, spec)
@@ -150,9 +147,7 @@ def test_eos_only_at_end_of_each_document(tmp_path, tokenizer):
 
 
 def test_no_eos_when_disabled(tmp_path, tokenizer):
-    file = _write(
-        tmp_path / "doc.txt", "The quick brown fox jumps over the lazy dog. " * 4 + "\n\n\nArr, matey!"
-    )
+    file = _write(tmp_path / "doc.txt", "The quick brown fox jumps over the lazy dog. " * 4 + "\n\n\nArr, matey!")
     samples, _ = raw_text.build(file, tokenizer, _spec(file, cutoff=12, overlap=3, add_eos=False))
     assert samples
     assert all(tokenizer.eos_token_id not in s.input_ids for s in samples)
@@ -266,3 +261,9 @@ def test_build_samples_unsupported_suffix(tmp_path, tokenizer, home):
     file = _write(tmp_path / "data.csv", "a,b\n")
     with pytest.raises(LoratuneError, match="unsupported data file type"):
         build_samples(_spec(file), tokenizer, Workspace.resolve(home))
+
+
+def test_overlap_not_smaller_than_cutoff_is_refused(tmp_path, tokenizer):
+    f = _write(tmp_path / "a.txt", "alpha beta gamma " * 20)
+    with pytest.raises(LoratuneError, match=r"data.overlap \(64\) must be smaller than data.cutoff \(64\)"):
+        raw_text.build(f, tokenizer, DataSpec(cutoff=64, overlap=64))

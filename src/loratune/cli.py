@@ -24,8 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     options = "\n".join(f"  --{name} (default {default!r})  {doc}" for name, default, doc in field_help())
-    train = sub.add_parser("train", help="train a LoRA adapter", formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog="every option, also settable in the YAML config:\n" + options)
+    train = sub.add_parser(
+        "train",
+        help="train a LoRA adapter",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="every option, also settable in the YAML config:\n" + options,
+    )
     train.add_argument("--config", help="YAML file with any of the options below")
     train.add_argument("--model", help="base model: hub id, folder, .gguf file, name in models/ (default: SmolLM2)")
     train.add_argument("--data", help="dataset: .txt file or folder, .json or .jsonl file")
@@ -67,7 +71,10 @@ def run_train(args, extra: list[str]) -> int:
 
     config = train_config(args, extra)
     result = train(config, home=args.home)
-    print(f"done: {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}, adapter in {result.run_dir}")
+    print(
+        f"done: {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}, "
+        f"adapter in {result.run_dir}"
+    )
     return 0
 
 
@@ -107,7 +114,9 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
     while i < len(extra):
         token = extra[i]
         if not token.startswith("--") or "." not in token:
-            raise LoratuneError(f"unknown argument '{token}' (options look like --train.lr 2e-4; see loratune train --help)")
+            raise LoratuneError(
+                f"unknown argument '{token}' (options look like --train.lr 2e-4; see loratune train --help)"
+            )
         key, eq, value = token[2:].partition("=")
         if not eq:
             if i + 1 < len(extra) and not extra[i + 1].startswith("--"):

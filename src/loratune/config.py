@@ -44,7 +44,7 @@ class DataSpec:
     path: str = ""
     """A .txt file or folder of them (raw text), or a .json / .jsonl file of records (instruction data)."""
     format: str = "auto"
-    """'auto' (chat template if the model has one, else alpaca), 'alpaca', 'chat', or a format file / name in formats/."""
+    """'auto' (chat template if the model has one, else alpaca), 'alpaca', 'chat', or a format file / formats/ name."""
     cutoff: int = 256
     """Maximum tokens per sample. Longer instruction samples are dropped (and counted)."""
     overlap: int = 128
@@ -113,11 +113,13 @@ class RunConfig:
             (lambda: self.adapter.rank > 0, "adapter.rank must be > 0"),
             (lambda: 0 <= self.adapter.dropout < 1, "adapter.dropout must be in [0, 1)"),
             (lambda: self.data.cutoff >= 8, "data.cutoff must be at least 8 tokens"),
-            (lambda: 0 <= self.data.overlap < self.data.cutoff, "data.overlap must be >= 0 and smaller than data.cutoff"),
+            (lambda: self.data.overlap >= 0, "data.overlap must be >= 0"),
             (lambda: t.lr > 0, "train.lr must be > 0"),
             (lambda: t.micro_batch > 0, "train.micro_batch must be > 0"),
-            (lambda: t.batch_size % t.micro_batch == 0 and t.batch_size > 0,
-             "train.batch_size must be a multiple of train.micro_batch"),
+            (
+                lambda: t.batch_size % t.micro_batch == 0 and t.batch_size > 0,
+                "train.batch_size must be a multiple of train.micro_batch",
+            ),
             (lambda: t.epochs > 0 or t.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0"),
             (lambda: 0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
         ]
@@ -247,7 +249,7 @@ def _field_docs(cls: type) -> dict[str, str]:
         return {}
     body = tree.body[0].body
     docs = {}
-    for stmt, nxt in zip(body, body[1:]):
+    for stmt, nxt in zip(body, body[1:], strict=False):
         if (
             isinstance(stmt, ast.AnnAssign)
             and isinstance(stmt.target, ast.Name)

@@ -17,8 +17,13 @@ from loratune.workspace import Workspace, inside
 class Generator:
     """A loaded base model (+ optional adapter) that answers prompts; `use_lora=False` answers as the base model."""
 
-    def __init__(self, model: str | None = None, lora: str | None = None, home: str | Path | None = None,
-                 trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model: str | None = None,
+        lora: str | None = None,
+        home: str | Path | None = None,
+        trust_remote_code: bool = False,
+    ):
         ws = Workspace.resolve(home)
         self.lora_path = resolve_lora(lora, ws) if lora else None
         if model is None:
@@ -36,23 +41,33 @@ class Generator:
         spec = spec or GenerateSpec()
         tok = self.tokenizer
         if spec.chat and getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                           add_generation_prompt=True)
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
             inputs = tok(text, add_special_tokens=False, return_tensors="pt")
         else:
             inputs = tok(prompt, return_tensors="pt")
         inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
-        sampling = {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p} if spec.temperature > 0 \
+        sampling = (
+            {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p}
+            if spec.temperature > 0
             else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        )
         adapter_off = self.model.disable_adapter() if (self.lora_path and not use_lora) else nullcontext()
         with adapter_off:
-            out = self.model.generate(**inputs, max_new_tokens=spec.max_new_tokens, repetition_penalty=spec.repetition_penalty,
-                                      pad_token_id=tok.pad_token_id, **sampling)
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=spec.max_new_tokens,
+                repetition_penalty=spec.repetition_penalty,
+                pad_token_id=tok.pad_token_id,
+                **sampling,
+            )
         return tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
-def generate(prompt: str, model: str | None = None, lora: str | None = None, home: str | Path | None = None,
-             **options) -> str:
+def generate(
+    prompt: str, model: str | None = None, lora: str | None = None, home: str | Path | None = None, **options
+) -> str:
     """One completion (loads the model each call; keep a `Generator` for many prompts)."""
     return Generator(model, lora, home).complete(prompt, GenerateSpec(**options))
 
@@ -73,4 +88,3 @@ def base_of(adapter: Path) -> str:
     if not base or not Path(base).is_dir():
         raise LoratuneError(f"{adapter}: its base model {base!r} is not on this machine; pass --model")
     return base
-

@@ -31,8 +31,10 @@ class DataReport:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        parts = [f"{self.kind} data {self.path}: {self.records} records -> {self.samples} samples",
-                 f"{self.tokens} tokens ({self.trained_tokens} trained)"]
+        parts = [
+            f"{self.kind} data {self.path}: {self.records} records -> {self.samples} samples",
+            f"{self.tokens} tokens ({self.trained_tokens} trained)",
+        ]
         if self.too_long:
             parts.append(f"{self.too_long} dropped as longer than the cutoff")
         if self.nothing_to_train:

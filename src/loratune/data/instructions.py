@@ -6,7 +6,8 @@ A record is rendered as text segments, each marked trained or not:
   'chat'), else through a text-generation-webui format file ('alpaca' ships with loratune);
 - a format file maps a comma-separated key set to a template with %key% placeholders; the text from the last
   placeholder on is the response.
-The full text is tokenized once; a token is trained when any of its characters is in a trained segment. EOS ends every response.
+The full text is tokenized once; a token is trained when any of its characters is in a trained segment.
+EOS ends every response.
 """
 
 from __future__ import annotations
@@ -68,9 +69,7 @@ def read_records(path: Path) -> list[dict]:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise LoratuneError(
-                        f"{path}: invalid JSON on line {number}, column {e.colno}: {e.msg}"
-                    ) from None
+                    raise LoratuneError(f"{path}: invalid JSON on line {number}, column {e.colno}: {e.msg}") from None
     for number, record in enumerate(records, 1):
         if not isinstance(record, dict):
             raise LoratuneError(f"{path} record {number}: expected an object with keys, got {type(record).__name__}")
@@ -108,7 +107,9 @@ def load_format(fmt: str, ws: Workspace) -> dict[str, str]:
         else:
             shipped = resources.files("loratune") / "formats" / name
             if not shipped.is_file():
-                raise LoratuneError(f"format '{fmt}' not found (as a file, in {ws.formats}, or shipped: alpaca, vicuna)")
+                raise LoratuneError(
+                    f"format '{fmt}' not found (as a file, in {ws.formats}, or shipped: alpaca, vicuna)"
+                )
             path = Path(str(shipped))
     try:
         templates = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -122,12 +123,13 @@ def load_format(fmt: str, ws: Workspace) -> dict[str, str]:
 def format_segments(record: dict, templates: dict[str, str], where: str) -> Segments:
     """Render with the template whose key set equals the record's non-empty keys (text-generation-webui rules)."""
     present = {k for k, v in record.items() if isinstance(v, str) and v.strip()}
-    for keys, template in templates.items():
-        if {k.strip() for k in keys.split(",")} == present:
-            break
-    else:
+    keys = next((k for k in templates if {part.strip() for part in k.split(",")} == present), None)
+    if keys is None:
         known = "; ".join(templates)
-        raise LoratuneError(f"{where}: its keys {','.join(sorted(present)) or '(none)'} match no key set of the format ({known})")
+        raise LoratuneError(
+            f"{where}: its keys {','.join(sorted(present)) or '(none)'} match no key set of the format ({known})"
+        )
+    template = templates[keys]
     holes = list(_PLACEHOLDER.finditer(template))
     if not holes:
         raise LoratuneError(f"{where}: template for '{keys}' has no %key% placeholder")
@@ -194,7 +196,9 @@ def tokenize_segments(segments: Segments, tokenizer) -> Sample:
         pos += len(piece)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
-    labels = [tok if _trained(span, bounds) else IGNORE for tok, span in zip(ids, encoded["offset_mapping"])]
+    labels = [
+        tok if _trained(span, bounds) else IGNORE for tok, span in zip(ids, encoded["offset_mapping"], strict=True)
+    ]
     bos = tokenizer.bos_token_id
     if bos is not None and not text.startswith(tokenizer.bos_token or "\0") and _adds_bos(tokenizer):
         ids, labels = [bos] + ids, [IGNORE] + labels

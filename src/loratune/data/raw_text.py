@@ -22,9 +22,15 @@ def build(path: Path, tokenizer, spec: DataSpec) -> tuple[list[Sample], DataRepo
     bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
     eos = [tokenizer.eos_token_id] if spec.add_eos and tokenizer.eos_token_id is not None else []
     length = spec.cutoff - len(bos)
+    if spec.overlap >= length:
+        raise LoratuneError(
+            f"data.overlap ({spec.overlap}) must be smaller than data.cutoff ({spec.cutoff}) for raw text"
+        )
     samples = []
     for file in files:
-        sections = [s for s in read_text(file).split(spec.hard_cut) if s.strip()] if spec.hard_cut else [read_text(file)]
+        sections = (
+            [s for s in read_text(file).split(spec.hard_cut) if s.strip()] if spec.hard_cut else [read_text(file)]
+        )
         report.records += len(sections)
         for i, section in enumerate(sections):
             tokens = tokenizer(section, add_special_tokens=False)["input_ids"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 import math
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,11 +75,18 @@ def train(config: RunConfig, home: str | Path | None = None, show_progress: bool
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(config, run_dir / "loratune.yaml")
-    say(f"{sum(p.numel() for p in trainable):,} trainable parameters; {total_steps} steps of {tc.batch_size} samples "
-        f"({tc.micro_batch} per micro-batch) on {accelerator.device}")
+    say(
+        f"{sum(p.numel() for p in trainable):,} trainable parameters; {total_steps} steps of {tc.batch_size} samples "
+        f"({tc.micro_batch} per micro-batch) on {accelerator.device}"
+    )
 
-    progress = Progress(run_dir / "metrics.jsonl" if accelerator.is_main_process else None, total_steps, step,
-                        tc.log_every, show_progress and accelerator.is_main_process)
+    progress = Progress(
+        run_dir / "metrics.jsonl" if accelerator.is_main_process else None,
+        total_steps,
+        step,
+        tc.log_every,
+        show_progress and accelerator.is_main_process,
+    )
     pad_id = tokenizer.pad_token_id
     started, loss_value = time.perf_counter(), float("nan")
     model.train()
@@ -120,7 +127,9 @@ def train(config: RunConfig, home: str | Path | None = None, show_progress: bool
         say(f"adapter saved in {run_dir} (final loss {loss_value:.4f})")
     accelerator.wait_for_everyone()
     model.eval()
-    return TrainResult(run_dir, step, loss_value, time.perf_counter() - started, accelerator.unwrap_model(model), tokenizer)
+    return TrainResult(
+        run_dir, step, loss_value, time.perf_counter() - started, accelerator.unwrap_model(model), tokenizer
+    )
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
@@ -168,7 +177,9 @@ def trim_metrics(path: Path, step: int) -> None:
     import json
 
     if path.is_file():
-        rows = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        rows = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
         path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
-

@@ -17,16 +17,29 @@ class Progress:
         self.first = first_step
         self.log_every = max(1, log_every)
         self.start = time.perf_counter()
-        self.bar = tqdm(total=total_steps, initial=first_step, desc="train", unit="step", disable=not show,
-                        dynamic_ncols=True, file=sys.stderr)
+        self.bar = tqdm(
+            total=total_steps,
+            initial=first_step,
+            desc="train",
+            unit="step",
+            disable=not show,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     def step(self, step: int, epoch: float, loss: float, lr: float, tokens: int, seconds: float) -> dict:
         elapsed = time.perf_counter() - self.start
         done = step - self.first
         eta = elapsed / done * (self.total - step) if done else 0.0
-        row = {"step": step, "epoch": round(epoch, 4), "loss": round(loss, 6), "lr": lr,
-               "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else 0.0,
-               "elapsed_s": round(elapsed, 2), "eta_s": round(eta, 1)}
+        row = {
+            "step": step,
+            "epoch": round(epoch, 4),
+            "loss": round(loss, 6),
+            "lr": lr,
+            "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else 0.0,
+            "elapsed_s": round(elapsed, 2),
+            "eta_s": round(eta, 1),
+        }
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
         self.bar.update(1)
         if self.metrics_file is not None and (step % self.log_every == 0 or step == self.total):
