@@ -52,3 +52,17 @@ def test_loss_equals_full_logits_cross_entropy(tiny_model, tokenizer, tmp_path):
         )
     assert n == int((batch["labels"][:, 1:] != IGNORE).sum())
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_union_positions_path_gives_the_same_loss(tiny_model, tokenizer, tmp_path, monkeypatch):
+    """The fallback for transformers versions without boolean `logits_to_keep` masks."""
+    from loratune.train import loss as loss_module
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    batch = _batch(tmp_path, tokenizer)
+    with torch.no_grad():
+        masked, n = token_loss_sum(model, batch)
+        monkeypatch.setattr(loss_module, "MASK_SUPPORTED", False)
+        union, m = token_loss_sum(model, batch)
+    assert n == m
+    torch.testing.assert_close(union, masked, rtol=1e-5, atol=1e-5)

@@ -62,11 +62,13 @@ def test_train_writes_a_peft_adapter_and_learns(tiny_model, data_file, home):
 def test_saved_adapter_reloads_with_plain_peft_to_identical_logits(tiny_model, data_file, home):
     result = train(config(tiny_model, data_file, max_steps=4), home=home, show_progress=False)
     ids = torch.tensor([[2, 40, 41, 42, 43, 3]])
+    device, dtype = result.model.device, result.model.dtype  # bf16 on a GPU, fp32 on a CPU
+    ids = ids.to(device)
     with torch.no_grad():
         in_memory = result.model(input_ids=ids).logits
-        base = AutoModelForCausalLM.from_pretrained(tiny_model)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype).to(device)
         reloaded = PeftModel.from_pretrained(base, result.run_dir)(input_ids=ids).logits
-        plain = AutoModelForCausalLM.from_pretrained(tiny_model)(input_ids=ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype).to(device)(input_ids=ids).logits
     torch.testing.assert_close(reloaded, in_memory, rtol=0, atol=1e-6)
     assert not torch.allclose(plain, in_memory, atol=1e-4), "the adapter changed nothing"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ def train(config: RunConfig, home: str | Path | None = None, show_progress: bool
     from peft import LoraConfig, get_peft_model
 
     config.validate()
+    # peft still calls a transformers method deprecated in 5.x; the warning is noise for our users
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     ws = Workspace.resolve(home)
     run_dir = ws.lora_dir(check_name(config.name, "adapter name"))
     tc = config.train

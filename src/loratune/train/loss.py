@@ -21,14 +21,28 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = targets != IGNORE  # position p predicts token p+1
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if accepts_logits_to_keep(model):
+    wanted = targets[keep[:, :-1]]
+    if not accepts_logits_to_keep(model):
+        logits = model(**inputs).logits[keep]
+    elif MASK_SUPPORTED:
         logits = model(**inputs, logits_to_keep=keep).logits  # (n_kept, vocab)
-        wanted = targets[keep[:, :-1]]
-    else:
-        logits = model(**inputs).logits[:, :-1][keep[:, :-1]]
-        wanted = targets[keep[:, :-1]]
+    else:  # older transformers 5.x: keep the union of the rows' positions, then pick each row's own
+        positions = keep.any(0).nonzero().squeeze(1)
+        logits = model(**inputs, logits_to_keep=positions).logits[keep[:, positions]]
     loss = F.cross_entropy(logits.float(), wanted, reduction="sum")
     return loss, int(wanted.numel())
+
+
+def _mask_supported() -> bool:
+    """transformers >= 5.2x accepts a boolean (batch, positions) mask for `logits_to_keep`."""
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+MASK_SUPPORTED = _mask_supported()
 
 
 def accepts_logits_to_keep(model) -> bool:
