@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_demo_config_trains_saves_and_reloads_with_plain_peft(default_model_home, monkeypatch):
     monkeypatch.chdir(REPO)  # the demo config names its data relative to the repository
     config = from_dict(RunConfig, load_yaml(REPO / "examples/demo/config.yaml"))
-    config.train.max_steps, config.train.batch_size, config.train.save_every = 3, 4, 2
+    config.train.max_steps, config.train.batch_size, config.train.micro_batch, config.train.save_every = 3, 4, 2, 2
     config.train.overwrite = True
     result = train(config, home=default_model_home, show_progress=False)
     run = default_model_home / "loras" / "demo-pirate"

@@ -6,8 +6,8 @@ import pytest
 
 from loratune.config import DataSpec
 from loratune.data import raw_text
-from loratune.data.build import build_samples
-from loratune.data.raw_text import chunk_tokens, read_text
+from loratune.data.build import build_samples, read_text
+from loratune.data.raw_text import chunk_tokens
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace
 

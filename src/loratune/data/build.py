@@ -71,3 +71,22 @@ def find_data(given: str, ws: Workspace) -> Path:
     if not path.exists():
         raise LoratuneError(f"dataset not found: {given}")
     return path
+
+
+def read_text(file: Path) -> str:
+    """UTF-8 text (a BOM is skipped, CRLF becomes LF); other encodings are refused with the line at fault."""
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise LoratuneError(f"{file}: line {line} is not UTF-8 text; re-save the file as UTF-8") from None
+    return text.replace("\r\n", "\n")
+
+
+def adds_bos(tokenizer) -> bool:
+    """Does this tokenizer put BOS in front of a text by default (LLaMA-1/2 style)? Then each chunk gets one."""
+    if tokenizer.bos_token_id is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id

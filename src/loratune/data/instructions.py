@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from loratune.config import DataSpec
-from loratune.data.build import IGNORE, DataReport, Sample
+from loratune.data.build import IGNORE, DataReport, Sample, adds_bos, read_text
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace, inside
 
@@ -48,8 +48,6 @@ def build(path: Path, tokenizer, spec: DataSpec, ws: Workspace) -> tuple[list[Sa
 
 def read_records(path: Path) -> list[dict]:
     """A JSON array of objects, or JSON Lines (one object per line); errors name file, line and column."""
-    from loratune.data.raw_text import read_text
-
     text = read_text(path)
     if not text.strip():
         raise LoratuneError(f"{path}: file is empty")
@@ -200,7 +198,7 @@ def tokenize_segments(segments: Segments, tokenizer) -> Sample:
         tok if _trained(span, bounds) else IGNORE for tok, span in zip(ids, encoded["offset_mapping"], strict=True)
     ]
     bos = tokenizer.bos_token_id
-    if bos is not None and not text.startswith(tokenizer.bos_token or "\0") and _adds_bos(tokenizer):
+    if bos is not None and not text.startswith(tokenizer.bos_token or "\0") and adds_bos(tokenizer):
         ids, labels = [bos] + ids, [IGNORE] + labels
     return Sample(ids, labels)
 
@@ -209,12 +207,6 @@ def _trained(span: tuple[int, int], bounds) -> bool:
     """A token is trained when any of its characters is response text (' the' after 'A:' holds a response word)."""
     start, end = span
     return any(trained and start < hi and max(end, start + 1) > lo for lo, hi, trained in bounds)
-
-
-def _adds_bos(tokenizer) -> bool:
-    from loratune.data.raw_text import _adds_bos as adds
-
-    return adds(tokenizer)
 
 
 def _value(record: dict, key: str, where: str) -> str:

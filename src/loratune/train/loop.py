@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import shutil
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +13,13 @@ import torch
 
 from loratune.config import RunConfig, save_yaml
 from loratune.data import Sample, build_samples, collate
+from loratune.data.build import IGNORE
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
 from loratune.train.checkpoint import latest_checkpoint, load_state, save_adapter, save_checkpoint
 from loratune.train.loss import token_loss_sum
 from loratune.train.progress import Progress
-from loratune.workspace import Workspace, check_name
+from loratune.workspace import Workspace
 
 
 @dataclass
@@ -38,10 +38,8 @@ def train(config: RunConfig, home: str | Path | None = None, show_progress: bool
     from peft import LoraConfig, get_peft_model
 
     config.validate()
-    # peft still calls a transformers method deprecated in 5.x; the warning is noise for our users
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     ws = Workspace.resolve(home)
-    run_dir = ws.lora_dir(check_name(config.name, "adapter name"))
+    run_dir = ws.lora_dir(config.name)
     tc = config.train
     resume_from = prepare_run_dir(run_dir, tc.resume, tc.overwrite)
 
@@ -97,7 +95,7 @@ def train(config: RunConfig, home: str | Path | None = None, show_progress: bool
         t0 = time.perf_counter()
         batch = step_samples(samples, step, steps_per_epoch, tc.batch_size, tc.seed)
         micro_batches = split_by_length(batch, tc.micro_batch)
-        n_trained = sum(sum(1 for x in s.labels[1:] if x != -100) for s in batch)
+        n_trained = sum(sum(1 for x in s.labels[1:] if x != IGNORE) for s in batch)
         loss_total = 0.0
         for i, micro in enumerate(micro_batches):
             tensors = {k: v.to(accelerator.device) for k, v in collate(micro, pad_id).items()}
