@@ -71,6 +71,15 @@ def test_hub_model_offline_is_one_line(data_file, home):
     assert_one_line_error(result, "could not download model 'some-org/some-model'")
 
 
+def test_hub_model_without_connection_is_one_line(data_file, home):
+    """No HF_HUB_OFFLINE: the hub really is asked, and the failed connection becomes one line."""
+    result = loratune(
+        "train", "--model", "some-org/some-model", "--data", data_file, home=home, env={"HF_HUB_OFFLINE": "0"}
+    )
+    assert_one_line_error(result, "could not download model 'some-org/some-model' from the Hugging Face hub")
+    assert not (home / "models" / "some-org_some-model").exists()
+
+
 def test_missing_gguf_file_is_one_line(data_file, home, tmp_path):
     result = loratune("train", "--model", tmp_path / "missing.gguf", "--data", data_file, home=home)
     assert_one_line_error(result, "GGUF file not found")

@@ -87,7 +87,7 @@ def convert_gguf(gguf: Path, ws: Workspace, name: str) -> Path:
 
 def download(repo_id: str, ws: Workspace, trust_remote_code: bool = False) -> Path:
     """Download a hub model into models/<org>_<name>/ with a progress bar; partial downloads resume."""
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import HfApi, constants, snapshot_download
 
     if constants.HF_HUB_OFFLINE:  # offline, snapshot_download would return whatever half-download is there
         raise LoratuneError(
@@ -95,13 +95,15 @@ def download(repo_id: str, ws: Workspace, trust_remote_code: bool = False) -> Pa
             "unset it, or pass a local folder or .gguf file"
         )
     target = inside(ws.models, repo_id.replace("/", "_"))
-    target.mkdir(parents=True, exist_ok=True)
-    (target / _PARTIAL).write_text(f"downloading {repo_id}; run again to resume\n")
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
     if trust_remote_code:
         patterns.append("*.py")
     try:
-        snapshot_download(repo_id, local_dir=target, allow_patterns=patterns)
+        # Ask the hub first: snapshot_download quietly returns an existing folder when the hub cannot be reached.
+        revision = HfApi().model_info(repo_id).sha
+        target.mkdir(parents=True, exist_ok=True)
+        (target / _PARTIAL).write_text(f"downloading {repo_id}; run again to resume\n")
+        snapshot_download(repo_id, local_dir=target, allow_patterns=patterns, revision=revision)
     except Exception as e:  # noqa: BLE001 - the hub raises many types; all mean "could not get it"
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LoratuneError(
