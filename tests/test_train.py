@@ -117,3 +117,12 @@ def test_wrong_target_module_lists_what_the_model_has(tiny_model, data_file, hom
     cfg.adapter.targets = "query_key_value"
     with pytest.raises(LoratuneError, match="q_proj"):
         train(cfg, home=home, show_progress=False)
+
+
+def test_overwrite_with_bad_data_keeps_the_old_adapter(tiny_model, data_file, home, tmp_path):
+    train(config(tiny_model, data_file, max_steps=1), home=home, show_progress=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "no output here"}\n')
+    with pytest.raises(LoratuneError, match="record 1"):
+        train(config(tiny_model, bad, max_steps=1, overwrite=True), home=home, show_progress=False)
+    assert (home / "loras" / "run" / "adapter_model.safetensors").is_file()

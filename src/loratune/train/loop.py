@@ -41,7 +41,7 @@ def train(config: RunConfig, home: str | Path | None = None, show_progress: bool
     ws = Workspace.resolve(home)
     run_dir = ws.lora_dir(config.name)
     tc = config.train
-    resume_from = prepare_run_dir(run_dir, tc.resume, tc.overwrite)
+    resume_from = check_run_dir(run_dir, tc.resume, tc.overwrite)
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(tc.seed)
@@ -73,7 +73,9 @@ def train(config: RunConfig, home: str | Path | None = None, show_progress: bool
         trim_metrics(run_dir / "metrics.jsonl", step)
         say(f"resuming from {resume_from.name} (step {step} of {total_steps})")
     model, optimizer = accelerator.prepare(model, optimizer)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # model, data and options are good: only now is anything written
+        if tc.overwrite and resume_from is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(config, run_dir / "loratune.yaml")
     say(
@@ -104,6 +106,9 @@ def train(config: RunConfig, home: str | Path | None = None, show_progress: bool
                 loss_sum, _ = token_loss_sum(model, tensors)
                 accelerator.backward(loss_sum / max(n_trained, 1))
             loss_total += loss_sum.item()
+        loss_value = loss_total / max(n_trained, 1)
+        if not math.isfinite(loss_value):  # before the optimizer step, so the weights stay finite
+            raise LoratuneError(f"loss became {loss_value} at step {step + 1}; lower train.lr and resume or restart")
         if tc.max_grad_norm > 0:
             accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
@@ -112,9 +117,6 @@ def train(config: RunConfig, home: str | Path | None = None, show_progress: bool
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        loss_value = loss_total / max(n_trained, 1)
-        if not math.isfinite(loss_value):
-            raise LoratuneError(f"loss became {loss_value} at step {step}; lower train.lr and resume or restart")
         tokens = sum(len(s.input_ids) for s in batch)
         row = progress.step(step, step / steps_per_epoch, loss_value, lr, tokens, time.perf_counter() - t0)
         if on_step is not None:
@@ -133,8 +135,8 @@ def train(config: RunConfig, home: str | Path | None = None, show_progress: bool
     )
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """Refuse to clobber an existing run unless asked; return the checkpoint to resume from, if any."""
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Refuse to clobber an existing run unless asked (nothing is deleted here); return the checkpoint to resume."""
     if resume:
         checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
         if checkpoint is None:
@@ -145,7 +147,6 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
             raise LoratuneError(
                 f"{run_dir} already exists; choose another name, continue it with --resume, or pass --overwrite"
             )
-        shutil.rmtree(run_dir)
     return None
 
 
