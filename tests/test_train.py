@@ -126,3 +126,17 @@ def test_overwrite_with_bad_data_keeps_the_old_adapter(tiny_model, data_file, ho
     with pytest.raises(LoratuneError, match="record 1"):
         train(config(tiny_model, bad, max_steps=1, overwrite=True), home=home, show_progress=False)
     assert (home / "loras" / "run" / "adapter_model.safetensors").is_file()
+
+
+def test_keyword_options_like_the_command_line(tiny_model, data_file, home):
+    result = train(
+        model=str(tiny_model),
+        data=str(data_file),
+        home=home,
+        show_progress=False,
+        train={"max_steps": 2, "batch_size": 4},
+        **{"adapter.rank": 4},
+    )
+    assert result.run_dir == home / "loras" / "pirate"  # named after the data file
+    saved = (result.run_dir / "loratune.yaml").read_text()
+    assert "rank: 4" in saved and "max_steps: 2" in saved and str(data_file) in saved

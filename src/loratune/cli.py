@@ -6,11 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from loratune.config import GenerateSpec, RunConfig, field_help, from_dict, load_yaml, set_dotted
+from loratune.config import GenerateSpec, RunConfig, field_help, from_dict, load_yaml, merge_options
 from loratune.errors import LoratuneError
-
-# Short flags for the options everyone sets.
-SHORTCUTS = {"model": "model.source", "data": "data.path", "name": "name"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,32 +77,24 @@ def run_train(args, extra: list[str]) -> int:
 
 def train_config(args, extra: list[str]) -> RunConfig:
     """Defaults <- the run's saved loratune.yaml (on --resume) <- --config file <- flags and dotted overrides."""
-    data: dict = {}
     overrides = parse_overrides(extra)
-    for flag, dotted in SHORTCUTS.items():
-        if getattr(args, flag) is not None:
-            overrides[dotted] = getattr(args, flag)
+    overrides.update(
+        {flag: getattr(args, flag) for flag in ("model", "data", "name") if getattr(args, flag) is not None}
+    )
     if args.resume:
         overrides["train.resume"] = True
     if args.overwrite:
         overrides["train.overwrite"] = True
-    if args.config:
-        data = load_yaml(args.config)
+    data = load_yaml(args.config) if args.config else {}
     name = overrides.get("name", data.get("name"))
     if args.resume and name:
         from loratune.workspace import Workspace
 
         saved = Workspace.resolve(args.home).lora_dir(name) / "loratune.yaml"
         if saved.is_file():
-            data = _merge(load_yaml(saved), data)
-    for dotted, value in overrides.items():
-        set_dotted(data, dotted, value)
-    config = from_dict(RunConfig, data)
-    if not config.name:
-        if not config.data.path:
-            raise LoratuneError("give a dataset (--data) and a name for the adapter (--name)")
-        config.name = Path(config.data.path).stem
-    return config
+            data = merge_options(load_yaml(saved), data)
+    merge_options(data, overrides)
+    return from_dict(RunConfig, data)
 
 
 def parse_overrides(extra: list[str]) -> dict[str, str]:
@@ -151,13 +140,6 @@ def run_generate(args) -> int:
         else:
             print(generator.complete(prompt, spec))
     return 0
-
-
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 if __name__ == "__main__":

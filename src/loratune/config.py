@@ -172,6 +172,22 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
+# Short names for the options everyone sets (CLI flags and keyword arguments of `loratune.train`).
+SHORTCUTS = {"model": "model.source", "data": "data.path"}
+
+
+def merge_options(data: dict, options: dict[str, Any], prefix: str = "") -> dict:
+    """Layer `options` over a config dict, in place: dotted names ('train.lr'), shortcuts ('data'), nested dicts."""
+    for key, value in options.items():
+        if not prefix and key in SHORTCUTS and not isinstance(value, dict):
+            key = SHORTCUTS[key]
+        if isinstance(value, dict):
+            merge_options(data, value, f"{prefix}{key}.")
+        else:
+            set_dotted(data, prefix + key, value)
+    return data
+
+
 def set_dotted(data: dict, dotted: str, value: Any) -> None:
     """Set `value` at 'train.lr' inside a nested dict (creating levels as needed)."""
     *parents, leaf = dotted.split(".")

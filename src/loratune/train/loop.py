@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from loratune.config import RunConfig, save_yaml
+from loratune.config import RunConfig, from_dict, merge_options, save_yaml, to_dict
 from loratune.data import Sample, build_samples, collate
 from loratune.data.build import IGNORE
 from loratune.errors import LoratuneError
@@ -32,12 +32,30 @@ class TrainResult:
     tokenizer: object
 
 
-def train(config: RunConfig, home: str | Path | None = None, show_progress: bool = True, on_step=None) -> TrainResult:
-    """Train a LoRA adapter as `config` says; everything lands in <home>/loras/<config.name>/."""
+def train(
+    config: RunConfig | None = None,
+    home: str | Path | None = None,
+    show_progress: bool = True,
+    on_step=None,
+    **options,
+) -> TrainResult:
+    """Train a LoRA adapter; everything lands in <home>/loras/<name>/.
+
+    Args:
+        config: the run's options (defaults where omitted).
+        options: options layered over `config`, as on the command line: `model=`, `data=`, `name=`, dotted
+            names in a dict (`**{"train.lr": 2e-4}`) or groups (`train={"epochs": 2}`).
+        on_step: called with each metrics row (step, epoch, loss, lr, tokens_per_s, ...).
+    """
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model
 
-    config.validate()
+    if options:
+        config = from_dict(RunConfig, merge_options(to_dict(config or RunConfig()), options))
+    config = (config or RunConfig()).validate()
+    if not config.data.path:
+        raise LoratuneError("no dataset given: pass --data <file or folder> (or set data.path in the config)")
+    config.name = config.name or Path(config.data.path).stem  # the adapter is named after its data by default
     ws = Workspace.resolve(home)
     run_dir = ws.lora_dir(config.name)
     tc = config.train
