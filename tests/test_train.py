@@ -140,3 +140,19 @@ def test_keyword_options_like_the_command_line(tiny_model, data_file, home):
     assert result.run_dir == home / "loras" / "pirate"  # named after the data file
     saved = (result.run_dir / "loratune.yaml").read_text()
     assert "rank: 4" in saved and "max_steps: 2" in saved and str(data_file) in saved
+
+
+def test_generation_skips_the_chat_template_for_raw_text_loras(tiny_model, data_file, home, tmp_path):
+    from loratune import Generator
+
+    story = tmp_path / "story.txt"
+    story.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    train(
+        model=str(tiny_model), data=str(story), home=home, show_progress=False, train={"max_steps": 2, "save_every": 1}
+    )
+    train(model=str(tiny_model), data=str(data_file), home=home, show_progress=False, train={"max_steps": 1})
+    assert Generator(lora="story", home=home).raw_text_lora
+    assert Generator(lora="story/checkpoint-000001", home=home).raw_text_lora
+    chat = Generator(lora="pirate", home=home)
+    assert not chat.raw_text_lora
+    assert chat.complete("What is 2 plus 2?", use_lora=False) is not None

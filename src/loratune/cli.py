@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compare", action="store_true", help="print the base model's answer beside the LoRA's")
     gen.add_argument("--max-new-tokens", type=int, default=GenerateSpec.max_new_tokens)
     gen.add_argument("--temperature", type=float, default=GenerateSpec.temperature, help="0 = greedy")
-    gen.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
+    gen.add_argument(
+        "--no-chat",
+        action="store_true",
+        help="never wrap the prompt in the chat template (by default it is, unless the LoRA learned raw text)",
+    )
     return parser
 
 
@@ -130,7 +134,9 @@ def run_generate(args) -> int:
         raise LoratuneError("give at least one --prompt (or --prompts-file)")
     if args.compare and not args.lora:
         raise LoratuneError("--compare needs --lora")
-    spec = GenerateSpec(max_new_tokens=args.max_new_tokens, temperature=args.temperature, chat=not args.no_chat)
+    spec = GenerateSpec(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, chat=False if args.no_chat else None
+    )
     generator = Generator(args.model, args.lora, args.home)
     for prompt in prompts:
         if args.compare:

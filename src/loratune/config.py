@@ -94,8 +94,8 @@ class GenerateSpec:
     """0 means greedy decoding."""
     top_p: float = 0.9
     repetition_penalty: float = 1.0
-    chat: bool = True
-    """Wrap the prompt in the model's chat template when it has one."""
+    chat: bool | None = None
+    """Wrap the prompt in the model's chat template (None: yes, unless the LoRA was trained on raw text)."""
 
 
 @dataclass

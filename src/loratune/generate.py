@@ -7,6 +7,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import yaml
 
 from loratune.config import GenerateSpec
 from loratune.errors import LoratuneError
@@ -35,12 +36,14 @@ class Generator:
 
             base = PeftModel.from_pretrained(base, self.lora_path)
         self.model = base.eval()
+        self.raw_text_lora = self.lora_path is not None and trained_on_raw_text(self.lora_path)
 
     @torch.no_grad()
     def complete(self, prompt: str, spec: GenerateSpec | None = None, use_lora: bool = True) -> str:
         spec = spec or GenerateSpec()
         tok = self.tokenizer
-        if spec.chat and getattr(tok, "chat_template", None):
+        chat = spec.chat if spec.chat is not None else not self.raw_text_lora
+        if chat and getattr(tok, "chat_template", None):
             text = tok.apply_chat_template(
                 [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
             )
@@ -80,6 +83,16 @@ def resolve_lora(lora: str, ws: Workspace) -> Path:
     if not (path / "adapter_config.json").is_file():
         raise LoratuneError(f"no adapter at '{lora}' (looked for adapter_config.json as given and in {ws.loras})")
     return path
+
+
+def trained_on_raw_text(adapter: Path) -> bool:
+    """Did the run that made this adapter (or checkpoint) train on a raw text corpus? Then prompts are not chats."""
+    for folder in (adapter, adapter.parent):
+        if (folder / "loratune.yaml").is_file():
+            saved = yaml.safe_load((folder / "loratune.yaml").read_text(encoding="utf-8")) or {}
+            data_path = str(saved.get("data", {}).get("path", ""))
+            return bool(data_path) and Path(data_path).suffix.lower() not in (".json", ".jsonl")
+    return False
 
 
 def base_of(adapter: Path) -> str:

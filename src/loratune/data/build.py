@@ -47,7 +47,7 @@ def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample
     from loratune.data import instructions, raw_text
 
     path = find_data(spec.path, ws)
-    if path.is_dir() or path.suffix.lower() == ".txt":
+    if is_raw_text(path):
         samples, report = raw_text.build(path, tokenizer, spec)
     elif path.suffix.lower() in (".json", ".jsonl"):
         samples, report = instructions.build(path, tokenizer, spec, ws)
@@ -59,6 +59,11 @@ def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample
     if not samples:
         raise LoratuneError(f"{path}: no usable samples ({report.summary()})")
     return samples, report
+
+
+def is_raw_text(path: Path) -> bool:
+    """A .txt file or a folder (of .txt files) is a raw text corpus; anything else is instruction records."""
+    return path.is_dir() or path.suffix.lower() == ".txt"
 
 
 def find_data(given: str, ws: Workspace) -> Path:
