@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from loratune.config import DataSpec
@@ -28,7 +28,6 @@ class DataReport:
     nothing_to_train: int = 0
     tokens: int = 0
     trained_tokens: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [
