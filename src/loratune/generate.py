@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from loratune.config import GenerateSpec
+from loratune.data.build import is_raw_text
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path
 from loratune.workspace import Workspace, inside
@@ -90,8 +91,8 @@ def trained_on_raw_text(adapter: Path) -> bool:
     for folder in (adapter, adapter.parent):
         if (folder / "loratune.yaml").is_file():
             saved = yaml.safe_load((folder / "loratune.yaml").read_text(encoding="utf-8")) or {}
-            data_path = str(saved.get("data", {}).get("path", ""))
-            return bool(data_path) and Path(data_path).suffix.lower() not in (".json", ".jsonl")
+            data_path = str(saved.get("data", {}).get("path", ""))  # absolute: train() saves it resolved
+            return bool(data_path) and is_raw_text(Path(data_path))
     return False
 
 

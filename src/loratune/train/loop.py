@@ -13,7 +13,7 @@ import torch
 
 from loratune.config import RunConfig, from_dict, merge_options, save_yaml, to_dict
 from loratune.data import Sample, build_samples, collate
-from loratune.data.build import IGNORE
+from loratune.data.build import IGNORE, find_data
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
 from loratune.train.checkpoint import latest_checkpoint, load_state, save_adapter, save_checkpoint
@@ -50,13 +50,12 @@ def train(
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model
 
-    if options:
-        config = from_dict(RunConfig, merge_options(to_dict(config or RunConfig()), options))
-    config = (config or RunConfig()).validate()
-    if not config.data.path:
-        raise LoratuneError("no dataset given: pass --data <file or folder> (or set data.path in the config)")
-    config.name = config.name or Path(config.data.path).stem  # the adapter is named after its data by default
+    # A copy (the caller's config is never changed), with the options layered on top.
+    config = from_dict(RunConfig, merge_options(to_dict(config or RunConfig()), options)).validate()
     ws = Workspace.resolve(home)
+    # Saved absolute in loratune.yaml, so a resume from another folder finds the same data (and fails fast if none).
+    config.data.path = str(find_data(config.data.path, ws).resolve())
+    config.name = config.name or Path(config.data.path).stem  # the adapter is named after its data by default
     run_dir = ws.lora_dir(config.name)
     tc = config.train
     resume_from = check_run_dir(run_dir, tc.resume, tc.overwrite)
