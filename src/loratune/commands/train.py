@@ -1,0 +1,79 @@
+"""`loratune train`: options from defaults, the saved run, a YAML file and dotted flags; then the library's train()."""
+
+from __future__ import annotations
+
+import argparse
+
+from loratune.config import RunConfig, field_help, from_dict, load_yaml, merge_options
+from loratune.errors import LoratuneError
+
+
+def add(sub) -> None:
+    options = "\n".join(f"  --{name} (default {default!r})  {doc}" for name, default, doc in field_help())
+    train = sub.add_parser(
+        "train",
+        help="train a LoRA adapter",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="every option, also settable in the YAML config:\n" + options,
+    )
+    train.add_argument("--config", help="YAML file with any of the options below")
+    train.add_argument("--model", help="base model: hub id, folder, .gguf file, name in models/ (default: SmolLM2)")
+    train.add_argument("--data", help="dataset: .txt file or folder, .json or .jsonl file")
+    train.add_argument("--name", help="adapter name: results go to loras/<name>/")
+    train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing adapter of that name")
+    train.set_defaults(run=run_train, takes_overrides=True)
+
+
+def run_train(args, extra: list[str]) -> int:
+    from loratune.train import train
+
+    config = train_config(args, extra)
+    result = train(config, home=args.home)
+    print(
+        f"done: {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}, "
+        f"adapter in {result.run_dir}"
+    )
+    return 0
+
+
+def train_config(args, extra: list[str]) -> RunConfig:
+    """Defaults <- the run's saved loratune.yaml (on --resume) <- --config file <- flags and dotted overrides."""
+    overrides = parse_overrides(extra)
+    overrides.update(
+        {flag: getattr(args, flag) for flag in ("model", "data", "name") if getattr(args, flag) is not None}
+    )
+    if args.resume:
+        overrides["train.resume"] = True
+    if args.overwrite:
+        overrides["train.overwrite"] = True
+    data = load_yaml(args.config) if args.config else {}
+    name = overrides.get("name", data.get("name"))
+    if args.resume and name:
+        from loratune.workspace import Workspace
+
+        saved = Workspace.resolve(args.home).lora_dir(name) / "loratune.yaml"
+        if saved.is_file():
+            data = merge_options(load_yaml(saved), data)
+    merge_options(data, overrides)
+    return from_dict(RunConfig, data)
+
+
+def parse_overrides(extra: list[str]) -> dict[str, str]:
+    """`--train.lr 2e-4`, `--train.lr=2e-4`, or a bare `--train.resume` (true)."""
+    overrides, i = {}, 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or "." not in token:
+            raise LoratuneError(
+                f"unknown argument '{token}' (options look like --train.lr 2e-4; see loratune train --help)"
+            )
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+                value, i = extra[i + 1], i + 1
+            else:
+                value = "true"
+        overrides[key] = value
+        i += 1
+    return overrides
