@@ -1,0 +1,86 @@
+"""Forms generated from the config dataclasses: one input per option, labelled with its dotted name, its default and
+its help from the field docstring, so a new option in config.py appears in the UI without touching it."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal
+
+import gradio as gr
+
+from loratune.config import field_help, from_dict, set_dotted
+
+AUTO = "auto"  # shown for an option whose None means "decide for me"
+
+
+def option_types(cls: type, prefix: str = "") -> dict[str, Any]:
+    """dotted name -> annotated type, for every leaf option of dataclass `cls`."""
+    kinds = {}
+    for name, kind in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(kind):
+            kinds |= option_types(kind, f"{prefix}{name}.")
+        else:
+            kinds[prefix + name] = kind
+    return kinds
+
+
+def build_form(cls: type, skip: tuple[str, ...] = ()) -> dict[str, gr.components.Component]:
+    """Render one input per option of `cls` (inside the current Blocks context), grouped by section in accordions."""
+    kinds = option_types(cls)
+    inputs: dict[str, gr.components.Component] = {}
+    sections: dict[str, list[tuple[str, Any, str]]] = {}
+    for dotted, default, help_text in field_help(cls):
+        if dotted not in skip:
+            sections.setdefault(dotted.split(".")[0] if "." in dotted else "", []).append((dotted, default, help_text))
+    for section, rows in sections.items():
+        context = gr.Accordion(section, open=section in ("", "train")) if section else gr.Group()
+        with context:
+            for dotted, default, help_text in rows:
+                inputs[dotted] = _input(dotted, kinds[dotted], default, help_text)
+    return inputs
+
+
+def _input(name: str, kind: Any, default: Any, help_text: str) -> gr.components.Component:
+    info = f"{help_text} (default: {AUTO if default is None else default!r})".strip()
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        return gr.Dropdown(list(typing.get_args(kind)), value=default, label=name, info=info)
+    if origin in (typing.Union, types.UnionType):  # `X | None`: None offered as "auto"
+        inner = next(a for a in typing.get_args(kind) if a is not type(None))
+        choices = [AUTO, "true", "false"] if inner is bool else None
+        if choices:
+            value = AUTO if default is None else str(default).lower()
+            return gr.Dropdown(choices, value=value, label=name, info=info)
+        return gr.Textbox(value="" if default is None else str(default), label=name, info=info)
+    if kind is bool:
+        return gr.Checkbox(value=default, label=name, info=info)
+    if kind is int:
+        return gr.Number(value=default, precision=0, label=name, info=info)
+    if kind is float:
+        return gr.Number(value=default, label=name, info=info)
+    if _escaped(default):
+        return gr.Textbox(value=default.encode("unicode_escape").decode("ascii"), label=name, info=info)
+    return gr.Textbox(value=default, label=name, info=info)
+
+
+def _escaped(default: Any) -> bool:
+    """Text options whose default holds newlines or tabs are edited with backslash escapes (\\n), so they show."""
+    return isinstance(default, str) and any(c in default for c in "\n\t\r")
+
+
+def read_form(cls: type, names: list[str], values: list[Any], extra: dict[str, Any] | None = None) -> Any:
+    """Build (and validate, where the class can) a `cls` from the form's values; empty inputs keep the default."""
+    defaults = {name: default for name, default, _ in field_help(cls)}
+    data: dict = {}
+    for name, value in zip(names, values, strict=True):
+        if value is None:
+            continue  # an emptied number: keep the default
+        if _escaped(defaults.get(name)) and isinstance(value, str):
+            value = value.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        set_dotted(data, name, None if value == AUTO else value)
+    for name, value in (extra or {}).items():
+        set_dotted(data, name, value)
+    config = from_dict(cls, data)
+    return config.validate() if hasattr(config, "validate") else config

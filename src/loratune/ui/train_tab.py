@@ -1,0 +1,121 @@
+"""Train tab: every option (generated from the config dataclasses), start / stop / resume a background job, and its
+live progress read from the run folder, so a reloaded page or a restarted UI shows the same job and history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from loratune.config import RunConfig
+from loratune.ui import jobs, names
+from loratune.ui.feedback import shows_errors
+from loratune.ui.form import build_form, read_form
+from loratune.ui.runs import read_metrics
+from loratune.workspace import Workspace
+
+REFRESH_S = 2.0
+STATE_ICONS = {"starting": "⏳", "running": "🟢", "stopping": "🟡", "finished": "✅", "stopped": "⏸️", "failed": "❌"}
+
+
+@dataclass
+class TrainTab:
+    form: dict[str, gr.components.Component]
+    job: gr.Dropdown
+
+
+def build(ws: Workspace) -> TrainTab:
+    gr.Markdown(
+        "Every option of `loratune train`, with its default. The job runs in the background as "
+        "`python -m loratune.cli train --config ...`: closing or reloading this page does not stop it."
+    )
+    with gr.Row():
+        with gr.Column(scale=3):
+            form = build_form(RunConfig, skip=("train.resume",))
+        with gr.Column(scale=4):
+            with gr.Row():
+                job = gr.Dropdown(jobs.job_names(ws), label="Job", info="the run shown below", scale=3)
+                refresh = gr.Button("↻", scale=0, min_width=40)
+            with gr.Row():
+                start = gr.Button("Start training", variant="primary")
+                stop = gr.Button("Stop (saves a checkpoint)", variant="stop")
+                resume = gr.Button("Resume")
+            status = gr.Markdown("No job yet.", elem_id="job-status")
+            curve = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, elem_id="loss-curve")
+            log = gr.Textbox(label="Job output (end)", lines=8, max_lines=8, autoscroll=True, elem_id="job-log")
+
+    names_in_form = list(form)
+    view = [status, curve, log]
+
+    @shows_errors
+    def on_start(*values):
+        config = read_form(RunConfig, names_in_form, list(values))
+        config.model.source = names.model_source(ws, config.model.source)
+        config.data.path = names.data_path(ws, config.data.path)
+        config.data.format = names.data_format(ws, config.data.format)
+        if not config.name:
+            raise gr.Error("give the adapter a name (the 'name' option)")
+        jobs.start(ws, config)
+        return gr.update(choices=jobs.job_names(ws), value=config.name), *job_view(ws, config.name)
+
+    @shows_errors
+    def on_stop(name):
+        jobs.stop(ws, _chosen(name))
+        return job_view(ws, name)
+
+    @shows_errors
+    def on_resume(name):
+        jobs.start(ws, name=_chosen(name), resume=True)
+        return job_view(ws, name)
+
+    start.click(on_start, inputs=list(form.values()), outputs=[job, *view])
+    stop.click(on_stop, inputs=job, outputs=view)
+    resume.click(on_resume, inputs=job, outputs=view)
+    show = shows_errors(lambda name: job_view(ws, name))
+    job.change(show, inputs=job, outputs=view)
+    refresh.click(lambda: gr.update(choices=jobs.job_names(ws)), outputs=job)
+    gr.Timer(REFRESH_S).tick(show, inputs=job, outputs=view)
+    return TrainTab(form=form, job=job)
+
+
+def reattach(ws: Workspace):
+    """On page load: show the running job (or else the newest one), with its whole history."""
+    found = jobs.job_names(ws)
+    active = [n for n in found if (s := jobs.status(ws, n)) is not None and s.active]
+    return gr.update(choices=found, value=(active or found or [None])[0])
+
+
+def job_view(ws: Workspace, name: str | None):
+    if not name:
+        return "No job yet.", None, ""
+    state = jobs.status(ws, name)
+    rows = read_metrics(ws.lora_dir(name))
+    heading = f"### {STATE_ICONS.get(state.state, '')} `{name}`: {state.state}" if state else f"### `{name}`"
+    if state and state.exit_code is not None:
+        heading += f" (exit code {state.exit_code})"
+    lines = [heading]
+    if rows:
+        last = rows[-1]
+        lines.append(
+            f"**step {last['step']}** · epoch {last.get('epoch', 0):.2f} · loss **{last['loss']:.4f}** · "
+            f"lr {last.get('lr', 0):.2e} · {last.get('tokens_per_s', 0):,.0f} tokens/s · "
+            f"ETA {_duration(last.get('eta_s', 0)) if state and state.active else '-'}"
+        )
+    elif state and state.active:
+        lines.append("loading the model and the data ...")
+    curve = pd.DataFrame({"step": [r["step"] for r in rows], "loss": [r["loss"] for r in rows]}) if rows else None
+    return "\n\n".join(lines), curve, jobs.log_tail(ws, name)
+
+
+def _chosen(name: str | None) -> str:
+    if not name:
+        raise gr.Error("choose a job first")
+    return name
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
