@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from loratune.ui import dataset_tab, generate_tab, loras_tab, model_tab, train_tab
+from loratune.ui.runs import lora_choices
 from loratune.workspace import Workspace
 
 CSS = """
@@ -34,9 +35,9 @@ def build_app(home: str | None = None, max_upload_mb: int = 100) -> gr.Blocks:
                 data = dataset_tab.build(ws, max_upload_mb)
             with gr.Tab("Train", id="train"):
                 train = train_tab.build(ws)
-            with gr.Tab("LoRAs", id="loras"):
+            with gr.Tab("LoRAs", id="loras") as loras_page:
                 loras = loras_tab.build(ws)
-            with gr.Tab("Generate", id="generate"):
+            with gr.Tab("Generate", id="generate") as generate_page:
                 generate = generate_tab.build(ws)
 
         # The earlier tabs fill the Train form, so the options a run uses are always visible in one place.
@@ -46,8 +47,14 @@ def build_app(home: str | None = None, max_upload_mb: int = 100) -> gr.Blocks:
         data.choice.change(lambda v: v, inputs=data.choice, outputs=form["data.path"])
         data.format.change(lambda v: v, inputs=data.format, outputs=form["data.format"])
         data.cutoff.change(lambda v: v, inputs=data.cutoff, outputs=form["data.cutoff"])
+        # Lists are read again when their tab is opened: a run may have written checkpoints since the page loaded.
+        loras_page.select(loras.reload, outputs=loras.outputs)
+        generate_page.select(generate.reload, inputs=generate.loras, outputs=[generate.loras, generate.model])
         loras.use.click(
-            lambda choice: (gr.update(value=[choice] if choice else []), gr.Tabs(selected="generate")),
+            lambda choice: (
+                gr.update(choices=lora_choices(ws), value=[choice] if choice else []),
+                gr.Tabs(selected="generate"),
+            ),
             inputs=loras.choice,
             outputs=[generate.loras, tabs],
         )

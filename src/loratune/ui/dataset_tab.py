@@ -37,7 +37,9 @@ def build(ws: Workspace, max_upload_mb: int) -> DatasetTab:
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
-                choice = gr.Dropdown(names.dataset_choices(ws), label="Dataset", scale=3, elem_id="dataset-choice")
+                choice = gr.Dropdown(
+                    names.dataset_choices(ws), value=None, label="Dataset", scale=3, elem_id="dataset-choice"
+                )
                 refresh = gr.Button("↻", scale=0, min_width=40)
             with gr.Row():
                 fmt = gr.Dropdown(names.format_choices(ws), value=DataSpec.format, label="Format")

@@ -35,34 +35,40 @@ def build_form(cls: type, skip: tuple[str, ...] = ()) -> dict[str, gr.components
         if dotted not in skip:
             sections.setdefault(dotted.split(".")[0] if "." in dotted else "", []).append((dotted, default, help_text))
     for section, rows in sections.items():
-        context = gr.Accordion(section, open=section in ("", "train")) if section else gr.Group()
+        context = gr.Accordion(section, open=section != "adapter") if section else gr.Group()
         with context:
             for dotted, default, help_text in rows:
                 inputs[dotted] = _input(dotted, kinds[dotted], default, help_text)
     return inputs
 
 
+def element_id(name: str) -> str:
+    """The HTML id of an option's input block: 'train.lr' -> 'option-train-lr'."""
+    return "option-" + name.replace(".", "-").replace("_", "-")
+
+
 def _input(name: str, kind: Any, default: Any, help_text: str) -> gr.components.Component:
     info = f"{help_text} (default: {AUTO if default is None else default!r})".strip()
+    common = {"label": name, "info": info, "elem_id": element_id(name)}
     origin = typing.get_origin(kind)
     if origin is Literal:
-        return gr.Dropdown(list(typing.get_args(kind)), value=default, label=name, info=info)
+        return gr.Dropdown(list(typing.get_args(kind)), value=default, **common)
     if origin in (typing.Union, types.UnionType):  # `X | None`: None offered as "auto"
         inner = next(a for a in typing.get_args(kind) if a is not type(None))
         choices = [AUTO, "true", "false"] if inner is bool else None
         if choices:
             value = AUTO if default is None else str(default).lower()
-            return gr.Dropdown(choices, value=value, label=name, info=info)
-        return gr.Textbox(value="" if default is None else str(default), label=name, info=info)
+            return gr.Dropdown(choices, value=value, **common)
+        return gr.Textbox(value="" if default is None else str(default), **common)
     if kind is bool:
-        return gr.Checkbox(value=default, label=name, info=info)
+        return gr.Checkbox(value=default, **common)
     if kind is int:
-        return gr.Number(value=default, precision=0, label=name, info=info)
+        return gr.Number(value=default, precision=0, **common)
     if kind is float:
-        return gr.Number(value=default, label=name, info=info)
+        return gr.Number(value=default, **common)
     if _escaped(default):
-        return gr.Textbox(value=default.encode("unicode_escape").decode("ascii"), label=name, info=info)
-    return gr.Textbox(value=default, label=name, info=info)
+        return gr.Textbox(value=default.encode("unicode_escape").decode("ascii"), **common)
+    return gr.Textbox(value=default, **common)
 
 
 def _escaped(default: Any) -> bool:
@@ -73,13 +79,16 @@ def _escaped(default: Any) -> bool:
 def read_form(cls: type, names: list[str], values: list[Any], extra: dict[str, Any] | None = None) -> Any:
     """Build (and validate, where the class can) a `cls` from the form's values; empty inputs keep the default."""
     defaults = {name: default for name, default, _ in field_help(cls)}
+    kinds = option_types(cls)
     data: dict = {}
     for name, value in zip(names, values, strict=True):
         if value is None:
             continue  # an emptied number: keep the default
         if _escaped(defaults.get(name)) and isinstance(value, str):
             value = value.encode("latin-1", "backslashreplace").decode("unicode_escape")
-        set_dotted(data, name, None if value == AUTO else value)
+        if value == AUTO and type(None) in typing.get_args(kinds[name]):
+            value = None
+        set_dotted(data, name, value)
     for name, value in (extra or {}).items():
         set_dotted(data, name, value)
     config = from_dict(cls, data)

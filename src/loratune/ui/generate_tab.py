@@ -25,6 +25,8 @@ KEEP_LOADED = 3  # models kept in memory between clicks
 class GenerateTab:
     loras: gr.Dropdown
     model: gr.Dropdown
+    reload: object
+    """(chosen LoRAs) -> fresh choices for `loras` and `model`, keeping what is still there."""
 
 
 class LoadedModels:
@@ -85,11 +87,14 @@ def build(ws: Workspace) -> GenerateTab:
         return side_by_side(columns)
 
     go.click(on_generate, inputs=[loras, model, with_base, prompt, *form.values()], outputs=answers)
-    refresh.click(
-        lambda: (gr.update(choices=lora_choices(ws)), gr.update(choices=[LORA_BASE, *names.model_choices(ws)])),
-        outputs=[loras, model],
-    )
-    return GenerateTab(loras=loras, model=model)
+
+    def reload(chosen):
+        available = lora_choices(ws)
+        kept = [c for c in chosen or [] if c in available]
+        return gr.update(choices=available, value=kept), gr.update(choices=[LORA_BASE, *names.model_choices(ws)])
+
+    refresh.click(reload, inputs=loras, outputs=[loras, model])
+    return GenerateTab(loras=loras, model=model, reload=reload)
 
 
 def side_by_side(columns: list[tuple[str, str]]) -> str:

@@ -18,18 +18,24 @@ COLUMNS = ["LoRA", "final adapter", "steps logged", "last loss", "checkpoints (l
 class LorasTab:
     choice: gr.Dropdown
     use: gr.Button
-    refresh: gr.Button
+    reload: object
+    """() -> fresh values for `outputs` (the table and the choices)."""
+    outputs: list
 
 
 def build(ws: Workspace) -> LorasTab:
     gr.Markdown("Adapters and checkpoints in `loras/`. A checkpoint is a complete adapter: use it like the final one.")
     table = gr.Dataframe(runs_table(ws), headers=COLUMNS, interactive=False, wrap=True, elem_id="loras-table")
     with gr.Row():
-        choice = gr.Dropdown(lora_choices(ws), label="Adapter or checkpoint", scale=3)
+        choice = gr.Dropdown(lora_choices(ws), value=None, label="Adapter or checkpoint", scale=3)
         use = gr.Button("Use in Generate", variant="primary", scale=1)
         refresh = gr.Button("↻ Refresh", scale=0)
-    refresh.click(lambda: (runs_table(ws), gr.update(choices=lora_choices(ws))), outputs=[table, choice])
-    return LorasTab(choice=choice, use=use, refresh=refresh)
+
+    def reload():
+        return runs_table(ws), gr.update(choices=lora_choices(ws))
+
+    refresh.click(reload, outputs=[table, choice])
+    return LorasTab(choice=choice, use=use, reload=reload, outputs=[table, choice])
 
 
 def runs_table(ws: Workspace) -> pd.DataFrame:

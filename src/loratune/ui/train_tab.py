@@ -16,7 +16,7 @@ from loratune.ui.runs import read_metrics
 from loratune.workspace import Workspace
 
 REFRESH_S = 2.0
-STATE_ICONS = {"starting": "⏳", "running": "🟢", "stopping": "🟡", "finished": "✅", "stopped": "⏸️", "failed": "❌"}
+# A word, not an emoji: headless and minimal systems often lack an emoji font.
 
 
 @dataclass
@@ -35,7 +35,7 @@ def build(ws: Workspace) -> TrainTab:
             form = build_form(RunConfig, skip=("train.resume",))
         with gr.Column(scale=4):
             with gr.Row():
-                job = gr.Dropdown(jobs.job_names(ws), label="Job", info="the run shown below", scale=3)
+                job = gr.Dropdown(jobs.job_names(ws), value=None, label="Job", info="the run shown below", scale=3)
                 refresh = gr.Button("↻", scale=0, min_width=40)
             with gr.Row():
                 start = gr.Button("Start training", variant="primary")
@@ -91,7 +91,7 @@ def job_view(ws: Workspace, name: str | None):
         return "No job yet.", None, ""
     state = jobs.status(ws, name)
     rows = read_metrics(ws.lora_dir(name))
-    heading = f"### {STATE_ICONS.get(state.state, '')} `{name}`: {state.state}" if state else f"### `{name}`"
+    heading = f"### `{name}`: {state.state}" if state else f"### `{name}`"
     if state and state.exit_code is not None:
         heading += f" (exit code {state.exit_code})"
     lines = [heading]

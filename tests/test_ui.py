@@ -1,0 +1,297 @@
+"""The web UI: the whole journey in headless Chromium against a real `loratune ui` server, plus its safety rules.
+
+Browser: Debian's `chromium` driven by Playwright (`playwright install` cannot download here); the browser tests are
+skipped, saying why, only when that binary is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from loratune.errors import LoratuneError
+from loratune.workspace import Workspace
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+RECORDS = [
+    {"instruction": f"What is {a} plus {b}?", "output": f"Arr! It be {a + b}."} for a in range(5) for b in range(4)
+]
+WAIT_MS = 90_000  # generous: the job shares two cores with everything else
+
+
+# ---------------------------------------------------------------- no browser: the rules behind the UI
+
+
+def test_listen_refuses_without_auth(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "loratune.cli", "--home", str(tmp_path), "ui", "--listen"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "--listen serves the UI to the network: give --auth" in result.stderr
+
+
+def test_auth_parsing(tmp_path):
+    from loratune.commands.ui import parse_auth
+
+    users = tmp_path / "users.txt"
+    users.write_text("ann:secret\nbob:pa:ss\n")
+    assert parse_auth("me:pw", str(users)) == [("me", "pw"), ("ann", "secret"), ("bob", "pa:ss")]
+    with pytest.raises(LoratuneError, match="user:password"):
+        parse_auth("nopassword", None)
+
+
+def test_names_from_the_browser_stay_inside_their_folders(tmp_path):
+    from loratune.ui import names
+
+    ws = Workspace.resolve(tmp_path)
+    (ws.datasets / "sub").mkdir(parents=True)
+    (ws.datasets / "sub" / "a.jsonl").write_text("{}\n")
+    (tmp_path / "secret.txt").write_text("not yours")
+    assert names.data_path(ws, "sub/a.jsonl") == str(ws.datasets / "sub" / "a.jsonl")
+    assert names.dataset_choices(ws) == ["sub/a.jsonl"]
+    for bad in ("../secret.txt", "/etc/passwd", "sub/../../secret.txt"):
+        with pytest.raises(LoratuneError):
+            names.data_path(ws, bad)
+    for bad in ("../x", "a/b/c", "/abs", "x/../../y"):
+        with pytest.raises(LoratuneError):
+            names.lora_path(ws, bad)
+    for bad in ("/etc", "../models", "./here", "a/../../b"):
+        with pytest.raises(LoratuneError):
+            names.model_source(ws, bad)
+    assert names.model_source(ws, "org/model") == "org/model"  # a hub id: downloaded into models/
+    assert names.upload_target(ws, "../../evil.jsonl") == ws.datasets / "evil.jsonl"  # the folder part is dropped
+    with pytest.raises(LoratuneError):
+        names.upload_target(ws, "run.sh")
+    with pytest.raises(LoratuneError):
+        names.data_format(ws, "/etc/passwd")
+
+
+def test_form_round_trips_every_option():
+    """The generated form, left at its defaults, gives back the default config (hard_cut's newlines included)."""
+    from loratune.config import RunConfig, field_help
+    from loratune.ui.form import option_types, read_form
+
+    rows = field_help(RunConfig)
+    assert set(option_types(RunConfig)) == {name for name, _, _ in rows}
+    shown = [d.encode("unicode_escape").decode() if isinstance(d, str) and "\n" in d else d for _, d, _ in rows]
+    assert read_form(RunConfig, [n for n, _, _ in rows], shown) == RunConfig()
+    edited = read_form(RunConfig, ["train.lr", "data.hard_cut"], [1e-3, "\\n---\\n"])
+    assert edited.train.lr == 1e-3 and edited.data.hard_cut == "\n---\n"
+
+
+# ---------------------------------------------------------------- the journey in a real browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real `loratune ui` in a subprocess; restartable on the same port (to show the job outlives the UI)."""
+
+    def __init__(self, home: Path, log: Path):
+        self.home, self.log, self.port = home, log, free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.process = None
+
+    def start(self) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        with open(self.log, "a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "loratune.cli", "--home", str(self.home), "ui", "--port", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"loratune ui exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        pytest.fail(f"loratune ui did not answer on {self.url}:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def ui_home(tmp_path, tiny_model) -> Path:
+    home = tmp_path / "home"
+    shutil.copytree(tiny_model, home / "models" / "tiny")
+    (home / "datasets").mkdir()
+    (home / "datasets" / "sums.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    return home
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        yield page
+        browser.close()
+
+
+def choose(page, label: str, option: str | re.Pattern) -> None:
+    """Pick an option in a Gradio dropdown (an input with a listbox)."""
+    page.get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=option).first.click()
+
+
+def option(page, name: str):
+    """The input of a config option in a generated form (found by the id the form gives it)."""
+    from loratune.ui.form import element_id
+
+    return page.locator(f"#{element_id(name)}").locator("input, textarea").first
+
+
+def set_option(page, name: str, value) -> None:
+    field = option(page, name)
+    field.fill(str(value))
+    field.press("Tab")  # Gradio takes the value on blur
+
+
+def shown_step(page) -> int:
+    found = re.search(r"step (\d+)", page.locator("#job-status").inner_text())
+    return int(found.group(1)) if found else 0
+
+
+def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
+    from playwright.sync_api import expect
+
+    page = browser_page
+    shots = Path(os.environ.get("LORATUNE_UI_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    server = Server(ui_home, tmp_path / "ui.log")
+    server.start()
+    run_dir = ui_home / "loras" / "ui-run"
+    try:
+        page.goto(server.url)
+
+        # Model: the tiny model in models/.
+        page.get_by_role("tab", name="Model").click()
+        choose(page, "Base model", "tiny")
+
+        # Dataset: pick the file and check it.
+        page.get_by_role("tab", name="Dataset").click()
+        choose(page, "Dataset", "sums.jsonl")
+        page.get_by_role("button", name="Check data").click()
+        expect(page.locator("#data-summary")).to_contain_text("20 records", timeout=WAIT_MS)
+        expect(page.locator("#data-summary")).to_contain_text("samples")
+        page.screenshot(path=shots / "1-dataset.png", full_page=True)
+
+        # Train: the form was filled by the other tabs; set a long run that saves often, and start it.
+        page.get_by_role("tab", name="Train").click()
+        expect(option(page, "model.source")).to_have_value("tiny")
+        expect(option(page, "data.path")).to_have_value("sums.jsonl")
+        option(page, "name").fill("ui-run")
+        set_option(page, "train.max_steps", 100_000)
+        set_option(page, "train.save_every", 50)
+        set_option(page, "train.batch_size", 4)
+        page.get_by_role("button", name="Start training").click()
+        status = page.locator("#job-status")
+        expect(status).to_contain_text("running", timeout=WAIT_MS)
+        expect(status).to_contain_text("loss", timeout=WAIT_MS)  # metrics.jsonl rows arrive
+        first = shown_step(page)
+        expect(status).not_to_contain_text(f"step {first} ", timeout=WAIT_MS)  # the loss line moves on
+        assert shown_step(page) > first
+        page.screenshot(path=shots / "2-training.png", full_page=True)
+
+        # Reload the page: the job and its history are still there.
+        page.reload()
+        page.get_by_role("tab", name="Train").click()
+        expect(status).to_contain_text("ui-run", timeout=WAIT_MS)
+        expect(status).to_contain_text("running")
+        expect(status).to_contain_text("loss", timeout=WAIT_MS)
+        assert shown_step(page) >= first
+
+        # Restart the UI itself: the job runs on, and the new UI finds it.
+        server.stop()
+        server.start()
+        page.goto(server.url)
+        page.get_by_role("tab", name="Train").click()
+        expect(status).to_contain_text("ui-run", timeout=WAIT_MS)
+        expect(status).to_contain_text("running")
+        page.screenshot(path=shots / "3-after-ui-restart.png", full_page=True)
+
+        # Stop: the job ends and a complete checkpoint is on disk.
+        expect(status).to_contain_text("loss", timeout=WAIT_MS)
+        page.get_by_role("button", name="Stop (saves a checkpoint)").click()
+        expect(status).to_contain_text("stopped", timeout=WAIT_MS)
+        checkpoints = sorted(p.name for p in run_dir.glob("checkpoint-*") if (p / "COMPLETE").is_file())
+        assert checkpoints, f"no complete checkpoint in {run_dir}"
+
+        # LoRAs: the checkpoint is listed with its loss; send it to Generate.
+        page.get_by_role("tab", name="LoRAs").click()
+        page.get_by_role("button", name="↻ Refresh").click()
+        expect(page.locator("#loras-table")).to_contain_text("ui-run", timeout=WAIT_MS)
+        choose(page, "Adapter or checkpoint", f"ui-run/{checkpoints[-1]}")
+        page.screenshot(path=shots / "4-loras.png", full_page=True)
+        page.get_by_role("button", name="Use in Generate").click()
+
+        # Generate: base model and the checkpoint side by side.
+        expect(page.get_by_label("Prompt", exact=True)).to_be_visible()
+        page.get_by_label("Prompt", exact=True).fill("What is 2 plus 3?")
+        set_option(page, "max_new_tokens", 8)
+        page.get_by_role("button", name="Generate", exact=True).click()
+        answers = page.locator("#answers")
+        expect(answers).to_contain_text(f"ui-run/{checkpoints[-1]}", timeout=WAIT_MS)
+        expect(answers).to_contain_text("base model")
+        assert len(answers.locator(".answer-text").all()) == 2
+        page.screenshot(path=shots / "5-generate.png", full_page=True)
+    except BaseException:
+        page.screenshot(path=shots / "failure.png", full_page=True)
+        print(f"screenshots in {shots}; UI log:\n{(tmp_path / 'ui.log').read_text()[-3000:]}")
+        raise
+    finally:
+        server.stop()
+        _stop_leftover_job(ui_home)
+
+
+def _stop_leftover_job(home: Path) -> None:
+    """If the test failed mid-run, do not leave the training job running."""
+    from loratune.ui import jobs
+
+    ws = Workspace.resolve(home)
+    for name in jobs.job_names(ws):
+        state = jobs.status(ws, name)
+        if state is not None and state.active and state.pid:
+            try:
+                os.kill(state.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
