@@ -130,3 +130,20 @@ def test_loras_cli(ws, capsys):
     assert not (ws / "loras/sums/checkpoint-000002").exists()
     assert main(["--home", str(ws), "loras", "delete", "../x", "--yes"]) == 1
     assert "invalid adapter name" in capsys.readouterr().err
+
+
+def test_training_writes_a_model_card(ws, tiny_model):
+    card = (ws / "loras" / "sums" / "README.md").read_text()
+    final = losses(ws)[4]
+    assert card.startswith("---\nlibrary_name: peft\n")
+    for expected in (
+        f"final loss | {final:.4f}",
+        str(tiny_model),
+        "rank 4, alpha 8",
+        "4 optimizer steps",
+        'PeftModel.from_pretrained(base, "loras/sums")',
+        "text-generation-webui",
+        "--lora loras/sums/adapter.gguf",
+        "sums.jsonl",
+    ):
+        assert expected in card, expected

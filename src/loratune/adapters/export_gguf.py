@@ -67,7 +67,8 @@ def gguf_tensors(adapter: Path, base_config: dict) -> tuple[str, float, dict[str
 
     n_head = base_config["num_attention_heads"]
     n_kv_head = base_config.get("num_key_value_heads") or n_head
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH_NAMES_REVERSE[arch], base_config["num_hidden_layers"])
+    arch_id = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
+    names = gguf.get_tensor_name_map(arch_id, base_config["num_hidden_layers"])
     weights = load_file(adapter / "adapter_model.safetensors")
     tensors = {}
     for key, value in sorted(weights.items()):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from loratune.adapters.card import write_card
 from loratune.config import RunConfig, from_dict, merge_options, save_yaml, to_dict
 from loratune.data import Sample, build_samples, collate
 from loratune.data.build import IGNORE, find_data
@@ -144,6 +145,7 @@ def train(
 
     if accelerator.is_main_process:
         save_adapter(run_dir, accelerator.unwrap_model(model))
+        write_card(run_dir, config, step, loss_value)
         say(f"adapter saved in {run_dir} (final loss {loss_value:.4f})")
     accelerator.wait_for_everyone()
     model.eval()
