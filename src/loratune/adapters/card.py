@@ -53,8 +53,8 @@ tokenizer = AutoTokenizer.from_pretrained("{base_path}")
 model = PeftModel.from_pretrained(base, "loras/{name}")
 ```
 
-Or with loratune: `loratune generate --lora {name} --prompt "..."`, and `loratune loras merge {name} --out models/{name}-merged`
-for a plain transformers model with the adapter merged in.
+Or with loratune: `loratune generate --lora {name} --prompt "..."`, and
+`loratune loras merge {name} --out models/{name}-merged` for a plain transformers model with the adapter merged in.
 
 ## text-generation-webui
 
