@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from loratune.adapters.card import write_card
 from loratune.config import RunConfig, from_dict, merge_options, save_yaml, to_dict
 from loratune.data import Sample, build_samples, collate
 from loratune.data.build import IGNORE, find_data
@@ -168,6 +169,7 @@ def _train(config, home, show_progress, on_step, stopper: StopRequest, **options
         if stopped and not is_complete(checkpoint_dir(run_dir, step)):
             save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler)
         save_adapter(run_dir, accelerator.unwrap_model(model))
+        write_card(run_dir, config, step, loss_value)
         say(f"adapter saved in {run_dir} (final loss {loss_value:.4f})")
         if stopped:
             say(f"stopped at step {step} of {total_steps}; continue with: loratune train --name {config.name} --resume")
