@@ -31,10 +31,10 @@ def run_train(args, extra: list[str]) -> int:
     config = train_config(args, extra)
     result = train(config, home=args.home)
     print(
-        f"done: {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}, "
-        f"adapter in {result.run_dir}"
+        f"{'stopped' if result.stopped else 'done'}: {result.steps} steps in {result.seconds:.0f}s, "
+        f"final loss {result.final_loss:.4f}, adapter in {result.run_dir}"
     )
-    return 0
+    return 0  # a graceful stop (SIGINT/SIGTERM) is a success: the run is saved and resumable
 
 
 def train_config(args, extra: list[str]) -> RunConfig:

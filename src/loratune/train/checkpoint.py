@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from loratune.train.pause import pause_point
+
 COMPLETE = "COMPLETE"
 STATE = "training_state.pt"
 
@@ -25,6 +27,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler) -> Pa
     tmp = run_dir / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    pause_point("checkpoint-write")
     torch.save(
         {
             "step": step,
@@ -39,6 +42,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler) -> Pa
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
+    pause_point("checkpoint-rename")
     _write_synced(target / COMPLETE, f"{step}\n")
     _fsync_dir(run_dir)
     return target
@@ -52,12 +56,17 @@ def save_adapter(run_dir: Path, model) -> None:
     _fsync_tree(tmp)
     for file in tmp.iterdir():
         os.replace(file, run_dir / file.name)
+        pause_point("final-save")
     tmp.rmdir()
     _fsync_dir(run_dir)
 
 
+def is_complete(checkpoint: Path) -> bool:
+    return (checkpoint / COMPLETE).is_file()
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    complete = [p for p in run_dir.glob("checkpoint-*") if (p / COMPLETE).is_file()]
+    complete = [p for p in run_dir.glob("checkpoint-*") if is_complete(p)]
     return max(complete, key=lambda p: p.name, default=None)
 
 

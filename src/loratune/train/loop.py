@@ -11,14 +11,24 @@ from pathlib import Path
 
 import torch
 
+from loratune.adapters.card import write_card
 from loratune.config import RunConfig, from_dict, merge_options, save_yaml, to_dict
 from loratune.data import Sample, build_samples, collate
 from loratune.data.build import IGNORE, find_data
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
-from loratune.train.checkpoint import latest_checkpoint, load_state, save_adapter, save_checkpoint
+from loratune.train.checkpoint import (
+    checkpoint_dir,
+    is_complete,
+    latest_checkpoint,
+    load_state,
+    save_adapter,
+    save_checkpoint,
+)
 from loratune.train.loss import token_loss_sum
+from loratune.train.pause import pause_point
 from loratune.train.progress import Progress
+from loratune.train.stop import StopRequest, StopSource
 from loratune.workspace import Workspace
 
 
@@ -30,6 +40,7 @@ class TrainResult:
     seconds: float
     model: object  # the trained PeftModel, still in memory
     tokenizer: object
+    stopped: bool = False  # ended early by a signal or the caller's stop; resumable from its last checkpoint
 
 
 def train(
@@ -37,6 +48,7 @@ def train(
     home: str | Path | None = None,
     show_progress: bool = True,
     on_step=None,
+    stop: StopSource = None,
     **options,
 ) -> TrainResult:
     """Train a LoRA adapter; everything lands in <home>/loras/<name>/.
@@ -46,7 +58,14 @@ def train(
         options: options layered over `config`, as on the command line: `model=`, `data=`, `name=`, dotted
             names in a dict (`**{"train.lr": 2e-4}`) or groups (`train={"epochs": 2}`).
         on_step: called with each metrics row (step, epoch, loss, lr, tokens_per_s, ...).
+        stop: a `threading.Event` or a function returning True: the run then ends like on Ctrl-C (after the
+            current step, with a complete checkpoint). SIGINT and SIGTERM do the same when called in the main thread.
     """
+    with StopRequest(stop) as stopper:
+        return _train(config, home, show_progress, on_step, stopper, **options)
+
+
+def _train(config, home, show_progress, on_step, stopper: StopRequest, **options) -> TrainResult:
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model
 
@@ -124,6 +143,7 @@ def train(
                 accelerator.backward(loss_sum / max(n_trained, 1))
             loss_total += loss_sum.item()
         loss_value = loss_total / max(n_trained, 1)
+        pause_point("step")  # inert outside the fault-injection tests
         if not math.isfinite(loss_value):  # before the optimizer step, so the weights stay finite
             raise LoratuneError(f"loss became {loss_value} at step {step + 1}; lower train.lr and resume or restart")
         if tc.max_grad_norm > 0:
@@ -140,15 +160,23 @@ def train(
             on_step(row)
         if accelerator.is_main_process and tc.save_every and step % tc.save_every == 0 and step < total_steps:
             save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler)
+        if stopper.agreed(accelerator):  # Ctrl-C, SIGTERM or the caller's stop: this step is done, end here
+            break
     progress.close()
 
+    stopped = step < total_steps
     if accelerator.is_main_process:
+        if stopped and not is_complete(checkpoint_dir(run_dir, step)):
+            save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler)
         save_adapter(run_dir, accelerator.unwrap_model(model))
+        write_card(run_dir, config, step, loss_value)
         say(f"adapter saved in {run_dir} (final loss {loss_value:.4f})")
+        if stopped:
+            say(f"stopped at step {step} of {total_steps}; continue with: loratune train --name {config.name} --resume")
     accelerator.wait_for_everyone()
     model.eval()
     return TrainResult(
-        run_dir, step, loss_value, time.perf_counter() - started, accelerator.unwrap_model(model), tokenizer
+        run_dir, step, loss_value, time.perf_counter() - started, accelerator.unwrap_model(model), tokenizer, stopped
     )
 
 
