@@ -67,9 +67,11 @@ def test_names_from_the_browser_stay_inside_their_folders(tmp_path):
     for bad in ("../secret.txt", "/etc/passwd", "sub/../../secret.txt"):
         with pytest.raises(LoratuneError):
             names.data_path(ws, bad)
+    from loratune.adapters import adapter_path  # what the Generate tab resolves LoRA choices with
+
     for bad in ("../x", "a/b/c", "/abs", "x/../../y"):
         with pytest.raises(LoratuneError):
-            names.lora_path(ws, bad)
+            adapter_path(bad, ws)
     for bad in ("/etc", "../models", "./here", "a/../../b"):
         with pytest.raises(LoratuneError):
             names.model_source(ws, bad)
@@ -253,6 +255,7 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         expect(status).to_contain_text("loss", timeout=WAIT_MS)
         page.get_by_role("button", name="Stop (saves a checkpoint)").click()
         expect(status).to_contain_text("stopped", timeout=WAIT_MS)
+        expect(status).to_contain_text("exit code 0")  # a graceful stop: step finished, checkpoint written
         checkpoints = sorted(p.name for p in run_dir.glob("checkpoint-*") if (p / "COMPLETE").is_file())
         assert checkpoints, f"no complete checkpoint in {run_dir}"
 
@@ -260,6 +263,10 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         page.get_by_role("tab", name="LoRAs").click()
         page.get_by_role("button", name="↻ Refresh").click()
         expect(page.locator("#loras-table")).to_contain_text("ui-run", timeout=WAIT_MS)
+        choose(page, "Adapter or checkpoint", f"ui-run/{checkpoints[0]}")
+        page.get_by_role("button", name="Promote checkpoint to the run's adapter").click()
+        expect(page.locator("#loras-result")).to_contain_text(f"now holds the adapter of {checkpoints[0]}")
+        assert json.loads((run_dir / "promoted.json").read_text())["checkpoint"] == checkpoints[0]
         choose(page, "Adapter or checkpoint", f"ui-run/{checkpoints[-1]}")
         page.screenshot(path=shots / "4-loras.png", full_page=True)
         page.get_by_role("button", name="Use in Generate").click()

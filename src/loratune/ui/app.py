@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from loratune.ui import dataset_tab, generate_tab, loras_tab, model_tab, train_tab
-from loratune.ui.runs import lora_choices
+from loratune.ui.loras_tab import lora_choices
 from loratune.workspace import Workspace
 
 CSS = """

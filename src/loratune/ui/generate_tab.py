@@ -9,12 +9,13 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from loratune.adapters import adapter_path
 from loratune.config import GenerateSpec
 from loratune.generate import Generator
 from loratune.ui import names
 from loratune.ui.feedback import shows_errors
 from loratune.ui.form import build_form, read_form
-from loratune.ui.runs import lora_choices
+from loratune.ui.loras_tab import lora_choices
 from loratune.workspace import Workspace
 
 LORA_BASE = "(the LoRA's base model)"
@@ -73,7 +74,7 @@ def build(ws: Workspace) -> GenerateTab:
             raise gr.Error("write a prompt first")
         spec = read_form(GenerateSpec, list(form), list(values))
         chosen = list(chosen or [])
-        paths = [str(names.lora_path(ws, c)) for c in chosen]
+        paths = [str(adapter_path(c, ws)) for c in chosen]
         model_source = None if model_choice == LORA_BASE else names.model_source(ws, model_choice)
         if not paths and model_source is None:
             model_source = "default"

@@ -1,7 +1,7 @@
 """Names that come from the browser, each checked to stay inside its workspace folder, and the choices offered.
 
 The UI may listen on a network (with a password), so a browser never names an arbitrary path on this machine: models
-are 'default', a folder in models/ or a hub id; datasets are files in datasets/; LoRAs are folders in loras/.
+are 'default', a folder in models/ or a hub id; datasets are files in datasets/ (LoRAs: loratune.adapters checks).
 """
 
 from __future__ import annotations
@@ -76,19 +76,6 @@ def data_format(ws: Workspace, value: str) -> str:
     if value not in format_choices(ws):
         raise LoratuneError(f"unknown data format {value!r}; choose one of {', '.join(format_choices(ws))}")
     return value
-
-
-def lora_path(ws: Workspace, value: str) -> Path:
-    """'name' or 'name/checkpoint-000200' inside loras/, holding an adapter."""
-    parts = value.split("/")
-    if not 1 <= len(parts) <= 2:
-        raise LoratuneError(f"LoRA {value!r}: expected 'name' or 'name/checkpoint-NNNNNN'")
-    for part in parts:
-        check_name(part, "LoRA name")
-    path = inside(ws.loras, value)
-    if not (path / "adapter_config.json").is_file():
-        raise LoratuneError(f"no adapter at loras/{value}")
-    return path
 
 
 def upload_target(ws: Workspace, filename: str) -> Path:

@@ -3,6 +3,7 @@ live progress read from the run folder, so a reloaded page or a restarted UI sho
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import gradio as gr
@@ -12,7 +13,6 @@ from loratune.config import RunConfig
 from loratune.ui import jobs, names
 from loratune.ui.feedback import shows_errors
 from loratune.ui.form import build_form, read_form
-from loratune.ui.runs import read_metrics
 from loratune.workspace import Workspace
 
 REFRESH_S = 2.0
@@ -106,6 +106,19 @@ def job_view(ws: Workspace, name: str | None):
         lines.append("loading the model and the data ...")
     curve = pd.DataFrame({"step": [r["step"] for r in rows], "loss": [r["loss"] for r in rows]}) if rows else None
     return "\n\n".join(lines), curve, jobs.log_tail(ws, name)
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The rows of metrics.jsonl (step, loss, lr, tokens/s, ETA); a line still being written is skipped."""
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
 
 
 def _chosen(name: str | None) -> str:
