@@ -27,7 +27,12 @@ def run_ui(args, extra: list[str]) -> int:
     if args.max_upload_mb <= 0:
         raise LoratuneError("--max-upload-mb must be > 0")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
-    from loratune.ui import serve
+    try:
+        from loratune.ui import serve
+    except ModuleNotFoundError as e:
+        if e.name != "gradio":
+            raise
+        raise LoratuneError("the web UI needs Gradio: pip install 'loratune[ui]'") from None
 
     serve(
         home=args.home,
