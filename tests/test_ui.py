@@ -86,12 +86,13 @@ def test_names_from_the_browser_stay_inside_their_folders(tmp_path):
 def test_form_round_trips_every_option():
     """The generated form, left at its defaults, gives back the default config (hard_cut's newlines included)."""
     from loratune.config import RunConfig, field_help
-    from loratune.ui.form import option_types, read_form
+    from loratune.ui.form import form_values, option_types, read_form
 
     rows = field_help(RunConfig)
     assert set(option_types(RunConfig)) == {name for name, _, _ in rows}
-    shown = [d.encode("unicode_escape").decode() if isinstance(d, str) and "\n" in d else d for _, d, _ in rows]
-    assert read_form(RunConfig, [n for n, _, _ in rows], shown) == RunConfig()
+    shown = form_values(RunConfig, RunConfig())
+    assert shown["data.hard_cut"] == "\\n\\n\\n"
+    assert read_form(RunConfig, list(shown), list(shown.values())) == RunConfig()
     edited = read_form(RunConfig, ["train.lr", "data.hard_cut"], [1e-3, "\\n---\\n"])
     assert edited.train.lr == 1e-3 and edited.data.hard_cut == "\n---\n"
 
@@ -249,6 +250,9 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         page.get_by_role("tab", name="Train").click()
         expect(status).to_contain_text("ui-run", timeout=WAIT_MS)
         expect(status).to_contain_text("running")
+        choose(page, "Job", "ui-run")  # chosen by hand, a job fills the form with its options
+        expect(option(page, "model.source")).to_have_value("tiny")
+        expect(option(page, "train.max_steps")).to_have_value("100000")
         page.screenshot(path=shots / "3-after-ui-restart.png", full_page=True)
 
         # Stop: the job ends and a complete checkpoint is on disk.

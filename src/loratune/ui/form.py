@@ -76,6 +76,24 @@ def _escaped(default: Any) -> bool:
     return isinstance(default, str) and any(c in default for c in "\n\t\r")
 
 
+def form_values(cls: type, config: Any) -> dict[str, Any]:
+    """The inverse of read_form: what each input shows for `config` (None as 'auto', newlines escaped)."""
+    kinds = option_types(cls)
+    values = {}
+    for name in kinds:
+        value = config
+        for part in name.split("."):
+            value = getattr(value, part)
+        if value is None:
+            value = AUTO
+        elif isinstance(value, bool) and typing.get_origin(kinds[name]) in (typing.Union, types.UnionType):
+            value = str(value).lower()
+        elif _escaped(value):
+            value = value.encode("unicode_escape").decode("ascii")
+        values[name] = value
+    return values
+
+
 def read_form(cls: type, names: list[str], values: list[Any], extra: dict[str, Any] | None = None) -> Any:
     """Build (and validate, where the class can) a `cls` from the form's values; empty inputs keep the default."""
     defaults = {name: default for name, default, _ in field_help(cls)}

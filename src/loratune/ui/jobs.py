@@ -86,6 +86,8 @@ def stop(ws: Workspace, name: str) -> JobStatus:
     current = status(ws, name)
     if current is None or not current.active or current.pid is None:
         raise LoratuneError(f"no running job for '{name}'")
+    if current.state == "stopping":  # a second SIGINT would abort at once, without the checkpoint
+        raise LoratuneError(f"'{name}' is already stopping: it finishes its step, saves a checkpoint and exits")
     (job_dir(ws, name) / STOP_FILE).write_text(f"{time.time()}\n")
     os.kill(current.pid, signal.SIGINT)
     return status(ws, name)

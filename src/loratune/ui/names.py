@@ -41,6 +41,14 @@ def model_source(ws: Workspace, value: str) -> str:
     raise LoratuneError(f"model {value!r}: choose a model in {ws.models}, 'default', or a hub id like org/name")
 
 
+def model_choice(ws: Workspace, source: str) -> str:
+    """What the browser shows for a saved `model.source`: a folder in models/ by its name."""
+    path = Path(source)
+    if path.is_absolute() and path.parent == ws.models.resolve():
+        return path.name
+    return source
+
+
 def dataset_choices(ws: Workspace) -> list[str]:
     """Data files (and folders of .txt files) in datasets/, as paths relative to it."""
     if not ws.datasets.is_dir():
@@ -61,6 +69,14 @@ def data_path(ws: Workspace, value: str) -> str:
     if not path.exists():
         raise LoratuneError(f"no dataset '{value}' in {ws.datasets}")
     return str(path)
+
+
+def dataset_choice(ws: Workspace, path: str) -> str:
+    """What the browser shows for a saved `data.path`: its place inside datasets/."""
+    try:
+        return Path(path).resolve().relative_to(ws.datasets.resolve()).as_posix()
+    except ValueError:
+        return path  # outside datasets/ (a run started from the CLI): shown, but refused on start
 
 
 def format_choices(ws: Workspace) -> list[str]:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from loratune.config import RunConfig
+from loratune import adapters
+from loratune.config import RunConfig, from_dict, load_yaml
 from loratune.ui import jobs, names
 from loratune.ui.feedback import shows_errors
-from loratune.ui.form import build_form, read_form
+from loratune.ui.form import build_form, form_values, read_form
 from loratune.workspace import Workspace
 
 REFRESH_S = 2.0
@@ -35,7 +37,9 @@ def build(ws: Workspace) -> TrainTab:
             form = build_form(RunConfig, skip=("train.resume",))
         with gr.Column(scale=4):
             with gr.Row():
-                job = gr.Dropdown(jobs.job_names(ws), value=None, label="Job", info="the run shown below", scale=3)
+                job = gr.Dropdown(
+                    run_names(ws), value=None, label="Job", info="choosing one loads its options", scale=3
+                )
                 refresh = gr.Button("↻", scale=0, min_width=40)
             with gr.Row():
                 start = gr.Button("Start training", variant="primary")
@@ -54,10 +58,9 @@ def build(ws: Workspace) -> TrainTab:
         config.model.source = names.model_source(ws, config.model.source)
         config.data.path = names.data_path(ws, config.data.path)
         config.data.format = names.data_format(ws, config.data.format)
-        if not config.name:
-            raise gr.Error("give the adapter a name (the 'name' option)")
+        config.name = config.name or Path(config.data.path).stem  # as `loratune train` names it
         jobs.start(ws, config)
-        return gr.update(choices=jobs.job_names(ws), value=config.name), *job_view(ws, config.name)
+        return gr.update(choices=run_names(ws), value=config.name), *job_view(ws, config.name)
 
     @shows_errors
     def on_stop(name):
@@ -72,9 +75,22 @@ def build(ws: Workspace) -> TrainTab:
     start.click(on_start, inputs=list(form.values()), outputs=[job, *view])
     stop.click(on_stop, inputs=job, outputs=view)
     resume.click(on_resume, inputs=job, outputs=view)
+
+    @shows_errors
+    def on_choose(name):
+        """A job chosen by hand: its options fill the form (e.g. to start a variant of it)."""
+        saved = saved_config(ws, name)
+        if saved is None:
+            return [gr.update() for _ in form]
+        values = form_values(RunConfig, saved)
+        values["model.source"] = names.model_choice(ws, values["model.source"])
+        values["data.path"] = names.dataset_choice(ws, values["data.path"])
+        return [values[n] for n in names_in_form]
+
     show = shows_errors(lambda name: job_view(ws, name))
     job.change(show, inputs=job, outputs=view)
-    refresh.click(lambda: gr.update(choices=jobs.job_names(ws)), outputs=job)
+    job.input(on_choose, inputs=job, outputs=list(form.values()))
+    refresh.click(lambda: gr.update(choices=run_names(ws)), outputs=job)
     gr.Timer(REFRESH_S).tick(show, inputs=job, outputs=view)
     return TrainTab(form=form, job=job)
 
@@ -83,7 +99,21 @@ def reattach(ws: Workspace):
     """On page load: show the running job (or else the newest one), with its whole history."""
     found = jobs.job_names(ws)
     active = [n for n in found if (s := jobs.status(ws, n)) is not None and s.active]
-    return gr.update(choices=found, value=(active or found or [None])[0])
+    return gr.update(choices=run_names(ws), value=(active or found or [None])[0])
+
+
+def run_names(ws: Workspace) -> list[str]:
+    """Jobs started here (newest first), then the other runs in loras/ (e.g. from the CLI), which can be resumed."""
+    started = jobs.job_names(ws)
+    return started + [a.name for a in adapters.list_adapters(ws) if a.name not in started]
+
+
+def saved_config(ws: Workspace, name: str) -> RunConfig | None:
+    """The run's resolved loratune.yaml, else the config the UI wrote for a job that has not got that far."""
+    for path in (ws.lora_dir(name) / "loratune.yaml", jobs.job_dir(ws, name) / "config.yaml"):
+        if path.is_file():
+            return from_dict(RunConfig, load_yaml(path))
+    return None
 
 
 def job_view(ws: Workspace, name: str | None):
