@@ -33,16 +33,11 @@ WAIT_MS = 90_000  # generous: the job shares two cores with everything else
 # ---------------------------------------------------------------- no browser: the rules behind the UI
 
 
-def test_listen_refuses_without_auth(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "loratune.cli", "--home", str(tmp_path), "ui", "--listen"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert "--listen serves the UI to the network: give --auth" in result.stderr
+def test_listen_refuses_without_auth(tmp_path, capsys):
+    from loratune.cli import main
+
+    assert main(["--home", str(tmp_path), "ui", "--listen"]) == 1
+    assert "--listen serves the UI to the network: give --auth" in capsys.readouterr().err
 
 
 def test_auth_parsing(tmp_path):
@@ -262,6 +257,19 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         expect(status).to_contain_text("exit code 0")  # a graceful stop: step finished, checkpoint written
         checkpoints = sorted(p.name for p in run_dir.glob("checkpoint-*") if (p / "COMPLETE").is_file())
         assert checkpoints, f"no complete checkpoint in {run_dir}"
+        stopped_at = int(checkpoints[-1].split("-")[1])
+        assert shown_step(page) == stopped_at  # the stop saved the step it finished
+
+        # Resume: the run continues from that checkpoint; stop it again.
+        page.get_by_role("button", name="Resume").click()
+        expect(status).to_contain_text("running", timeout=WAIT_MS)
+        expect(status).not_to_contain_text(f"step {stopped_at} ", timeout=WAIT_MS)
+        assert shown_step(page) > stopped_at
+        page.get_by_role("button", name="Stop (saves a checkpoint)").click()
+        expect(status).to_contain_text("stopped", timeout=WAIT_MS)
+        expect(status).to_contain_text("exit code 0")
+        checkpoints = sorted(p.name for p in run_dir.glob("checkpoint-*") if (p / "COMPLETE").is_file())
+        assert int(checkpoints[-1].split("-")[1]) > stopped_at
 
         # LoRAs: the checkpoint is listed with its loss; send it to Generate.
         page.get_by_role("tab", name="LoRAs").click()

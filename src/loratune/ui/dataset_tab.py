@@ -79,7 +79,8 @@ def build(ws: Workspace, max_upload_mb: int) -> DatasetTab:
             f"{report.tokens:,} tokens ({report.trained_tokens:,} trained)",
             f"dropped: {report.too_long} longer than the cutoff, {report.nothing_to_train} with nothing to train",
         ]
-        return "\n\n".join(text), length_histogram([len(s.input_ids) for s in samples], spec.cutoff)
+        bins = length_histogram([len(s.input_ids) for s in samples], spec.cutoff)
+        return "\n\n".join(text), gr.BarPlot(bins, sort=list(bins["tokens"]))  # bins in length order
 
     upload.upload(on_upload, inputs=upload, outputs=choice)
     refresh.click(lambda: gr.update(choices=names.dataset_choices(ws)), outputs=choice)
