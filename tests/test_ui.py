@@ -92,6 +92,37 @@ def test_form_round_trips_every_option():
     assert edited.train.lr == 1e-3 and edited.data.hard_cut == "\n---\n"
 
 
+def test_job_log_shows_head_and_end_of_a_long_run(tmp_path):
+    """A long progress bar (carriage-return redraws, no newline) must not hide the start and end of the output."""
+    from loratune.ui import jobs
+
+    ws = Workspace.resolve(tmp_path)
+    folder = jobs.job_dir(ws, "run")
+    folder.mkdir(parents=True)
+    bar = "".join(f"\rtrain: {i}/100000 loss=1.0" for i in range(20_000))
+    (folder / "train.log").write_text(
+        f"$ loratune train\nLoading weights\ndata summary\n{bar}\nstopped at step 19999\n"
+    )
+    shown = jobs.log_tail(ws, "run").splitlines()
+    assert shown[0] == "$ loratune train" and "data summary" in shown
+    assert shown[-2:] == ["train: 19999/100000 loss=1.0", "stopped at step 19999"]
+
+
+def test_job_whose_processes_vanished_is_lost(tmp_path):
+    from loratune.ui import jobs
+    from loratune.ui.supervise import write_job
+
+    ws = Workspace.resolve(tmp_path)
+    folder = jobs.job_dir(ws, "run")
+    folder.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    write_job(folder, {"name": "run", "state": "running", "pid": gone.pid, "supervisor_pid": gone.pid, "started": 0})
+    assert jobs.status(ws, "run").state == "lost"
+    with pytest.raises(LoratuneError, match="no running job"):
+        jobs.stop(ws, "run")
+
+
 # ---------------------------------------------------------------- the journey in a real browser
 
 

@@ -125,16 +125,29 @@ def job_names(ws: Workspace) -> list[str]:
     return [p.name for p in sorted(folders, key=lambda p: (p / JOB_FILE).stat().st_mtime, reverse=True)]
 
 
-def log_tail(ws: Workspace, name: str, lines: int = 15) -> str:
-    """The end of the job's output; progress-bar redraws (carriage returns) collapse to their last state."""
+def log_tail(ws: Workspace, name: str, lines: int = 12) -> str:
+    """The start of the job's output (command, model, data summary) and its end; progress-bar redraws (carriage
+    returns) collapse to their last state. Reads at most 16 KB, however long the job has run."""
     path = job_dir(ws, name) / LOG_FILE
     if not path.is_file():
         return ""
+    size, window = path.stat().st_size, 8192
     with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 20_000))
-        text = f.read().decode("utf-8", errors="replace")
-    shown = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n")]
-    return "\n".join([line for line in shown if line.strip()][-lines:])
+        if size <= 2 * window:
+            shown = _screen_lines(f.read())
+        else:
+            head = _screen_lines(f.read(window))[:-1]  # the last line of each window may be cut
+            f.seek(size - window)
+            shown = head + ["..."] + _screen_lines(f.read())[1:]
+    head_size = 4  # the command, the model, the data summary, the step count
+    if len(shown) > lines:
+        shown = shown[:head_size] + ["..."] + shown[-(lines - head_size - 1) :]
+    return "\n".join(shown)
+
+
+def _screen_lines(data: bytes) -> list[str]:
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.rsplit("\r", 1)[-1].strip()]
 
 
 def _read(folder: Path) -> dict:
