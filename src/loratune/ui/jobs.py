@@ -138,16 +138,20 @@ def log_tail(ws: Workspace, name: str, lines: int = 12) -> str:
         else:
             head = _screen_lines(f.read(window))[:-1]  # the last line of each window may be cut
             f.seek(size - window)
-            shown = head + ["..."] + _screen_lines(f.read())[1:]
+            shown = head + ["..."] + _screen_lines(f.read(), cut_start=True)
     head_size = 4  # the command, the model, the data summary, the step count
     if len(shown) > lines:
         shown = shown[:head_size] + ["..."] + shown[-(lines - head_size - 1) :]
     return "\n".join(shown)
 
 
-def _screen_lines(data: bytes) -> list[str]:
-    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
-    return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.rsplit("\r", 1)[-1].strip()]
+def _screen_lines(data: bytes, cut_start: bool = False) -> list[str]:
+    """Lines as a terminal would show them. `cut_start`: the data starts mid-line; keep that line only from its last
+    carriage return (a whole progress-bar state), or drop it."""
+    lines = data.decode("utf-8", errors="replace").replace("\r\n", "\n").split("\n")
+    if cut_start and lines:
+        lines[0] = lines[0].rsplit("\r", 1)[1] if "\r" in lines[0] else ""
+    return [line.rsplit("\r", 1)[-1] for line in lines if line.rsplit("\r", 1)[-1].strip()]
 
 
 def _read(folder: Path) -> dict:
