@@ -141,3 +141,13 @@ def load_base(path: Path, device: torch.device | str = "cpu", trust_remote_code:
 def _complete(folder: Path) -> bool:
     """A usable model folder: config.json present and no unfinished download."""
     return (folder / "config.json").is_file() and not (folder / _PARTIAL).exists()
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    """The tokenizer alone (for a data check), its pad token set as load_base sets it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
