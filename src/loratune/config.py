@@ -25,6 +25,8 @@ class ModelSpec:
     """'default' (SmolLM2-135M-Instruct), a hub id, a local folder, a .gguf file, or a name in models/."""
     trust_remote_code: bool = False
     """Allow a hub model to run its own Python code. Off unless you trust the model's authors."""
+    quant: Literal["none", "4bit", "8bit"] = "none"
+    """QLoRA: load the frozen base in 4-bit (NF4) or 8-bit with bitsandbytes (CUDA only; gradient checkpointing on)."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ class DataReport:
     samples: int = 0
     too_long: int = 0
     nothing_to_train: int = 0
+    too_short: int = 0
     tokens: int = 0
     trained_tokens: int = 0
 
@@ -38,11 +39,21 @@ class DataReport:
             parts.append(f"{self.too_long} dropped as longer than the cutoff")
         if self.nothing_to_train:
             parts.append(f"{self.nothing_to_train} dropped with nothing to train")
+        if self.too_short:
+            parts.append(f"{self.too_short} raw-text blocks dropped as shorter than data.min_chunk")
         return ", ".join(parts)
 
 
 def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample], DataReport]:
     """Read `spec.path` (raw .txt file/folder, or .json/.jsonl records) into training samples."""
+    samples, report = read_samples(spec, tokenizer, ws)
+    if not samples:
+        raise LoratuneError(f"{report.path}: no usable samples ({report.summary()})")
+    return samples, report
+
+
+def read_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample], DataReport]:
+    """Like build_samples, but an empty result is returned, not refused (the data check reports it)."""
     from loratune.data import instructions, raw_text
 
     path = find_data(spec.path, ws)
@@ -55,8 +66,6 @@ def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample
     report.samples = len(samples)
     report.tokens = sum(len(s.input_ids) for s in samples)
     report.trained_tokens = sum(sum(1 for x in s.labels if x != IGNORE) for s in samples)
-    if not samples:
-        raise LoratuneError(f"{path}: no usable samples ({report.summary()})")
     return samples, report
 
 

@@ -39,6 +39,8 @@ def build(path: Path, tokenizer, spec: DataSpec) -> tuple[list[Sample], DataRepo
             for chunk in chunk_tokens(tokens, length, spec.overlap):
                 if len(chunk) >= spec.min_chunk:
                     samples.append(Sample(bos + chunk, bos + chunk))
+                else:
+                    report.too_short += 1
     return samples, report
 
 

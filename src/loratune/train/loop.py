@@ -17,6 +17,7 @@ from loratune.data import Sample, build_samples, collate
 from loratune.data.build import IGNORE, find_data
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
+from loratune.models.quant import prepare_for_training
 from loratune.train.checkpoint import (
     checkpoint_dir,
     is_complete,
@@ -82,7 +83,9 @@ def _train(config, home, show_progress, on_step, stopper: StopRequest, **options
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(tc.seed)
     model_path = resolve_model_path(config.model.source, ws, config.model.trust_remote_code)
-    model, tokenizer = load_base(model_path, accelerator.device, config.model.trust_remote_code)
+    model, tokenizer = load_base(model_path, accelerator.device, config.model.trust_remote_code, config.model.quant)
+    if config.model.quant != "none":  # QLoRA: frozen k-bit base, fp32 norms, gradient checkpointing on
+        model = prepare_for_training(model)
     samples, report = build_samples(config.data, tokenizer, ws)
     say = print if accelerator.is_main_process and show_progress else (lambda *a, **k: None)
     say(report.summary())
