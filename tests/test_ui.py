@@ -241,7 +241,13 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         choose(page, "Dataset", "sums.jsonl")
         page.get_by_role("button", name="Check data").click()
         expect(page.locator("#data-summary")).to_contain_text("20 records", timeout=WAIT_MS)
-        expect(page.locator("#data-summary")).to_contain_text("samples")
+        expect(page.locator("#data-summary")).to_contain_text("20 samples")
+        # The mask view: the answer is trained (green), the prompt and template are masked (grey).
+        trained = page.locator("#mask-view .mask-sample .mask-trained")
+        expect(trained.first).to_contain_text("Arr! It be")
+        expect(page.locator("#mask-view .mask-sample .mask-masked").first).to_contain_text("What is")
+        assert len(page.locator("#mask-view .mask-sample").all()) == 3
+        expect(page.locator("#data-warnings")).to_contain_text("No problems found")
         page.screenshot(path=shots / "1-dataset.png", full_page=True)
 
         # Train: the form was filled by the other tabs; set a long run that saves often, and start it.

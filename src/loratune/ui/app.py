@@ -17,6 +17,12 @@ CSS = """
   border-radius: 8px; padding: 8px; margin-bottom: 8px; line-height: 1.6; }
 .mask-trained { background: #bbf7d0; color: #14532d; }
 .mask-masked { background: #e5e7eb; color: #6b7280; }
+.mask-legend { margin-bottom: 6px; font-size: 0.9em; }
+.mask-legend span { padding: 2px 6px; border-radius: 4px; }
+.data-problem, .data-warning, .data-ok { padding: 6px 10px; border-radius: 6px; margin-bottom: 6px; }
+.data-problem { background: #fee2e2; color: #7f1d1d; }
+.data-warning { background: #fef3c7; color: #78350f; }
+.data-ok { background: #dcfce7; color: #14532d; }
 """
 # System fonts: the default theme fetches Google Fonts, which a machine without internet waits on.
 THEME = gr.themes.Soft(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,14 +11,13 @@ import gradio as gr
 import pandas as pd
 
 from loratune.config import DataSpec
-from loratune.data import build_samples
-from loratune.errors import LoratuneError
-from loratune.models import resolve_model_path
+from loratune.data.inspect import check_data
+from loratune.models.sources import load_tokenizer, resolve_model_path
 from loratune.ui import names
 from loratune.ui.feedback import shows_errors
 from loratune.workspace import Workspace
 
-HISTOGRAM_BINS = 10
+MASK_EXAMPLES = 3
 
 
 @dataclass
@@ -51,7 +51,12 @@ def build(ws: Workspace, max_upload_mb: int) -> DatasetTab:
             scale=1,
         )
     summary = gr.Markdown(elem_id="data-summary")
-    lengths = gr.BarPlot(x="tokens", y="samples", color="vs cutoff", title="Sample lengths", height=220)
+    warnings = gr.HTML(elem_id="data-warnings")
+    with gr.Row():
+        masks = gr.HTML(elem_id="mask-view")
+        lengths = gr.BarPlot(
+            x="tokens", y="samples", color="vs cutoff", title="Sample lengths (tokens)", height=260, scale=1
+        )
 
     @shows_errors
     def on_upload(file):
@@ -72,52 +77,79 @@ def build(ws: Workspace, max_upload_mb: int) -> DatasetTab:
             format=names.data_format(ws, data_format),
             cutoff=int(data_cutoff or DataSpec.cutoff),
         )
-        tokenizer = load_tokenizer(ws, names.model_source(ws, model))
-        samples, report = build_samples(spec, tokenizer, ws)
-        text = [
-            f"**{report.kind}** data: {report.records} records → **{report.samples} samples**, "
-            f"{report.tokens:,} tokens ({report.trained_tokens:,} trained)",
-            f"dropped: {report.too_long} longer than the cutoff, {report.nothing_to_train} with nothing to train",
-        ]
-        bins = length_histogram([len(s.input_ids) for s in samples], spec.cutoff)
-        return "\n\n".join(text), gr.BarPlot(bins, sort=list(bins["tokens"]))  # bins in length order
+        tokenizer = tokenizer_for(ws, names.model_source(ws, model))
+        check = check_data(spec, tokenizer, ws, examples=MASK_EXAMPLES)
+        bins = pd.DataFrame(
+            [
+                {"tokens": f"{b.low}-{b.high}", "samples": b.count, "vs cutoff": _side(b.over_cutoff)}
+                for b in check.histogram
+            ]
+        )
+        plot = gr.BarPlot(bins, sort=list(bins["tokens"])) if len(bins) else None  # bins in length order
+        return summary_text(check), plot, warnings_html(check), mask_view(check)
 
     upload.upload(on_upload, inputs=upload, outputs=choice)
     refresh.click(lambda: gr.update(choices=names.dataset_choices(ws)), outputs=choice)
 
     def connect(model_source: gr.components.Component) -> None:
-        check.click(on_check, inputs=[choice, fmt, cutoff, model_source], outputs=[summary, lengths])
+        check.click(on_check, inputs=[choice, fmt, cutoff, model_source], outputs=[summary, lengths, warnings, masks])
 
     return DatasetTab(choice=choice, format=fmt, cutoff=cutoff, connect=connect)
 
 
-def length_histogram(lengths: list[int], cutoff: int) -> pd.DataFrame:
-    width = max(1, -(-cutoff // HISTOGRAM_BINS))
-    rows = []
-    for low in range(0, max([cutoff, *lengths]), width):
-        count = sum(low < n <= low + width for n in lengths)
-        rows.append({"tokens": f"{low + 1}-{low + width}", "samples": count, "vs cutoff": _side(low, cutoff)})
-    return pd.DataFrame(rows)
+def summary_text(check) -> str:
+    share = f"{100 * check.trained_tokens / check.tokens:.1f} %" if check.tokens else "-"
+    return "\n\n".join(
+        [
+            f"**{check.kind or 'unreadable'}** data, cutoff {check.cutoff} tokens: {check.records} records → "
+            f"**{check.samples} samples**, {check.tokens:,} tokens, {check.trained_tokens:,} trained ({share})",
+            f"dropped {check.dropped} (too long {check.dropped_too_long}, nothing to train "
+            f"{check.dropped_nothing_to_train}, too short {check.dropped_too_short}), cut {check.truncated}; "
+            f"samples that train EOS: {check.samples_with_eos} of {check.samples}",
+        ]
+    )
 
 
-def _side(low: int, cutoff: int) -> str:
-    return "within cutoff" if low < cutoff else "over cutoff"
+def warnings_html(check) -> str:
+    if not check.warnings:
+        return '<div class="data-ok">No problems found.</div>'
+    return "".join(
+        f'<div class="{"data-problem" if w.problem else "data-warning"}">'
+        f"<b>{'Problem' if w.problem else 'Warning'}:</b> {html.escape(w.message)}</div>"
+        for w in check.warnings
+    )
+
+
+def mask_view(check) -> str:
+    """A few samples as training sees them: trained tokens in green, masked ones (no loss) in grey."""
+    if not check.examples:
+        return ""
+    legend = (
+        '<div class="mask-legend"><span class="mask-trained">trained (the loss is taken here)</span> '
+        '<span class="mask-masked">masked (prompt, template)</span></div>'
+    )
+    samples = "".join(
+        '<div class="mask-sample">'
+        + "".join(
+            f'<span class="{"mask-trained" if trained else "mask-masked"}">{html.escape(text)}</span>'
+            for text, trained in segments
+        )
+        + "</div>"
+        for segments in check.examples
+    )
+    return legend + samples
+
+
+def _side(over_cutoff: bool) -> str:
+    return "over cutoff" if over_cutoff else "within cutoff"
 
 
 _tokenizers: dict[str, object] = {}
 
 
-def load_tokenizer(ws: Workspace, source: str):
-    """The chosen model's tokenizer (loaded once), pad token set as training sets it."""
-    from transformers import AutoTokenizer
-
+def tokenizer_for(ws: Workspace, source: str):
+    """The chosen model's tokenizer, loaded once per model."""
     path = resolve_model_path(source, ws)
     if str(path) not in _tokenizers:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as e:
-            raise LoratuneError(f"{path}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        _tokenizers[str(path)] = tokenizer
+        _tokenizers[str(path)] = load_tokenizer(path)
     return _tokenizers[str(path)]
