@@ -236,8 +236,13 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         page.get_by_role("tab", name="Model").click()
         choose(page, "Base model", "tiny")
 
-        # Dataset: pick the file and check it.
+        # Dataset: an upload lands in datasets/ and is chosen; then pick the prepared file and check it.
         page.get_by_role("tab", name="Dataset").click()
+        upload = tmp_path / "uploaded.jsonl"
+        upload.write_text(json.dumps(RECORDS[0]) + "\n")
+        page.locator("#dataset-upload input[type=file]").set_input_files(upload)
+        expect(page.get_by_label("Dataset", exact=True)).to_have_value("uploaded.jsonl", timeout=WAIT_MS)
+        assert (ui_home / "datasets" / "uploaded.jsonl").read_text() == upload.read_text()
         choose(page, "Dataset", "sums.jsonl")
         page.get_by_role("button", name="Check data").click()
         expect(page.locator("#data-summary")).to_contain_text("20 records", timeout=WAIT_MS)

@@ -49,6 +49,7 @@ def build(ws: Workspace, max_upload_mb: int) -> DatasetTab:
             label=f"Upload into datasets/ (.txt, .json, .jsonl; at most {max_upload_mb} MB)",
             file_types=list(names.DATA_SUFFIXES),
             scale=1,
+            elem_id="dataset-upload",
         )
     summary = gr.Markdown(elem_id="data-summary")
     warnings = gr.HTML(elem_id="data-warnings")
