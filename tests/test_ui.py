@@ -108,6 +108,25 @@ def test_job_log_shows_head_and_end_of_a_long_run(tmp_path):
     assert shown[-2:] == ["train: 19999/100000 loss=1.0", "stopped at step 19999"]
 
 
+def test_metrics_are_read_incrementally_and_reread_when_rewritten(tmp_path):
+    from loratune.ui.train_tab import read_metrics
+
+    def rows(steps, loss):
+        return "".join(json.dumps({"step": i, "loss": loss}) + "\n" for i in steps)
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(rows(range(1, 11), 1.0))
+    assert len(read_metrics(tmp_path)) == 10
+    with open(metrics, "a") as f:
+        f.write(rows([11], 1.0) + '{"step": 12, "lo')  # a line being written is not read yet
+    assert [r["step"] for r in read_metrics(tmp_path)][-2:] == [10, 11]
+    with open(metrics, "a") as f:
+        f.write('ss": 1.0}\n')
+    assert [r["step"] for r in read_metrics(tmp_path)][-2:] == [11, 12]
+    metrics.write_text(rows(range(1, 30), 2.0))  # a new run in the same folder, already longer than the old file
+    assert [r["loss"] for r in read_metrics(tmp_path)] == [2.0] * 29
+
+
 def test_job_whose_processes_vanished_is_lost(tmp_path):
     from loratune.ui import jobs
     from loratune.ui.supervise import write_job

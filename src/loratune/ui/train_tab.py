@@ -4,6 +4,7 @@ live progress read from the run folder, so a reloaded page or a restarted UI sho
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from loratune.ui.form import build_form, form_values, read_form
 from loratune.workspace import Workspace
 
 REFRESH_S = 2.0
-# A word, not an emoji: headless and minimal systems often lack an emoji font.
+CURVE_POINTS = 2000  # the loss curve is thinned to this many points, however long the run
 
 
 @dataclass
@@ -134,21 +135,53 @@ def job_view(ws: Workspace, name: str | None):
         )
     elif state and state.active:
         lines.append("loading the model and the data ...")
-    curve = pd.DataFrame({"step": [r["step"] for r in rows], "loss": [r["loss"] for r in rows]}) if rows else None
-    return "\n\n".join(lines), curve, jobs.log_tail(ws, name)
+    return "\n\n".join(lines), loss_curve(rows), jobs.log_tail(ws, name)
 
 
-def read_metrics(run_dir) -> list[dict]:
-    """The rows of metrics.jsonl (step, loss, lr, tokens/s, ETA); a line still being written is skipped."""
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
+class MetricsReader:
+    """metrics.jsonl rows, read incrementally: each refresh reads only what was appended since the last one.
+
+    The file can also be rewritten (a resume trims the rows past its checkpoint, --overwrite starts it again): the
+    last line read is compared with the file at the same place, and on any difference the file is read afresh.
+    """
+
+    def __init__(self):
+        self.seen: dict[Path, tuple[int, bytes, list[dict]]] = {}  # file -> (bytes read, last line read, rows)
+        self.lock = threading.Lock()
+
+    def rows(self, run_dir: Path) -> list[dict]:
+        path = run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        with self.lock, open(path, "rb") as f:
+            offset, last, rows = self.seen.get(path, (0, b"", []))
+            f.seek(offset - len(last))
+            if f.read(len(last)) != last:
+                offset, last, rows = 0, b"", []
+                f.seek(0)
+            data = f.read()
+            complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next refresh
+            lines = complete.splitlines(keepends=True)
+            rows = rows + [row for row in map(_parse, lines) if row is not None]
+            self.seen[path] = (offset + len(complete), lines[-1] if lines else last, rows)
+            return rows
+
+
+def _parse(line: bytes) -> dict | None:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+read_metrics = MetricsReader().rows
+
+
+def loss_curve(rows: list[dict]) -> pd.DataFrame | None:
+    if not rows:
+        return None
+    shown = rows[:: max(1, len(rows) // CURVE_POINTS)] + ([rows[-1]] if len(rows) > CURVE_POINTS else [])
+    return pd.DataFrame({"step": [r["step"] for r in shown], "loss": [r["loss"] for r in shown]})
 
 
 def _chosen(name: str | None) -> str:
