@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import requests
 
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace
@@ -27,6 +28,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 RECORDS = [
     {"instruction": f"What is {a} plus {b}?", "output": f"Arr! It be {a + b}."} for a in range(5) for b in range(4)
 ]
+USER, PASSWORD = "ann", "pw-for-the-test"
 WAIT_MS = 90_000  # generous: the job shares two cores with everything else
 
 
@@ -163,7 +165,8 @@ class Server:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
         with open(self.log, "a") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "loratune.cli", "--home", str(self.home), "ui", "--port", str(self.port)],
+                [sys.executable, "-m", "loratune.cli", "--home", str(self.home), "ui", "--port", str(self.port)]
+                + ["--listen", "--auth", f"{USER}:{PASSWORD}", "--max-upload-mb", "1"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -215,6 +218,15 @@ def browser_page(tmp_path):
         browser.close()
 
 
+def open_ui(page, url: str) -> None:
+    """Open the UI and log in (the test server listens with --listen, so it asks for the password)."""
+    page.goto(url)
+    page.get_by_label("username").fill(USER)
+    page.get_by_label("password").fill(PASSWORD)
+    page.get_by_role("button", name="Login").click()
+    page.get_by_role("tab", name="Model").wait_for()
+
+
 def choose(page, label: str, option: str | re.Pattern) -> None:
     """Pick an option in a Gradio dropdown (an input with a listbox)."""
     page.get_by_label(label, exact=True).click()
@@ -250,6 +262,13 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
     run_dir = ui_home / "loras" / "ui-run"
     try:
         page.goto(server.url)
+        expect(page.get_by_role("button", name="Login")).to_be_visible()  # --listen: nothing without the password
+        assert requests.get(f"{server.url}config").status_code == 401
+        page.get_by_label("username").fill(USER)
+        page.get_by_label("password").fill("wrong")
+        page.get_by_role("button", name="Login").click()
+        expect(page.get_by_text("Incorrect Credentials")).to_be_visible()
+        open_ui(page, server.url)
 
         # Model: the tiny model in models/.
         page.get_by_role("tab", name="Model").click()
@@ -262,6 +281,10 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         page.locator("#dataset-upload input[type=file]").set_input_files(upload)
         expect(page.get_by_label("Dataset", exact=True)).to_have_value("uploaded.jsonl", timeout=WAIT_MS)
         assert (ui_home / "datasets" / "uploaded.jsonl").read_text() == upload.read_text()
+        cookies = {c["name"]: c["value"] for c in page.context.cookies()}  # the logged-in session
+        big = {"files": ("big.jsonl", b"x" * 1_500_000)}
+        assert requests.post(f"{server.url}gradio_api/upload", files=big, cookies=cookies).status_code == 413
+        assert not (ui_home / "datasets" / "big.jsonl").exists()  # over --max-upload-mb 1: refused
         choose(page, "Dataset", "sums.jsonl")
         page.get_by_role("button", name="Check data").click()
         expect(page.locator("#data-summary")).to_contain_text("20 records", timeout=WAIT_MS)
@@ -302,7 +325,7 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         # Restart the UI itself: the job runs on, and the new UI finds it.
         server.stop()
         server.start()
-        page.goto(server.url)
+        open_ui(page, server.url)
         page.get_by_role("tab", name="Train").click()
         expect(status).to_contain_text("ui-run", timeout=WAIT_MS)
         expect(status).to_contain_text("running")
