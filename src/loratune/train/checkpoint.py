@@ -62,8 +62,7 @@ def save_checkpoint(
     _write_synced(target / COMPLETE, f"{step}\n")
     _fsync_dir(run_dir)
     shutil.rmtree(old, ignore_errors=True)
-    if keep > 0:
-        prune(run_dir, keep)
+    prune(run_dir, keep)
     return target
 
 
@@ -136,11 +135,12 @@ def clear_run_dir(run_dir: Path) -> None:
 
 
 def prune(run_dir: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints, and incomplete ones older than the newest complete."""
+    """Delete all but the newest `keep` complete checkpoints (0: keep all), and incomplete ones before the newest."""
     found = checkpoints(run_dir)
     complete = [p for p in found if is_complete(p)]
     newest = step_of(complete[-1]) if complete else -1
-    doomed = complete[: -max(1, keep)] + [p for p in found if not is_complete(p) and step_of(p) < newest]
+    doomed = complete[:-keep] if keep > 0 else []
+    doomed += [p for p in found if not is_complete(p) and step_of(p) < newest]
     for folder in doomed:
         (folder / COMPLETE).unlink(missing_ok=True)  # first: a half-deleted folder must never look complete
         shutil.rmtree(folder, ignore_errors=True)

@@ -79,6 +79,10 @@ class RunGuard:
             self.stop.__exit__(kind, error, tb)
 
     def _on_failure(self, error: Exception) -> None:
+        if self.saving is not None:
+            # The scheduler counts the optimizer steps taken, even when the failure came after an optimizer step but
+            # before the loop reported it (in a callback, a metrics write): the weights belong to that step.
+            self.step = getattr(self.saving[2], "last_epoch", self.step)
         where = f"at step {self.step + 1}"
         if isinstance(error, OSError) and error.errno in DISK_FULL:
             raise LoratuneError(
@@ -91,7 +95,7 @@ class RunGuard:
             smaller = max(1, self.micro_batch // 2)
             raise LoratuneError(
                 f"out of memory {where} with train.micro_batch {self.micro_batch}; {saved}; continue with a smaller "
-                f"micro-batch: {resume} --train.micro_batch {smaller} (the batch size and the results stay the same)"
+                f"micro-batch: {resume} --train.micro_batch {smaller} (the batch size stays the same)"
             ) from error
         if saved:
             print(f"loratune: training failed {where}: {saved}; after fixing the cause: {resume}", file=sys.stderr)
