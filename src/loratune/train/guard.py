@@ -34,6 +34,7 @@ class RunGuard:
         self.name = ""
         self.stop_at_loss = 0.0
         self.reached_loss = False
+        self.progress = None
 
     def __enter__(self) -> RunGuard:
         self.stop.__enter__()
@@ -70,7 +71,13 @@ class RunGuard:
         if not is_complete(checkpoint_dir(self.run_dir, step)):
             save_checkpoint(self.run_dir, step, model, optimizer, scheduler, keep, position)
 
+    def closing(self, progress) -> None:
+        """Close `progress` when the run ends, failed runs included, so an error starts on a line of its own."""
+        self.progress = progress
+
     def __exit__(self, kind, error, tb) -> None:
+        if self.progress is not None:
+            self.progress.close()
         try:
             if isinstance(error, Exception) and not isinstance(error, LoratuneError):
                 self._on_failure(error)
@@ -84,10 +91,11 @@ class RunGuard:
             # before the loop reported it (in a callback, a metrics write): the weights belong to that step.
             self.step = getattr(self.saving[2], "last_epoch", self.step)
         where = f"at step {self.step + 1}"
-        if isinstance(error, OSError) and error.errno in DISK_FULL:
+        if is_disk_full(error):
             raise LoratuneError(
-                f"disk full {where} while writing in {self.run_dir} ({error.strerror}); free some space and run again "
-                f"with --resume (complete checkpoints are intact)"
+                f"disk full after step {self.step} while writing in {self.run_dir} ({reason(error)}); nothing "
+                "half-written was kept; free some space, then continue with --resume (or start again if no "
+                "checkpoint is complete)"
             ) from error
         saved = self._rescue()
         resume = f"loratune train --name {self.name} --resume"
@@ -113,6 +121,19 @@ class RunGuard:
         except Exception as e:  # noqa: BLE001 - the original failure matters more; say the rescue did not work
             return f"saving checkpoint-{self.step:06d} failed too ({type(e).__name__}: {e})"
         return f"saved the {self.step} finished steps as checkpoint-{self.step:06d}"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Out of space, over quota or over the file-size limit, from Python (OSError) or from safetensors' Rust writer."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL:
+        return True
+    return any(f"os error {code})" in str(error) for code in DISK_FULL)
+
+
+def reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error).rsplit(": ", 1)[-1].split(" (os error")[0]
 
 
 def is_out_of_memory(error: BaseException) -> bool:

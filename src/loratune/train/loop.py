@@ -101,6 +101,8 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
 
     steps_per_epoch = math.ceil(len(samples) / tc.batch_size)
+    if len(samples) < tc.batch_size:
+        say(f"note: {len(samples)} samples, fewer than train.batch_size {tc.batch_size}: every step uses them all")
     total_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
     warmup = int(total_steps * tc.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps, tc.scheduler))
@@ -132,6 +134,7 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
         tc.log_every,
         show_progress and accelerator.is_main_process,
     )
+    guard.closing(progress)
     pad_id = tokenizer.pad_token_id
     started, loss_value = time.perf_counter(), float("nan")
     model.train()
