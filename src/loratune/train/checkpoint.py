@@ -179,7 +179,10 @@ def load_state(checkpoint: Path, model, optimizer, scheduler, position: dict | N
                 f"({', '.join(f'{k} {saved.get(k)} then, {position[k]} now' for k in changed)}); restore them, "
                 "or start again with --overwrite"
             )
-    set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
+    weights = checkpoint / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise LoratuneError(f"{checkpoint} has no adapter_model.safetensors (loratune loads no pickled weights)")
+    set_peft_model_state_dict(model, load_file(weights))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
@@ -204,7 +207,13 @@ def write_state(folder: Path, state: dict) -> None:
 
 def read_state(folder: Path) -> dict:
     if not (folder / STATE_JSON).is_file() and (folder / LEGACY_STATE).is_file():
-        return torch.load(folder / LEGACY_STATE, weights_only=True)  # refuses anything but plain data and tensors
+        try:
+            return torch.load(folder / LEGACY_STATE, weights_only=True)  # refuses anything but plain data and tensors
+        except Exception:  # noqa: BLE001 - an UnpicklingError or a damaged file: either way, never loaded
+            raise LoratuneError(
+                f"{folder / LEGACY_STATE} holds more than plain tensors (loading it could run code) or is damaged; "
+                "refusing it: resume from another checkpoint or start again with --overwrite"
+            ) from None
     from safetensors.torch import load_file
 
     tensors = load_file(folder / STATE_TENSORS)

@@ -10,6 +10,7 @@ or a second Ctrl-C: those never replace or add a checkpoint.
 from __future__ import annotations
 
 import errno
+import pickle
 import sys
 from pathlib import Path
 
@@ -91,6 +92,11 @@ class RunGuard:
             # before the loop reported it (in a callback, a metrics write): the weights belong to that step.
             self.step = getattr(self.saving[2], "last_epoch", self.step)
         where = f"at step {self.step + 1}"
+        if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) met more than tensors
+            raise LoratuneError(
+                "refused to load a pickle weights file (.bin/.pt) that holds Python objects besides tensors: loading "
+                f"it could run code ({str(error).splitlines()[-1][:120]}); use a model saved as safetensors"
+            ) from None
         if is_disk_full(error):
             raise LoratuneError(
                 f"disk full after step {self.step} while writing in {self.run_dir} ({reason(error)}); nothing "
