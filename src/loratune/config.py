@@ -57,6 +57,8 @@ class DataSpec:
     """Raw text: chunks shorter than this many tokens are dropped."""
     add_eos: bool = True
     """Append EOS at the end of each response / document, so the model learns to stop."""
+    too_long: Literal["drop", "truncate"] = "drop"
+    """Instruction samples longer than the cutoff: 'drop' them, or 'truncate' them to the cutoff (both are counted)."""
 
 
 @dataclass
@@ -83,8 +85,12 @@ class TrainSpec:
     log_every: int = 1
     """Write a metrics.jsonl line every N optimizer steps."""
     seed: int = 42
-    resume: bool = False
-    """Continue from the newest complete checkpoint of this run."""
+    resume: bool | Literal["auto"] = False
+    """Continue from the newest complete checkpoint of this run ('auto': if there is one, else start)."""
+    keep_checkpoints: int = 0
+    """Keep only the newest N complete checkpoints (0: keep all); the newest complete one is never deleted."""
+    stop_at_loss: float = 0.0
+    """End the run (and save the adapter) once a step's training loss is at or below this (0: off)."""
     overwrite: bool = False
     """Replace an existing adapter of the same name instead of refusing."""
 
@@ -113,10 +119,21 @@ class RunConfig:
         t = self.train
         checks = [  # (test, message); lambdas so a failed test never divides by zero further down
             (lambda: self.adapter.rank > 0, "adapter.rank must be > 0"),
+            (lambda: self.adapter.alpha > 0, "adapter.alpha must be > 0"),
             (lambda: 0 <= self.adapter.dropout < 1, "adapter.dropout must be in [0, 1)"),
             (lambda: self.data.cutoff >= 8, "data.cutoff must be at least 8 tokens"),
             (lambda: self.data.overlap >= 0, "data.overlap must be >= 0"),
-            (lambda: t.lr > 0, "train.lr must be > 0"),
+            (lambda: 0 < t.lr < float("inf"), "train.lr must be a number > 0"),
+            (lambda: t.epochs >= 0 and t.max_steps >= 0, "train.epochs and train.max_steps must not be negative"),
+            (lambda: t.save_every >= 0, "train.save_every must be >= 0 (0: save only at the end)"),
+            (lambda: t.log_every > 0, "train.log_every must be > 0"),
+            (
+                lambda: t.weight_decay >= 0 and t.max_grad_norm >= 0,
+                "train.weight_decay and train.max_grad_norm must be >= 0",
+            ),
+            (lambda: t.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0 (0: keep all)"),
+            (lambda: t.stop_at_loss >= 0, "train.stop_at_loss must be >= 0 (0: off)"),
+            (lambda: self.data.min_chunk > 0, "data.min_chunk must be > 0"),
             (lambda: t.micro_batch > 0, "train.micro_batch must be > 0"),
             (
                 lambda: t.batch_size % t.micro_batch == 0 and t.batch_size > 0,
@@ -171,7 +188,11 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    """Written beside and renamed over the target, so a kill never leaves a truncated file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.replace(path)
 
 
 # Short names for the options everyone sets (CLI flags and keyword arguments of `loratune.train`).
@@ -225,7 +246,16 @@ def coerce(value: Any, kind: Any, name: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(kind):
             return None
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        choices = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(choices) > 1:  # the first type that takes the value (e.g. bool | Literal["auto"])
+            for choice in choices:
+                try:
+                    return coerce(value, choice, name)
+                except LoratuneError:
+                    pass
+            accepted = " or ".join(_EXPECTED.get(c) or ", ".join(map(str, typing.get_args(c))) for c in choices)
+            raise LoratuneError(f"option '{name}' expects {accepted}; got {value!r}")
+        kind = choices[0]
     try:
         if kind is bool:
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
@@ -247,8 +277,11 @@ def coerce(value: Any, kind: Any, name: str) -> Any:
         pass
     else:
         return value
-    expected = {bool: "true or false", int: "a whole number", float: "a number"}.get(kind, kind.__name__)
+    expected = _EXPECTED.get(kind, kind.__name__)
     raise LoratuneError(f"option '{name}' expects {expected}; got {value!r}")
+
+
+_EXPECTED = {bool: "true or false", int: "a whole number", float: "a number"}
 
 
 def _suggest(key: str, known: dict) -> str:

@@ -28,6 +28,8 @@ def build(path: Path, tokenizer, spec: DataSpec) -> tuple[list[Sample], DataRepo
         )
     samples = []
     for file in files:
+        if not path.is_dir() and not read_text(file).strip():
+            raise LoratuneError(f"{file}: file is empty")
         sections = (
             [s for s in read_text(file).split(spec.hard_cut) if s.strip()] if spec.hard_cut else [read_text(file)]
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,17 +18,20 @@ from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
 from loratune.models.quant import prepare_for_training
 from loratune.train.checkpoint import (
-    checkpoint_dir,
-    is_complete,
+    clean_leftovers,
+    clear_run_dir,
+    data_position,
+    incomplete_checkpoints,
     latest_checkpoint,
     load_state,
     save_adapter,
-    save_checkpoint,
 )
+from loratune.train.guard import RunGuard
+from loratune.train.lock import LOCK_FILE
 from loratune.train.loss import token_loss_sum
 from loratune.train.pause import pause_point
 from loratune.train.progress import Progress
-from loratune.train.stop import StopRequest, StopSource
+from loratune.train.stop import StopSource
 from loratune.workspace import Workspace
 
 
@@ -62,11 +64,11 @@ def train(
         stop: a `threading.Event` or a function returning True: the run then ends like on Ctrl-C (after the
             current step, with a complete checkpoint). SIGINT and SIGTERM do the same when called in the main thread.
     """
-    with StopRequest(stop) as stopper:
-        return _train(config, home, show_progress, on_step, stopper, **options)
+    with RunGuard(stop) as guard:  # graceful stop, one writer per run folder, a checkpoint if the run crashes
+        return _train(config, home, show_progress, on_step, guard, **options)
 
 
-def _train(config, home, show_progress, on_step, stopper: StopRequest, **options) -> TrainResult:
+def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> TrainResult:
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model
 
@@ -78,9 +80,10 @@ def _train(config, home, show_progress, on_step, stopper: StopRequest, **options
     config.name = config.name or Path(config.data.path).stem  # the adapter is named after its data by default
     run_dir = ws.lora_dir(config.name)
     tc = config.train
-    resume_from = check_run_dir(run_dir, tc.resume, tc.overwrite)
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    guard.claim(run_dir, accelerator.is_main_process)  # a second run on the same name is refused here
+    resume_from = check_run_dir(run_dir, tc.resume, tc.overwrite)
     torch.manual_seed(tc.seed)
     model_path = resolve_model_path(config.model.source, ws, config.model.trust_remote_code)
     model, tokenizer = load_base(model_path, accelerator.device, config.model.trust_remote_code, config.model.quant)
@@ -102,21 +105,27 @@ def _train(config, home, show_progress, on_step, stopper: StopRequest, **options
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
 
     steps_per_epoch = math.ceil(len(samples) / tc.batch_size)
+    if len(samples) < tc.batch_size:
+        say(f"note: {len(samples)} samples, fewer than train.batch_size {tc.batch_size}: every step uses them all")
     total_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
     warmup = int(total_steps * tc.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps, tc.scheduler))
 
     step = 0
+    position = data_position(samples, steps_per_epoch, tc.seed)
     if resume_from is not None:
-        step = load_state(resume_from, model, optimizer, scheduler)
+        step = load_state(resume_from, model, optimizer, scheduler, position)
         trim_metrics(run_dir / "metrics.jsonl", step)
         say(f"resuming from {resume_from.name} (step {step} of {total_steps})")
     model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.is_main_process:  # model, data and options are good: only now is anything written
         if tc.overwrite and resume_from is None:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            clear_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        guard.claim(run_dir)
+        clean_leftovers(run_dir)
         save_yaml(config, run_dir / "loratune.yaml")
+    guard.watch(config, accelerator.unwrap_model(model), optimizer, scheduler, step, position)
     say(
         f"{sum(p.numel() for p in trainable):,} trainable parameters; {total_steps} steps of {tc.batch_size} samples "
         f"({tc.micro_batch} per micro-batch) on {accelerator.device}"
@@ -129,6 +138,7 @@ def _train(config, home, show_progress, on_step, stopper: StopRequest, **options
         tc.log_every,
         show_progress and accelerator.is_main_process,
     )
+    guard.closing(progress)
     pad_id = tokenizer.pad_token_id
     started, loss_value = time.perf_counter(), float("nan")
     model.train()
@@ -148,7 +158,10 @@ def _train(config, home, show_progress, on_step, stopper: StopRequest, **options
         loss_value = loss_total / max(n_trained, 1)
         pause_point("step")  # inert outside the fault-injection tests
         if not math.isfinite(loss_value):  # before the optimizer step, so the weights stay finite
-            raise LoratuneError(f"loss became {loss_value} at step {step + 1}; lower train.lr and resume or restart")
+            raise LoratuneError(
+                f"loss became {loss_value} at step {step + 1}, so training stopped before that step changed the "
+                "weights and nothing was saved or replaced; lower train.lr and start again with --overwrite"
+            )
         if tc.max_grad_norm > 0:
             accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
@@ -162,20 +175,22 @@ def _train(config, home, show_progress, on_step, stopper: StopRequest, **options
         if on_step is not None:
             on_step(row)
         if accelerator.is_main_process and tc.save_every and step % tc.save_every == 0 and step < total_steps:
-            save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler)
-        if stopper.agreed(accelerator):  # Ctrl-C, SIGTERM or the caller's stop: this step is done, end here
+            guard.save(step)
+        if guard.after_step(step, loss_value, accelerator):  # Ctrl-C, SIGTERM, the caller's stop, stop_at_loss
             break
     progress.close()
 
-    stopped = step < total_steps
+    stopped = guard.stopped and step < total_steps
     if accelerator.is_main_process:
-        if stopped and not is_complete(checkpoint_dir(run_dir, step)):
-            save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler)
+        if stopped:
+            guard.save(step)  # resumable from exactly here
         save_adapter(run_dir, accelerator.unwrap_model(model))
         write_card(run_dir, config, step, loss_value)
         say(f"adapter saved in {run_dir} (final loss {loss_value:.4f})")
         if stopped:
             say(f"stopped at step {step} of {total_steps}; continue with: loratune train --name {config.name} --resume")
+        if guard.reached_loss:
+            say(f"reached train.stop_at_loss {tc.stop_at_loss} at step {step}")
     accelerator.wait_for_everyone()
     model.eval()
     return TrainResult(
@@ -183,14 +198,21 @@ def _train(config, home, show_progress, on_step, stopper: StopRequest, **options
     )
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """Refuse to clobber an existing run unless asked (nothing is deleted here); return the checkpoint to resume."""
+def check_run_dir(run_dir: Path, resume: bool | str, overwrite: bool) -> Path | None:
+    """Refuse to clobber an existing run unless asked (nothing is deleted here); return the checkpoint to resume.
+
+    `resume` True needs a complete checkpoint; 'auto' takes one if there is one, else starts like a new run.
+    """
     if resume:
         checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-        if checkpoint is None:
+        skipped = incomplete_checkpoints(run_dir) if run_dir.is_dir() else []
+        if skipped:
+            print(f"ignoring incomplete checkpoint(s) (interrupted while saving): {', '.join(skipped)}")
+        if checkpoint is not None:
+            return checkpoint
+        if resume != "auto":
             raise LoratuneError(f"nothing to resume: {run_dir} has no complete checkpoint")
-        return checkpoint
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         if not overwrite:
             raise LoratuneError(
                 f"{run_dir} already exists; choose another name, continue it with --resume, or pass --overwrite"
@@ -227,9 +249,13 @@ def trim_metrics(path: Path, step: int) -> None:
     import json
 
     if path.is_file():
-        rows = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
-        path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    rows.append(line)
+            except (ValueError, KeyError, TypeError):
+                pass  # a line cut short by a kill
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(path)  # never a truncated history, even if killed right here
