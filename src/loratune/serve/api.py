@@ -210,4 +210,3 @@ def _number(value, name: str, kind: type, low: float | None = None, high: float 
     if (low is not None and value < low) or (high is not None and value > high):
         raise ApiError(400, f"'{name}' must be between {low} and {high}", name)
     return kind(value)
-
