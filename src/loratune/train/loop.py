@@ -85,7 +85,8 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     guard.claim(run_dir, accelerator.is_main_process)  # a second run on the same name is refused here
     resume_from = check_run_dir(run_dir, tc.resume, tc.overwrite)
     torch.manual_seed(tc.seed)
-    model_path = resolve_model_path(config.model.source, ws, config.model.trust_remote_code)
+    with accelerator.main_process_first():  # one process converts or downloads the model; the others then reuse it
+        model_path = resolve_model_path(config.model.source, ws, config.model.trust_remote_code)
     model, tokenizer = load_base(model_path, accelerator.device, config.model.trust_remote_code, config.model.quant)
     if config.model.quant != "none":  # QLoRA: frozen k-bit base, fp32 norms, gradient checkpointing on
         model = prepare_for_training(model)
@@ -115,7 +116,8 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     position = data_position(samples, steps_per_epoch, tc.seed)
     if resume_from is not None:
         step = load_state(resume_from, model, optimizer, scheduler, position)
-        trim_metrics(run_dir / "metrics.jsonl", step)
+        if accelerator.is_main_process:
+            trim_metrics(run_dir / "metrics.jsonl", step)
         say(f"resuming from {resume_from.name} (step {step} of {total_steps})")
     model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.is_main_process:  # model, data and options are good: only now is anything written
@@ -140,21 +142,25 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     )
     guard.closing(progress)
     pad_id = tokenizer.pad_token_id
+    world = accelerator.num_processes  # under `accelerate launch`, each process trains on its share of every step
     started, loss_value = time.perf_counter(), float("nan")
     model.train()
     while step < total_steps:
         t0 = time.perf_counter()
         batch = step_samples(samples, step, steps_per_epoch, tc.batch_size, tc.seed)
-        micro_batches = split_by_length(batch, tc.micro_batch)
+        micro_batches, weights = process_share(batch, tc.micro_batch, accelerator.process_index, world)
         n_trained = sum(sum(1 for x in s.labels[1:] if x != IGNORE) for s in batch)
         loss_total = 0.0
-        for i, micro in enumerate(micro_batches):
+        for i, (micro, weight) in enumerate(zip(micro_batches, weights, strict=True)):
             tensors = {k: v.to(accelerator.device) for k, v in collate(micro, pad_id).items()}
-            # Normalise by the trained tokens of the whole step, so accumulation equals one big batch.
+            # Normalise by the trained tokens of the whole step, so accumulation equals one big batch; DDP averages
+            # gradients over the processes, so scale by their number to get the sum over all of the step's tokens.
             with accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext():
                 loss_sum, _ = token_loss_sum(model, tensors)
-                accelerator.backward(loss_sum / max(n_trained, 1))
-            loss_total += loss_sum.item()
+                accelerator.backward(loss_sum * (weight * world / max(n_trained, 1)))
+            loss_total += weight * loss_sum.item()
+        if world > 1:
+            loss_total = accelerator.reduce(torch.tensor(loss_total, device=accelerator.device), "sum").item()
         loss_value = loss_total / max(n_trained, 1)
         pause_point("step")  # inert outside the fault-injection tests
         if not math.isfinite(loss_value):  # before the optimizer step, so the weights stay finite
@@ -225,6 +231,24 @@ def step_samples(samples: list[Sample], step: int, steps_per_epoch: int, batch_s
     epoch, index = divmod(step, steps_per_epoch)
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     return [samples[i] for i in order[index * batch_size : (index + 1) * batch_size]]
+
+
+def process_share(
+    batch: list[Sample], micro_batch: int, rank: int, world: int
+) -> tuple[list[list[Sample]], list[float]]:
+    """This process's micro-batches of a step (every `world`-th sample by length) and their loss weights.
+
+    Every process runs the same number of micro-batches, as DDP synchronises gradients on the last one; a process
+    short of samples repeats one with weight 0. With one process this is the whole batch, weights all 1.
+    """
+    ordered = sorted(batch, key=lambda s: len(s.input_ids))
+    micro_batches = split_by_length(ordered[rank::world], micro_batch)
+    weights = [1.0] * len(micro_batches)
+    count = math.ceil(math.ceil(len(batch) / world) / micro_batch)
+    while len(micro_batches) < count:
+        micro_batches.append(micro_batches[-1] if micro_batches else ordered[:1])
+        weights.append(0.0)
+    return micro_batches, weights
 
 
 def split_by_length(batch: list[Sample], micro_batch: int) -> list[list[Sample]]:
