@@ -96,3 +96,17 @@ def test_eval_file_is_measured_not_trained(tiny_model, tmp_path, home):
     )
     best = json.loads((result.run_dir / "best.json").read_text())
     assert best["best_checkpoint"] == "." and best["step"] == 2
+
+
+def test_resume_forgets_a_best_step_past_the_checkpoint(tmp_path):
+    """After a resume metrics.jsonl ends at the checkpoint; best.json is rebuilt from the rows that are left."""
+    from loratune.train.evaluate import Evaluator
+
+    run = tmp_path / "run"
+    (run / "checkpoint-000002").mkdir(parents=True)
+    rows = [{"step": 1, "loss": 2.0}, {"step": 2, "eval_loss": 1.5, "eval_ppl": 4.48}, {"step": 2, "loss": 1.9}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "best.json").write_text(json.dumps({"step": 4, "eval_loss": 0.5, "eval_ppl": 1.6, "best_checkpoint": "."}))
+    Evaluator([], run, every=2, total_steps=6, micro=4, pad_id=0)
+    best = json.loads((run / "best.json").read_text())
+    assert best == {"step": 2, "eval_loss": 1.5, "eval_ppl": 4.48, "best_checkpoint": "checkpoint-000002"}

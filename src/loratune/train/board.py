@@ -23,8 +23,9 @@ class Board:
     def log(self, row: dict) -> None:
         if self.writer is None:
             return
+        skip = {"step", "epoch"} if "eval_loss" in row else {"step"}  # the training rows carry the epoch already
         for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)):
+            if key not in skip and isinstance(value, (int, float)):
                 self.writer.add_scalar(_tag(key), value, global_step=row["step"])
 
     def close(self) -> None:

@@ -62,6 +62,17 @@ class Evaluator:
     def __init__(self, samples: list[Sample], run_dir: Path | None, every: int, total_steps: int, micro, pad_id):
         self.samples, self.run_dir, self.every, self.total = samples, run_dir, every, total_steps
         self.micro_batch, self.pad_id = micro, pad_id
+        if run_dir is not None and (run_dir / BEST).is_file():
+            self._rebuild_best()
+
+    def _rebuild_best(self) -> None:
+        """On resume metrics.jsonl was cut back to the checkpoint: best.json must not name a step past it."""
+        (self.run_dir / BEST).unlink()
+        metrics = self.run_dir / "metrics.jsonl"
+        lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
+        for row in (json.loads(line) for line in lines if line.strip()):
+            if "eval_loss" in row:
+                self._record_best(row)
 
     def due(self, step: int) -> bool:
         return bool(self.samples) and (step == self.total or (self.every > 0 and step % self.every == 0))
