@@ -106,3 +106,14 @@ def adds_bos(tokenizer) -> bool:
         return False
     ids = tokenizer("a")["input_ids"]
     return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def wants_bos(tokenizer, add_bos: str) -> bool:
+    """data.add_bos: 'auto' follows the tokenizer's own default, 'always' / 'never' override it."""
+    if add_bos == "never":
+        return False
+    if add_bos == "always":
+        if tokenizer.bos_token_id is None:
+            raise LoratuneError("data.add_bos is 'always' but this tokenizer has no BOS token; use 'auto' or 'never'")
+        return True
+    return adds_bos(tokenizer)

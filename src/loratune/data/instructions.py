@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from loratune.config import DataSpec
-from loratune.data.build import IGNORE, DataReport, Sample, adds_bos, read_text
+from loratune.data.build import IGNORE, DataReport, Sample, adds_bos, read_text, wants_bos
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace, inside
 
@@ -30,7 +30,7 @@ def build(path: Path, tokenizer, spec: DataSpec, ws: Workspace) -> tuple[list[Sa
     records = read_records(path)
     report = DataReport(kind="instruction", path=str(path), records=len(records))
     render = make_renderer(spec.format, tokenizer, ws)
-    samples, unmatched = [], {}
+    samples, unmatched, bos = [], {}, wants_bos(tokenizer, spec.add_bos)
     for number, record in enumerate(records, 1):
         where = f"{path} record {number}"
         try:
@@ -40,7 +40,9 @@ def build(path: Path, tokenizer, spec: DataSpec, ws: Workspace) -> tuple[list[Sa
             continue
         if spec.add_eos and tokenizer.eos_token and not segments[-1][0].rstrip().endswith(tokenizer.eos_token):
             segments.append((tokenizer.eos_token, True))
-        sample = tokenize_segments(segments, tokenizer)
+        if spec.train_only_after:
+            segments = only_after(segments, spec.train_only_after)
+        sample = tokenize_segments(segments, tokenizer, bos)
         if len(sample.input_ids) > spec.cutoff:
             if spec.too_long == "drop":
                 report.too_long += 1
@@ -231,7 +233,18 @@ def chat_segments(messages: list[dict], tokenizer, where: str) -> Segments:
     return [s for s in segments if s[0]]
 
 
-def tokenize_segments(segments: Segments, tokenizer) -> Sample:
+def only_after(segments: Segments, marker: str) -> Segments:
+    """data.train_only_after: mask everything up to the marker's first occurrence (nothing trained when absent)."""
+    text = "".join(piece for piece, _ in segments)
+    at = text.find(marker)
+    if at < 0:
+        return [(text, False)]
+    cut = at + len(marker)
+    return [(text[:cut], False), (text[cut:], True)]
+
+
+def tokenize_segments(segments: Segments, tokenizer, bos: bool | None = None) -> Sample:
+    """Token ids and labels of the joined segments; `bos` puts BOS first (None: as the tokenizer does by itself)."""
     text = "".join(s for s, _ in segments)
     bounds, pos = [], 0
     for piece, trained in segments:
@@ -242,9 +255,9 @@ def tokenize_segments(segments: Segments, tokenizer) -> Sample:
     labels = [
         tok if _trained(span, bounds) else IGNORE for tok, span in zip(ids, encoded["offset_mapping"], strict=True)
     ]
-    bos = tokenizer.bos_token_id
-    if bos is not None and not text.startswith(tokenizer.bos_token or "\0") and adds_bos(tokenizer):
-        ids, labels = [bos] + ids, [IGNORE] + labels
+    bos = adds_bos(tokenizer) if bos is None else bos
+    if bos and not text.startswith(tokenizer.bos_token or "\0"):
+        ids, labels = [tokenizer.bos_token_id] + ids, [IGNORE] + labels
     return Sample(ids, labels)
 
 

@@ -11,13 +11,15 @@ from pathlib import Path
 import torch
 
 from loratune.adapters.card import write_card
-from loratune.config import RunConfig, from_dict, merge_options, save_yaml, to_dict
+from loratune.config import RunConfig, adapter_from_run, from_dict, merge_options, save_yaml, to_dict
 from loratune.data import Sample, build_samples, collate
 from loratune.data.build import IGNORE, find_data
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
 from loratune.models.quant import prepare_for_training
+from loratune.train.board import Board
 from loratune.train.checkpoint import (
+    checkpoint_dir,
     clean_leftovers,
     clear_run_dir,
     data_position,
@@ -26,10 +28,13 @@ from loratune.train.checkpoint import (
     load_state,
     save_adapter,
 )
+from loratune.train.evaluate import Evaluator, split_eval
 from loratune.train.guard import RunGuard
 from loratune.train.lock import LOCK_FILE
 from loratune.train.loss import token_loss_sum
+from loratune.train.optim import build_optimizer, build_scheduler
 from loratune.train.pause import pause_point
+from loratune.train.plot import plot_loss
 from loratune.train.progress import Progress
 from loratune.train.stop import StopSource
 from loratune.workspace import Workspace
@@ -80,6 +85,8 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     config.name = config.name or Path(config.data.path).stem  # the adapter is named after its data by default
     run_dir = ws.lora_dir(config.name)
     tc = config.train
+    if config.adapter.copy_from:  # the adapter's shape comes from an earlier run (text-generation-webui's "copy from")
+        config.adapter = adapter_from_run(ws.lora_dir(config.adapter.copy_from) / "loratune.yaml", config.adapter)
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     guard.claim(run_dir, accelerator.is_main_process)  # a second run on the same name is refused here
@@ -91,26 +98,32 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     if config.model.quant != "none":  # QLoRA: frozen k-bit base, fp32 norms, gradient checkpointing on
         model = prepare_for_training(model)
     samples, report = build_samples(config.data, tokenizer, ws)
+    samples, eval_samples = split_eval(config.data, samples, tokenizer, ws, tc.seed)
     say = print if accelerator.is_main_process and show_progress else (lambda *a, **k: None)
-    say(report.summary())
+    say(report.summary() + (f"; {len(eval_samples)} samples for evaluation" if eval_samples else ""))
+    if tc.gradient_checkpointing:  # non-reentrant: works with frozen inputs, no input-grad hook needed
+        enable = getattr(model, "activation_checkpointing_enable", None)  # the name since transformers 5.2x
+        enable = enable or (lambda **kw: model.gradient_checkpointing_enable(kw["activation_checkpointing_kwargs"]))
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     lora = LoraConfig(
         r=config.adapter.rank,
         lora_alpha=config.adapter.alpha,
         lora_dropout=config.adapter.dropout,
         target_modules=resolve_targets(model, config.adapter.targets),
+        use_rslora=config.adapter.rslora,
+        use_dora=config.adapter.dora,
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = build_optimizer(trainable, tc)
 
     steps_per_epoch = math.ceil(len(samples) / tc.batch_size)
     if len(samples) < tc.batch_size:
         say(f"note: {len(samples)} samples, fewer than train.batch_size {tc.batch_size}: every step uses them all")
     total_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
-    warmup = int(total_steps * tc.warmup_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps, tc.scheduler))
+    scheduler = build_scheduler(optimizer, tc, total_steps)
 
     step = 0
     position = data_position(samples, steps_per_epoch, tc.seed)
@@ -143,6 +156,9 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     guard.closing(progress)
     pad_id = tokenizer.pad_token_id
     world = accelerator.num_processes  # under `accelerate launch`, each process trains on its share of every step
+    main = accelerator.is_main_process
+    board = Board(run_dir / "tensorboard" if main and tc.report_to == "tensorboard" else None)
+    evaluate = Evaluator(eval_samples, run_dir if main else None, tc.eval_every, total_steps, tc.micro_batch, pad_id)
     started, loss_value = time.perf_counter(), float("nan")
     model.train()
     while step < total_steps:
@@ -178,13 +194,18 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
 
         tokens = sum(len(s.input_ids) for s in batch)
         row = progress.step(step, step / steps_per_epoch, loss_value, lr, tokens, time.perf_counter() - t0)
+        board.log(row)
         if on_step is not None:
             on_step(row)
         if accelerator.is_main_process and tc.save_every and step % tc.save_every == 0 and step < total_steps:
             guard.save(step)
+            plot_loss(run_dir / "metrics.jsonl", checkpoint_dir(run_dir, step) / "loss.png")
+        if evaluate.due(step):
+            board.log(evaluate(model, step, step / steps_per_epoch))
         if guard.after_step(step, loss_value, accelerator):  # Ctrl-C, SIGTERM, the caller's stop, stop_at_loss
             break
     progress.close()
+    board.close()
 
     stopped = guard.stopped and step < total_steps
     if accelerator.is_main_process:
@@ -192,6 +213,7 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
             guard.save(step)  # resumable from exactly here
         save_adapter(run_dir, accelerator.unwrap_model(model))
         write_card(run_dir, config, step, loss_value)
+        plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
         say(f"adapter saved in {run_dir} (final loss {loss_value:.4f})")
         if stopped:
             say(f"stopped at step {step} of {total_steps}; continue with: loratune train --name {config.name} --resume")
@@ -255,17 +277,6 @@ def split_by_length(batch: list[Sample], micro_batch: int) -> list[list[Sample]]
     """Micro-batches of similar lengths, so dynamic padding wastes little."""
     ordered = sorted(batch, key=lambda s: len(s.input_ids))
     return [ordered[i : i + micro_batch] for i in range(0, len(ordered), micro_batch)]
-
-
-def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    if kind == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if kind == "constant":
-        return 1.0
-    return max(0.0, 1 - progress)
 
 
 def trim_metrics(path: Path, step: int) -> None:
