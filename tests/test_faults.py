@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 RECORDS = [
     {"instruction": f"What is {a} plus {b}?", "output": f"Arr! It be {a + b}."} for a in range(6) for b in range(4)
@@ -80,15 +82,76 @@ def complete_checkpoints(run: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*") if (p / "COMPLETE").is_file())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_finishes_the_step_saves_and_exits_0(tiny_model, data_file, home, sig):
-    run = Run(home, tiny_model, data_file, pause="step@3")
-    run.wait_paused()
-    run.signal(sig)
-    code, out, err = run.finish()
+def assert_nothing_truncated(run: Path) -> None:
+    """Every adapter a user or peft would load (the run folder's own, every checkpoint-*) loads whole."""
+    from safetensors.torch import load_file
+
+    folders = [run, *run.glob("checkpoint-*")]
+    for folder in folders:
+        if (folder / "adapter_model.safetensors").exists():
+            assert load_file(folder / "adapter_model.safetensors"), folder
+            assert json.loads((folder / "adapter_config.json").read_text())["r"] == 4, folder
+    yaml.safe_load((run / "loratune.yaml").read_text())
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# (pause point, signals sent there, exit code, newest complete checkpoint afterwards, what it shows).
+# Each run resumes from the one before, so every kill is also a resume test. 12 steps, a checkpoint every 2.
+CHAIN = [
+    ("step@3", [signal.SIGKILL], -9, 2, "kill -9 during step 3"),
+    ("checkpoint-write@1", [signal.SIGKILL], -9, 2, "kill -9 while checkpoint-4 is written"),
+    ("checkpoint-rename@1", [signal.SIGKILL], -9, 2, "kill -9 after checkpoint-4's rename, before COMPLETE"),
+    ("step@3", [signal.SIGINT], 0, 5, "Ctrl-C during step 5: finish it, save checkpoint-5, exit 0"),
+    ("checkpoint-write@1", [signal.SIGTERM], 0, 6, "SIGTERM while checkpoint-6 is written: finish it, exit 0"),
+    ("checkpoint-write@1", [signal.SIGINT] * 2, 130, 6, "Ctrl-C twice while checkpoint-8 is written: abort"),
+    ("final-save@1", [signal.SIGKILL], -9, 10, "kill -9 during the final save"),
+]
+
+
+def test_kills_at_every_point_then_resume_exactly(tiny_model, data_file, home, tmp_path):
+    from safetensors.torch import load_file
+
+    from loratune import train
+
+    straight = train(
+        model=str(tiny_model),
+        data=str(data_file),
+        name="straight",
+        home=tmp_path / "ref",
+        show_progress=False,
+        **OPTIONS,
+    )
+    expected = [row["loss"] for row in metrics(straight.run_dir)]
+    assert len(expected) == 12
+    run, last_complete, exact = home / "loras" / "run", 0, 0
+    for number, (point, signals, code, newest, what) in enumerate(CHAIN):
+        proc = Run(home, tiny_model, data_file, *(["--resume"] if number else []), pause=point)
+        proc.wait_paused()
+        proc.signal(signals[0], times=len(signals))
+        returncode, out, err = proc.finish()
+        assert returncode == code, f"{what}: exit {returncode}\n{err}"
+        assert "Traceback" not in err, f"{what}:\n{err}"
+        if number:  # it resumed from the newest complete checkpoint the run before left
+            assert f"resuming from checkpoint-{last_complete:06d}" in out, f"{what}:\n{out}"
+        assert complete_checkpoints(run)[-1] == newest, what
+        assert_nothing_truncated(run)
+        rows = metrics(run)
+        assert [r["loss"] for r in rows] == pytest.approx(expected[: len(rows)], abs=1e-5), what
+        exact += 1
+        last_complete = newest
+    code, out, err = Run(home, tiny_model, data_file, "--resume").finish()
     assert code == 0, err
-    assert "stopped: 3 steps" in out
-    folder = home / "loras" / "run"
-    assert complete_checkpoints(folder) == [2, 3]  # the periodic one, and the stop's own after step 3
-    assert [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
-    assert (folder / "adapter_model.safetensors").is_file()
+    assert f"resuming from checkpoint-{last_complete:06d}" in out and "done: 12 steps" in out
+    assert [r["loss"] for r in metrics(run)] == pytest.approx(expected, abs=1e-5)
+    assert [r["step"] for r in metrics(run)] == list(range(1, 13))
+    a, b = load_file(straight.run_dir / "adapter_model.safetensors"), load_file(run / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
+    assert not list(run.glob(".*tmp*")), "temporary folders left behind"
+    print(
+        f"\nfault injection: {len(CHAIN)} kill points tried, {exact} resumed with the same losses, final adapter equal"
+    )

@@ -67,7 +67,7 @@ def render(check, color: bool) -> str:
             f"{check.dropped_nothing_to_train}, too short {check.dropped_too_short}), cut {check.truncated}; "
             f"samples training EOS {check.samples_with_eos}/{check.samples}",
         ]
-    if check.histogram:
+    if any(b.count for b in check.histogram):
         lines.append("sample lengths in tokens:")
         top = max(b.count for b in check.histogram) or 1
         for b in check.histogram:
@@ -79,7 +79,7 @@ def render(check, color: bool) -> str:
         lines.append(f"samples ({legend}):")
         for number, segments in enumerate(check.examples, 1):
             text = "".join(_paint(piece, trained, color) for piece, trained in segments)
-            lines.append(f"  #{number} " + text.replace("\n", "↵\n     "))
+            lines.append(f"  #{number} " + text.rstrip("\n").replace("\n", "\n     "))
     for w in check.warnings:
         lines.append(f"{'PROBLEM' if w.problem else 'warning'}: {w.message}")
     problems = sum(w.problem for w in check.warnings)
@@ -90,9 +90,12 @@ def render(check, color: bool) -> str:
 
 
 def _paint(text: str, trained: bool, color: bool) -> str:
+    """Newlines show as ↵ (then break the line); the paint or bracket closes before the break."""
+    shown = text.replace("\n", "↵\n")
+    core, end = (shown[:-1], "\n") if shown.endswith("\n") else (shown, "")
     if color:
-        return f"{TRAINED if trained else MASKED}{text}{RESET}"
-    return f"⟦{text}⟧" if trained else text
+        return f"{TRAINED if trained else MASKED}{core}{RESET}{end}"
+    return (f"⟦{core}⟧" if trained else core) + end
 
 
 def _doc(name: str) -> str:

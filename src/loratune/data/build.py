@@ -25,6 +25,7 @@ class DataReport:
     records: int = 0
     samples: int = 0
     too_long: int = 0
+    truncated: int = 0
     nothing_to_train: int = 0
     too_short: int = 0
     tokens: int = 0
@@ -36,7 +37,9 @@ class DataReport:
             f"{self.tokens} tokens ({self.trained_tokens} trained)",
         ]
         if self.too_long:
-            parts.append(f"{self.too_long} dropped as longer than the cutoff")
+            parts.append(f"{self.too_long} dropped as longer than the cutoff (data.too_long: truncate keeps them)")
+        if self.truncated:
+            parts.append(f"{self.truncated} truncated to the cutoff")
         if self.nothing_to_train:
             parts.append(f"{self.nothing_to_train} dropped with nothing to train")
         if self.too_short:
@@ -103,3 +106,14 @@ def adds_bos(tokenizer) -> bool:
         return False
     ids = tokenizer("a")["input_ids"]
     return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def wants_bos(tokenizer, add_bos: str) -> bool:
+    """data.add_bos: 'auto' follows the tokenizer's own default, 'always' / 'never' override it."""
+    if add_bos == "never":
+        return False
+    if add_bos == "always":
+        if tokenizer.bos_token_id is None:
+            raise LoratuneError("data.add_bos is 'always' but this tokenizer has no BOS token; use 'auto' or 'never'")
+        return True
+    return adds_bos(tokenizer)

@@ -123,21 +123,16 @@ def _uncapped(spec: DataSpec, tokenizer, ws: Workspace) -> list[Sample]:
 
 def _warn(check: DataCheck, spec: DataSpec, tokenizer, samples: list[Sample]) -> None:
     where = check.path
-    if not samples:
-        check.warn(f"{where}: no sample is left to train ({check.dropped} dropped); see the counts above", True)
-        return
-    if check.trained_tokens == 0:
-        check.warn(f"{where}: no token is trained in any sample (every label is masked)", True)
-        return
     only_eos = sum(_trained_ids(s) == [tokenizer.eos_token_id] for s in samples)
     if only_eos:  # a template that drops the response still gets the EOS appended: that alone teaches nothing
         check.warn(
             f"{only_eos} of {len(samples)} samples train only the EOS token, no response text", only_eos == len(samples)
         )
     if check.dropped_nothing_to_train:
+        marker = f" (data.train_only_after {spec.train_only_after!r} not in them?)" if spec.train_only_after else ""
         check.warn(
-            f"{check.dropped_nothing_to_train} of {check.records} records have nothing to train "
-            "(empty response after masking) and are dropped"
+            f"{check.dropped_nothing_to_train} of {check.records} records have nothing to train after masking "
+            f"and are dropped{marker}"
         )
     if check.dropped_too_long:
         check.warn(
@@ -148,6 +143,9 @@ def _warn(check: DataCheck, spec: DataSpec, tokenizer, samples: list[Sample]) ->
         check.warn(f"{check.truncated} samples are longer than data.cutoff {spec.cutoff} and are cut")
     if check.dropped_too_short:
         check.warn(f"{check.dropped_too_short} raw-text blocks are shorter than data.min_chunk and are dropped")
+    if not samples:
+        check.warn(f"{where}: no sample is left to train ({check.dropped} dropped, see above)", True)
+        return
     _warn_eos(check, spec, tokenizer, samples)
 
 
