@@ -273,6 +273,15 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         # Model: the tiny model in models/.
         page.get_by_role("tab", name="Model").click()
         choose(page, "Base model", "tiny")
+        page.get_by_label("Memory you have (optional)").fill("1GB")
+        page.get_by_role("button", name="Estimate", exact=True).click()
+        expect(page.locator("#memory-estimate")).to_contain_text("14,336 LoRA parameters", timeout=WAIT_MS)
+        expect(page.locator("#memory-estimate")).to_contain_text("this fits")
+        page.locator("#recommended").get_by_text("Qwen/Qwen2.5-0.5B-Instruct").click()  # a pick fills the hub id
+        expect(page.get_by_label("Hub id to download into models/")).to_have_value("Qwen/Qwen2.5-0.5B-Instruct")
+        page.get_by_role("button", name="Download", exact=True).click()
+        expect(page.get_by_text("HF_HUB_OFFLINE is set").first).to_be_visible(timeout=WAIT_MS)  # one line, no trace
+        page.screenshot(path=shots / "0-model.png", full_page=True)
 
         # Dataset: an upload lands in datasets/ and is chosen; then pick the prepared file and check it.
         page.get_by_role("tab", name="Dataset").click()
@@ -363,6 +372,18 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         page.get_by_role("button", name="Promote checkpoint to the run's adapter").click()
         expect(page.locator("#loras-result")).to_contain_text(f"now holds the adapter of {checkpoints[0]}")
         assert json.loads((run_dir / "promoted.json").read_text())["checkpoint"] == checkpoints[0]
+        choose(page, "Adapter or checkpoint", "ui-run")
+        page.get_by_role("button", name="Export GGUF (llama.cpp --lora)").click()
+        expect(page.locator("#loras-result")).to_contain_text("adapter.gguf", timeout=WAIT_MS)
+        assert (run_dir / "adapter.gguf").stat().st_size > 0
+        choose(page, "Adapter or checkpoint", f"ui-run/{checkpoints[1]}")
+        page.get_by_role("button", name="Delete", exact=True).click()  # not confirmed: refused
+        expect(page.get_by_text("tick the box to confirm").first).to_be_visible()
+        assert (run_dir / checkpoints[1]).is_dir()
+        page.get_by_label("Yes, delete it (a run name deletes the whole run folder)").check()
+        page.get_by_role("button", name="Delete", exact=True).click()
+        expect(page.locator("#loras-result")).to_contain_text("Deleted", timeout=WAIT_MS)
+        assert not (run_dir / checkpoints[1]).exists()
         choose(page, "Adapter or checkpoint", f"ui-run/{checkpoints[-1]}")
         page.screenshot(path=shots / "4-loras.png", full_page=True)
         page.get_by_role("button", name="Use in Generate").click()

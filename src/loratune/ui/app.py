@@ -49,6 +49,7 @@ def build_app(home: str | None = None, max_upload_mb: int = 100) -> gr.Blocks:
         # The earlier tabs fill the Train form, so the options a run uses are always visible in one place.
         form = train.form
         data.connect(form["model.source"])
+        model.connect(form)
         model.choice.change(lambda v: v, inputs=model.choice, outputs=form["model.source"])
         data.choice.change(lambda v: v, inputs=data.choice, outputs=form["data.path"])
         data.format.change(lambda v: v, inputs=data.format, outputs=form["data.format"])

@@ -68,19 +68,19 @@ def build(ws: Workspace) -> LorasTab:
             raise LoratuneError("choose a checkpoint (name/checkpoint-NNNNNN) to promote")
         _not_training(ws, name)
         info = adapters.promote(name, checkpoint, ws)
-        return f"`{name}` now holds the adapter of {info.promoted_from} (loss {_loss(info.loss)}).", *reload()
+        return f"`{name}` now holds the adapter of {info.promoted_from} (loss {_loss(info.loss)})."
 
     @shows_errors
     def on_export(spec):
         path = export_gguf(_chosen(spec), ws)
-        return f"Written `{path}`.", *reload()
+        return f"Written `{path}`."
 
     @shows_errors
     def on_merge(spec, out):
         if not out:
             raise LoratuneError("give the merged model a name")
         path = adapters.merge(_chosen(spec), out, ws)
-        return f"Merged into `{path}`: choose it as a base model in the Model tab.", *reload()
+        return f"Merged into `{path}`: choose it as a base model in the Model tab."
 
     @shows_errors
     def on_delete(spec, confirmed):
@@ -89,14 +89,16 @@ def build(ws: Workspace) -> LorasTab:
         name, checkpoint = _split(spec)
         _not_training(ws, name)
         path = adapters.delete(name, ws, checkpoint=checkpoint or None)
-        return f"Deleted `{path}`.", *reload()
+        return f"Deleted `{path}`."
 
-    outputs = [result, table, choice]
+    # Lists refresh only after a success, so a failed action marks only its message as an error.
     refresh.click(reload, outputs=[table, choice])
-    promote.click(on_promote, inputs=choice, outputs=outputs)
-    export.click(on_export, inputs=choice, outputs=outputs)
-    merge.click(on_merge, inputs=[choice, merged_name], outputs=outputs)
-    delete.click(on_delete, inputs=[choice, sure], outputs=outputs).then(lambda: False, outputs=sure)
+    promote.click(on_promote, inputs=choice, outputs=result).success(reload, outputs=[table, choice])
+    export.click(on_export, inputs=choice, outputs=result).success(reload, outputs=[table, choice])
+    merge.click(on_merge, inputs=[choice, merged_name], outputs=result).success(reload, outputs=[table, choice])
+    delete.click(on_delete, inputs=[choice, sure], outputs=result).success(reload, outputs=[table, choice]).then(
+        lambda: False, outputs=sure
+    )
     return LorasTab(choice=choice, use=use, reload=reload, outputs=[table, choice])
 
 
