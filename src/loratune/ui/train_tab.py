@@ -56,9 +56,14 @@ def build(ws: Workspace) -> TrainTab:
     @shows_errors
     def on_start(*values):
         config = read_form(RunConfig, names_in_form, list(values))
+        # Options naming files: only what the browser may name (models/, datasets/, loras/, offered formats).
         config.model.source = names.model_source(ws, config.model.source)
         config.data.path = names.data_path(ws, config.data.path)
         config.data.format = names.data_format(ws, config.data.format)
+        if config.data.eval_path:
+            config.data.eval_path = names.data_path(ws, config.data.eval_path)
+        if config.adapter.copy_from:
+            adapters.get_adapter(config.adapter.copy_from, ws)  # a name in loras/, not a folder elsewhere
         config.name = config.name or Path(config.data.path).stem  # as `loratune train` names it
         jobs.start(ws, config)
         return gr.update(choices=run_names(ws), value=config.name), *job_view(ws, config.name)
