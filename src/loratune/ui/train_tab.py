@@ -91,6 +91,8 @@ def build(ws: Workspace) -> TrainTab:
         values = form_values(RunConfig, saved)
         values["model.source"] = names.model_choice(ws, values["model.source"])
         values["data.path"] = names.dataset_choice(ws, values["data.path"])
+        if values["data.eval_path"]:
+            values["data.eval_path"] = names.dataset_choice(ws, values["data.eval_path"])
         return [values[n] for n in names_in_form]
 
     show = shows_errors(lambda name: job_view(ws, name))
