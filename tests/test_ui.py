@@ -314,10 +314,13 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         set_option(page, "train.max_steps", 100_000)
         set_option(page, "train.save_every", 50)
         set_option(page, "train.batch_size", 4)
+        set_option(page, "data.eval_split", 0.2)  # 4 of the 20 records measure an eval loss every 25 steps
+        set_option(page, "train.eval_every", 25)
         page.get_by_role("button", name="Start training").click()
         status = page.locator("#job-status")
         expect(status).to_contain_text("running", timeout=WAIT_MS)
         expect(status).to_contain_text("loss", timeout=WAIT_MS)  # metrics.jsonl rows arrive
+        expect(status).to_contain_text("eval loss", timeout=WAIT_MS)
         first = shown_step(page)
         expect(status).not_to_contain_text(f"step {first} ", timeout=WAIT_MS)  # the loss line moves on
         assert shown_step(page) > first

@@ -19,7 +19,7 @@ from loratune.ui.form import build_form, form_values, read_form
 from loratune.workspace import Workspace
 
 REFRESH_S = 2.0
-CURVE_POINTS = 2000  # the loss curve is thinned to this many points, however long the run
+CURVE_POINTS = 2000  # the training loss curve is thinned to at most this many points (+ the last), however long
 
 
 @dataclass
@@ -47,7 +47,7 @@ def build(ws: Workspace) -> TrainTab:
                 stop = gr.Button("Stop (saves a checkpoint)", variant="stop")
                 resume = gr.Button("Resume")
             status = gr.Markdown("No job yet.", elem_id="job-status")
-            curve = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, elem_id="loss-curve")
+            curve = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=260, elem_id="loss-curve")
             log = gr.Textbox(label="Job output (end)", lines=8, max_lines=8, autoscroll=True, elem_id="job-log")
 
     names_in_form = list(form)
@@ -133,8 +133,10 @@ def job_view(ws: Workspace, name: str | None):
     if state and state.exit_code is not None:
         heading += f" (exit code {state.exit_code})"
     lines = [heading]
-    if rows:
-        last = rows[-1]
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "eval_loss" in r]  # evaluation rows sit beside the training rows
+    if train_rows:
+        last = train_rows[-1]
         lines.append(
             f"**step {last['step']}** · epoch {last.get('epoch', 0):.2f} · loss **{last['loss']:.4f}** · "
             f"lr {last.get('lr', 0):.2e} · {last.get('tokens_per_s', 0):,.0f} tokens/s · "
@@ -142,7 +144,13 @@ def job_view(ws: Workspace, name: str | None):
         )
     elif state and state.active:
         lines.append("loading the model and the data ...")
-    return "\n\n".join(lines), loss_curve(rows), jobs.log_tail(ws, name)
+    if eval_rows:
+        best = min(eval_rows, key=lambda r: r["eval_loss"])
+        lines.append(
+            f"eval loss {eval_rows[-1]['eval_loss']:.4f} at step {eval_rows[-1]['step']} "
+            f"(best {best['eval_loss']:.4f} at step {best['step']})"
+        )
+    return "\n\n".join(lines), loss_curve(train_rows, eval_rows), jobs.log_tail(ws, name)
 
 
 class MetricsReader:
@@ -184,11 +192,15 @@ def _parse(line: bytes) -> dict | None:
 read_metrics = MetricsReader().rows
 
 
-def loss_curve(rows: list[dict]) -> pd.DataFrame | None:
-    if not rows:
+def loss_curve(train_rows: list[dict], eval_rows: list[dict]) -> pd.DataFrame | None:
+    """Training loss (thinned to CURVE_POINTS, the last point kept) and evaluation loss, as one long table."""
+    if not train_rows:
         return None
-    shown = rows[:: max(1, len(rows) // CURVE_POINTS)] + ([rows[-1]] if len(rows) > CURVE_POINTS else [])
-    return pd.DataFrame({"step": [r["step"] for r in shown], "loss": [r["loss"] for r in shown]})
+    shown = train_rows[:: -(-len(train_rows) // CURVE_POINTS)]
+    if shown[-1] is not train_rows[-1]:
+        shown.append(train_rows[-1])
+    points = [(r["step"], r["loss"], "train") for r in shown] + [(r["step"], r["eval_loss"], "eval") for r in eval_rows]
+    return pd.DataFrame(points, columns=["step", "loss", "series"])
 
 
 def _chosen(name: str | None) -> str:
