@@ -379,14 +379,14 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         page.get_by_role("button", name="Export GGUF (llama.cpp --lora)").click()
         expect(page.locator("#loras-result")).to_contain_text("adapter.gguf", timeout=WAIT_MS)
         assert (run_dir / "adapter.gguf").stat().st_size > 0
-        choose(page, "Adapter or checkpoint", f"ui-run/{checkpoints[1]}")
+        choose(page, "Adapter or checkpoint", f"ui-run/{checkpoints[0]}")
         page.get_by_role("button", name="Delete", exact=True).click()  # not confirmed: refused
         expect(page.get_by_text("tick the box to confirm").first).to_be_visible()
-        assert (run_dir / checkpoints[1]).is_dir()
+        assert (run_dir / checkpoints[0]).is_dir()
         page.get_by_label("Yes, delete it (a run name deletes the whole run folder)").check()
         page.get_by_role("button", name="Delete", exact=True).click()
         expect(page.locator("#loras-result")).to_contain_text("Deleted", timeout=WAIT_MS)
-        assert not (run_dir / checkpoints[1]).exists()
+        assert not (run_dir / checkpoints[0]).exists()
         choose(page, "Adapter or checkpoint", f"ui-run/{checkpoints[-1]}")
         page.screenshot(path=shots / "4-loras.png", full_page=True)
         page.get_by_role("button", name="Use in Generate").click()
