@@ -65,7 +65,7 @@ def start(ws: Workspace, config: RunConfig | None = None, name: str | None = Non
         config.validate()
         save_yaml(config, folder / "config.yaml")
         command += ["--config", str(folder / "config.yaml")]
-    with open(folder / LOG_FILE, "a", encoding="utf-8") as log:
+    with open(folder / LOG_FILE, "a" if resume else "w", encoding="utf-8") as log:  # a resume continues the story
         log.write(f"\n$ {' '.join(command)}\n")
     write_job(folder, {"name": name, "state": "starting", "started": time.time(), "resume": resume, "pid": None})
     # Its own session: Ctrl-C on the UI's terminal and the UI's exit leave the job running.
