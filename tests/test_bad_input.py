@@ -76,7 +76,13 @@ BAD_DATA = [
         {},
         "record 2: needs non-empty text 'instruction' and 'output' (or a 'messages' list); it has: instruction",
     ),
-    ("empty value", "d.jsonl", jsonl({"instruction": "Hi", "output": ""}), {}, "record 1: needs non-empty text"),
+    (
+        "empty value",
+        "d.jsonl",
+        jsonl({"instruction": "Hi", "output": ""}),
+        {},
+        "d.jsonl record 1: 'output' is empty; give it text or remove the record",
+    ),
     (
         "number instead of text",
         "d.jsonl",

@@ -48,34 +48,44 @@ class Run:
     """One `loratune train` subprocess, optionally told to wait at a named point."""
 
     def __init__(self, home: Path, model: Path, data: Path, *extra: str, pause: str | None = None):
-        self.flag = home.parent / f"paused-{time.monotonic_ns()}"
+        tag = time.monotonic_ns()
+        self.flag = home.parent / f"paused-{tag}"
+        # Output to files, not pipes: the test reads stderr while the run goes on (see `signal`).
+        self.out, self.err = home.parent / f"out-{tag}", home.parent / f"err-{tag}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         if pause:
             env.update(LORATUNE_PAUSE_AT=pause, LORATUNE_PAUSE_FILE=str(self.flag))
         overrides = [item for key, value in OPTIONS.items() for item in (f"--{key}", str(value))]
         cmd = [sys.executable, "-m", "loratune.cli", "--home", str(home), "train", "--model", str(model)]
         cmd += ["--data", str(data), "--name", "run", *overrides, *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
 
     def wait_paused(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
         while not self.flag.exists():
             if self.proc.poll() is not None:
-                out, err = self.proc.communicate()
-                pytest.fail(f"the run ended before its pause point:\n{out}\n{err}")
+                pytest.fail(f"the run ended before its pause point:\n{self.err.read_text()}")
             assert time.monotonic() < deadline, "the run never reached its pause point"
             time.sleep(0.02)
 
     def signal(self, sig: int, times: int = 1) -> None:
-        """Send `sig` while the run waits at its pause point, then let it go on."""
-        for _ in range(times):
+        """Send `sig` while the run waits at its pause point, then let it go on.
+
+        Before a second signal, wait until the run has handled the first (it says so on stderr): two signals that
+        arrive before Python runs its handler would count as one.
+        """
+        for number in range(times):
             self.proc.send_signal(sig)
-            time.sleep(0.1)
+            deadline = time.monotonic() + 60
+            while number < times - 1 and "received: stopping after this step" not in self.err.read_text():
+                assert time.monotonic() < deadline, "the run never handled the signal"
+                time.sleep(0.02)
         self.flag.unlink()
 
     def finish(self, timeout: float = 300) -> tuple[int, str, str]:
-        out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, out, err
+        self.proc.wait(timeout=timeout)
+        return self.proc.returncode, self.out.read_text(), self.err.read_text()
 
 
 def complete_checkpoints(run: Path) -> list[int]:

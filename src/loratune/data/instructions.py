@@ -188,7 +188,10 @@ def alpaca_to_messages(record: dict, where: str) -> list[dict]:
         if value is not None and not isinstance(value, str):
             raise LoratuneError(f"{where}: '{key}' must be text, got {type(value).__name__} {str(value)[:40]!r}")
     instruction, output = record.get("instruction"), record.get("output")
-    if not instruction or not instruction.strip() or not output:
+    empty = [k for k, v in (("instruction", instruction), ("output", output)) if v is not None and not v.strip()]
+    if empty:
+        raise LoratuneError(f"{where}: '{empty[0]}' is empty; give it text or remove the record")
+    if not instruction or not output:
         keys = ", ".join(record) or "(none)"
         raise LoratuneError(
             f"{where}: needs non-empty text 'instruction' and 'output' (or a 'messages' list); it has: {keys}"

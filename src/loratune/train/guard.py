@@ -29,7 +29,7 @@ class RunGuard:
         self.stop = StopRequest(stop)
         self.lock = RunLock()
         self.run_dir: Path | None = None
-        self.saving = None  # (model, optimizer, scheduler, keep) once the loop starts
+        self.saving = None  # (model, optimizer, scheduler, keep, data position) once the loop starts
         self.step = 0
         self.micro_batch = 0
         self.name = ""
@@ -56,10 +56,11 @@ class RunGuard:
     def after_step(self, step: int, loss: float, accelerator) -> bool:
         """Record a finished step; True when the run should end here (a signal, the caller's stop, the loss target)."""
         self.step = step
-        if self.stop_at_loss > 0 and loss <= self.stop_at_loss:
-            self.reached_loss = True
-            return True
-        return self.stop.agreed(accelerator)
+        reached = self.stop_at_loss > 0 and loss <= self.stop_at_loss
+        if not self.stop.agreed(accelerator, reached):
+            return False
+        self.reached_loss = self.stop.reason is None  # no signal or caller: the loss target (on some process)
+        return True
 
     @property
     def stopped(self) -> bool:

@@ -2,12 +2,12 @@
 
 The lock is an OS lock (flock) on `loras/<name>/.lock`, which also holds the owner's pid for the message. The OS drops
 the lock when its process dies, however it dies (kill -9 included), so a lock file left by a dead run is simply taken
-over; a reused pid can never make a stale lock look alive.
+over; a reused pid can never make a stale lock look alive. The file stays when a run ends (emptied): deleting it
+could let two runs lock two different files of the same name.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
@@ -26,20 +26,35 @@ class RunLock:
             return
         fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            _lock(fd)
+        except OSError:
+            try:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            except OSError:  # Windows refuses reads of a locked byte
+                holder = "unknown"
             os.close(fd)
             raise LoratuneError(
                 f"{run_dir} is in use by another training run (pid {holder}); wait for it to end, stop it "
                 "(Ctrl-C or kill -TERM, which saves a checkpoint), or choose another --name"
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
 
     def release(self) -> None:
         if self.fd is not None:
-            os.ftruncate(self.fd, 0)  # an empty lock file: nobody is writing (the file stays, see the docstring)
+            os.ftruncate(self.fd, 0)  # empty: nobody is writing
             os.close(self.fd)  # closing drops the flock
             self.fd = None
+
+
+def _lock(fd: int) -> None:
+    """An exclusive, non-blocking OS lock; raises OSError when another process (or run) holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: lock the first byte instead (also released when the process dies)
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

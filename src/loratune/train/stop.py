@@ -62,9 +62,9 @@ class StopRequest:
                 self.reason = "stop requested"
         return self.reason is not None
 
-    def agreed(self, accelerator) -> bool:
-        """`requested` on any process means stop on all of them, so every rank leaves the loop after the same step."""
-        wanted = self.requested
+    def agreed(self, accelerator, also: bool = False) -> bool:
+        """Stop (`requested`, or `also`) on any process means stop on all, so every rank ends after the same step."""
+        wanted = self.requested or also
         if accelerator.num_processes == 1:
             return wanted
         flag = torch.tensor([1.0 if wanted else 0.0], device=accelerator.device)

@@ -82,14 +82,14 @@ def start(ws: Workspace, config: RunConfig | None = None, name: str | None = Non
 
 
 def stop(ws: Workspace, name: str) -> JobStatus:
-    """Ask the job to stop: SIGINT, on which `train` finishes its step, writes a checkpoint and exits."""
+    """Ask the job to stop: SIGTERM, on which `train` finishes its step, writes a checkpoint and exits 0."""
     current = status(ws, name)
     if current is None or not current.active or current.pid is None:
         raise LoratuneError(f"no running job for '{name}'")
-    if current.state == "stopping":  # a second SIGINT would abort at once, without the checkpoint
+    if current.state == "stopping":  # a second signal would abort at once, without the checkpoint
         raise LoratuneError(f"'{name}' is already stopping: it finishes its step, saves a checkpoint and exits")
     (job_dir(ws, name) / STOP_FILE).write_text(f"{time.time()}\n")
-    os.kill(current.pid, signal.SIGINT)
+    os.kill(current.pid, signal.SIGTERM)
     return status(ws, name)
 
 
