@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from loratune import train
 from loratune.data.build import Sample
+from loratune.train.checkpoint import read_state
 from loratune.train.loop import process_share
 
 RECORDS = [
@@ -79,8 +80,8 @@ def test_two_processes_train_the_same_adapter_as_one(runs):
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=ATOL, msg=key)
     assert max(t.abs().max().item() for t in a.values()) > 0.05, "the adapter barely trained"
     # Adam's moments scale with the gradient: a wrong factor for the number of processes shows here
-    s1 = torch.load(one / "checkpoint-000002" / "training_state.pt", weights_only=True)["optimizer"]["state"]
-    s2 = torch.load(two / "checkpoint-000002" / "training_state.pt", weights_only=True)["optimizer"]["state"]
+    s1 = read_state(one / "checkpoint-000002")["optimizer"]["state"]
+    s2 = read_state(two / "checkpoint-000002")["optimizer"]["state"]
     for i in s1:
         for moment in ("exp_avg", "exp_avg_sq"):
             scale = s1[i][moment].abs().max().item()
