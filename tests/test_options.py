@@ -203,6 +203,20 @@ def test_add_bos_on_token_ids(tmp_path, home, tokenizer, add_bos, first_is_bos):
     assert all((s.input_ids[0] == bos) is first_is_bos and len(s.input_ids) <= 16 for s in raw)
 
 
+def test_add_bos_auto_follows_a_tokenizer_that_adds_one(tmp_path, home):
+    from tokenizers import processors
+
+    tok = make_tokenizer()
+    bos = tok.bos_token_id
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, bos)]
+    )  # LLaMA-2 style: the tokenizer itself puts BOS first
+    assert tok("a")["input_ids"][0] == bos
+    (auto,), _ = _samples(tmp_path, home, tok, RECORDS[:1])
+    (never,), _ = _samples(tmp_path, home, tok, RECORDS[:1], add_bos="never")
+    assert auto.input_ids[0] == bos and auto.input_ids[1:] == never.input_ids and bos not in never.input_ids
+
+
 def test_add_eos_on_token_ids(tmp_path, home):
     tok = make_tokenizer(None)
     eos = tok.eos_token_id

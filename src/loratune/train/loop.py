@@ -101,10 +101,8 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     samples, eval_samples = split_eval(config.data, samples, tokenizer, ws, tc.seed)
     say = print if accelerator.is_main_process and show_progress else (lambda *a, **k: None)
     say(report.summary() + (f"; {len(eval_samples)} samples for evaluation" if eval_samples else ""))
-    if tc.gradient_checkpointing:  # non-reentrant: works with frozen inputs, no input-grad hook needed
-        enable = getattr(model, "activation_checkpointing_enable", None)  # the name since transformers 5.2x
-        enable = enable or (lambda **kw: model.gradient_checkpointing_enable(kw["activation_checkpointing_kwargs"]))
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if tc.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
 
     lora = LoraConfig(
         r=config.adapter.rank,
@@ -277,6 +275,14 @@ def split_by_length(batch: list[Sample], micro_batch: int) -> list[list[Sample]]
     """Micro-batches of similar lengths, so dynamic padding wastes little."""
     ordered = sorted(batch, key=lambda s: len(s.input_ids))
     return [ordered[i : i + micro_batch] for i in range(0, len(ordered), micro_batch)]
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer's activations in backward; non-reentrant, so frozen inputs need no grad hook."""
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def trim_metrics(path: Path, step: int) -> None:
