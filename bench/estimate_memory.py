@@ -1,8 +1,9 @@
 """Estimate vs measured: peak memory of real CPU training runs against `loratune estimate` (models/estimate.py).
 
-Each configuration trains 2 optimizer steps through the real CLI in its own process, on raw text cut into full
+Each configuration trains 4 optimizer steps through the real CLI in its own process, on raw text cut into full
 `cutoff`-token windows (every position trained: the estimate's assumption), with micro-batch = batch size; the peak
-resident set size of that process (os.wait4's ru_maxrss) is compared with the estimate. Run it alone on the machine:
+resident set size of that process (os.wait4's ru_maxrss, taken by a fresh launcher process) is compared with the
+estimate. Run it alone on the machine:
 
     flock /tmp/loratune-cpu.lock .venv/bin/python bench/estimate_memory.py [--home bench-home]
 """
@@ -10,7 +11,6 @@ resident set size of that process (os.wait4's ru_maxrss) is compared with the es
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +47,8 @@ def build(kind: str, ws: Workspace) -> Path:
         tok = AutoTokenizer.from_pretrained(default)
         ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
         if kind == "tiny":
-            config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, **ids)
+            sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+            config = LlamaConfig(**sizes, **ids)
         else:
             config = GPT2Config(n_embd=768, n_layer=6, n_head=12, n_positions=1024, **ids)
         torch.manual_seed(0)
@@ -56,17 +57,24 @@ def build(kind: str, ws: Workspace) -> Path:
     return folder
 
 
+# Linux carries a process's peak RSS across fork and exec, so a child forked from this (large) process would report
+# at least our own peak; a small launcher forks the training process from a fresh interpreter and reports its peak.
+LAUNCHER = (
+    "import os, subprocess, sys; child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+    "_, status, usage = os.wait4(child.pid, 0); print(usage.ru_maxrss); sys.exit(os.waitstatus_to_exitcode(status))"
+)
+
+
 def measure(model: Path, data: Path, home: Path, rank: int, cutoff: int, micro: int) -> int:
     """Peak RSS in bytes of one real training run in its own process."""
     args = [sys.executable, "-m", "loratune.cli", "--home", str(home), "train", "--model", str(model)]
     args += ["--data", str(data), "--name", "bench", "--overwrite", "--adapter.rank", str(rank)]
     args += ["--data.cutoff", str(cutoff), "--data.overlap", "0", "--train.micro_batch", str(micro)]
-    args += ["--train.batch_size", str(micro), "--train.max_steps", "2", "--train.save_every", "0"]
-    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(child.pid, 0)
-    if status != 0:
-        raise SystemExit(f"training failed: {' '.join(args)}\n{child.stderr.read()}")
-    return usage.ru_maxrss * 1024  # Linux reports kilobytes
+    args += ["--train.batch_size", str(micro), "--train.max_steps", "4", "--train.save_every", "0"]
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"training failed: {' '.join(args)}\n{done.stderr}")
+    return int(done.stdout.split()[-1]) * 1024  # Linux reports kilobytes
 
 
 def main() -> None:

@@ -8,7 +8,10 @@ target modules. Activations follow what autograd keeps for backward in one decod
     per token and layer  2 h (two norm inputs) + 2 h + 2 kv (SDPA keeps q, k, v, out) + MLP (3 i gated, 2 i plain)
                          + per LoRA module: its input, the dropout mask (1 byte) and the rank-r output
 
-plus one layer's worth again for backward's temporaries. Logits: our loss projects only positions whose next token is
+plus one layer's worth again for backward's temporaries. On a CPU, glibc's allocator keeps freed activation memory
+(tensors under its 32 MB mmap threshold) fragmented from step to step: measured on SmolLM2 over 5 steps, the peak RSS
+settles up to 0.6x the activations above the first step's (with MALLOC_TRIM_THRESHOLD_=0 it stays at the first step's,
+which this estimate matches within 1 %), so we add that. Logits: our loss projects only positions whose next token is
 trained (train/loss.py: `logits_to_keep`); we assume every position is trained (raw text, the worst case), so
 n = micro_batch * (cutoff - 1) rows of the vocabulary, kept three times at the backward peak (logits, log-softmax,
 their gradient), always in fp32. The runtime (Python, torch, transformers, peft; or the CUDA context) is a constant
@@ -27,7 +30,8 @@ import torch
 from loratune.errors import LoratuneError
 
 GB = 1024**3
-CPU_RUNTIME = 0.45 * GB  # measured: peak RSS of a run on a ~0.1M-parameter model (imports, tokenizer, data)
+CPU_RUNTIME = 0.40 * GB  # measured: peak RSS of a tiny model's training run less its logits (imports, data)
+CPU_ALLOCATOR = 0.6  # glibc's retained, fragmented activation memory after a few steps (see above), x activations
 CUDA_RUNTIME = 0.5 * GB  # the CUDA context and cuBLAS workspaces, outside torch's allocator statistics
 _BITS = {"4bit": 4.127, "8bit": 8.0}  # NF4 with double-quantized block scales; int8 + per-row scales (small)
 
@@ -104,6 +108,8 @@ def estimate(
         activations = shape.layers * tokens * shape.hidden * act + 2 * per_layer
     else:
         activations = (shape.layers + 1) * per_layer
+    if not cuda:
+        activations = int(activations * (1 + CPU_ALLOCATOR))
     logits = 3 * micro_batch * (cutoff - 1) * shape.vocab * 4
     assumptions = (
         f"{'bf16' if cuda else 'fp32'} activations, every position trained (raw text; instruction data trains "
