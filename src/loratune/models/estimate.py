@@ -5,7 +5,8 @@ embeddings, biases and fused projections count as they do in the real model, and
 target modules. Activations follow what autograd keeps for backward in one decoder layer with a frozen base
 (weights frozen, so a frozen linear layer keeps nothing; LoRA keeps its inputs):
 
-    per token and layer  2 h (two norm inputs) + 2 h + 2 kv (SDPA keeps q, k, v, out) + MLP (3 i gated, 2 i plain)
+    per token and layer  2 h (two norm inputs) + 2 h + 2 kv (SDPA keeps q, k, v, out) + MLP (3 i gated, 2 i plain,
+                         4 i for GPT-2's gelu_new) + residual dropouts where the config has them
                          + per LoRA module: its input, the dropout mask (1 byte) and the rank-r output
 
 plus one layer's worth again for backward's temporaries. On a CPU, glibc's allocator keeps freed activation memory
@@ -50,7 +51,8 @@ class Shape:
     hidden: int
     kv: int  # key/value width (smaller than hidden with grouped-query attention)
     intermediate: int
-    gated_mlp: bool
+    mlp_saved: int  # intermediate-sized tensors autograd keeps per token: 3 gated, 4 GPT-2's gelu_new, else 2
+    residual_dropout: bool  # dropout on the residual branches (GPT-2, GPT-J, OPT configs): outputs and masks kept
     vocab: int
     eager_heads: int  # attention heads when the model has no SDPA (then T x T scores are kept), else 0
 
@@ -100,8 +102,9 @@ def estimate(
     lora = shape.lora * 16  # fp32 weight, gradient, AdamW's two moments
 
     tokens = micro_batch * cutoff
-    mlp = (3 if shape.gated_mlp else 2) * shape.intermediate
-    per_token = (4 * shape.hidden + 2 * shape.kv + mlp) * act
+    per_token = (4 * shape.hidden + 2 * shape.kv + shape.mlp_saved * shape.intermediate) * act
+    if shape.residual_dropout:
+        per_token += 2 * shape.hidden * (act + 1)
     per_token += shape.lora_inputs * (act + (1 if dropout else 0)) + shape.lora_modules * shape.rank * act
     per_layer = tokens * per_token + shape.eager_heads * micro_batch * cutoff * cutoff * act * 2
     if checkpointing:  # only each layer's input is kept; one layer is recomputed at a time
@@ -161,6 +164,9 @@ def shape_of(config, rank: int, targets: str = "attention") -> Shape:
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     intermediate = _first(text, "intermediate_size", "ffn_dim", "n_inner", "d_ff", default=0) or 4 * hidden
     has_gate = any(re.search(r"gate", p) for p in linear)
+    # counted with saved-tensor hooks: gelu_new (GPT-2, GPT-J) is a composite of elementwise ops that keeps 4
+    mlp_saved = 3 if has_gate else 4 if getattr(text, "activation_function", "") == "gelu_new" else 2
+    residual_dropout = any(getattr(text, n, 0) for n in ("resid_pdrop", "hidden_dropout", "dropout"))
     uses_sdpa = getattr(model, "_supports_sdpa", False) or config.model_type == "rwkv"  # RWKV has no T x T scores
     return Shape(
         params=sum(p.numel() for p in model.parameters()),
@@ -173,7 +179,8 @@ def shape_of(config, rank: int, targets: str = "attention") -> Shape:
         hidden=hidden,
         kv=kv_heads * head_dim,
         intermediate=intermediate,
-        gated_mlp=has_gate,
+        mlp_saved=mlp_saved,
+        residual_dropout=bool(residual_dropout),
         vocab=text.vocab_size,
         eager_heads=0 if uses_sdpa else heads,
     )
