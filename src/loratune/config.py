@@ -73,6 +73,8 @@ class TrainSpec:
     """Samples per optimizer step; gradient accumulation = batch_size / micro_batch."""
     micro_batch: int = 4
     """Samples per forward/backward pass (lower it if memory runs out)."""
+    packing: bool = True
+    """Lay samples end to end, no padding (up to micro_batch x cutoff tokens per pass); attention stays per sample."""
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     """Gradient clipping (0 disables)."""

@@ -1,4 +1,10 @@
-"""Micro-batches with dynamic padding (to the longest sample in the micro-batch, not to the cutoff)."""
+"""Micro-batches: padded rows (dynamic padding) or padding-free packed rows.
+
+Padded: each micro-batch is a (samples, longest) matrix; short samples are padded to the longest one.
+Packed: the step's samples are laid end to end in one row (no padding at all), with position ids that restart at 0 for
+every sample and the sample bounds, so attention never crosses from one sample into another
+(see `loratune.train.packing`). A packed row holds at most `max_tokens` tokens (a long sample gets a row of its own).
+"""
 
 from __future__ import annotations
 
@@ -18,3 +24,46 @@ def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :n] = torch.tensor(s.labels)
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pack_rows(batch: list[Sample], max_tokens: int) -> list[list[Sample]]:
+    """Split a step's samples into rows of at most `max_tokens` tokens, in their order (so a step is reproducible)."""
+    rows: list[list[Sample]] = []
+    used = max_tokens  # forces a new row for the first sample
+    for s in batch:
+        if used + len(s.input_ids) > max_tokens:
+            rows.append([])
+            used = 0
+        rows[-1].append(s)
+        used += len(s.input_ids)
+    return rows
+
+
+def collate_packed(samples: list[Sample]) -> dict:
+    """One (1, total) row of samples end to end; `packed_bounds` are the (start, end) of each sample in it."""
+    ids, labels, positions, bounds = [], [], [], []
+    for s in samples:
+        start = len(ids)
+        ids += s.input_ids
+        # The first token of a sample is never predicted from the previous sample's last token.
+        labels += [IGNORE] + list(s.labels[1:])
+        positions += range(len(s.input_ids))
+        bounds.append((start, len(ids)))
+    return {
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([positions]),
+        "packed_bounds": tuple(bounds),
+    }
+
+
+def micro_batches(batch: list[Sample], micro_batch: int, pad_id: int, packed_tokens: int = 0) -> list[dict]:
+    """The forward passes of one optimizer step.
+
+    packed_tokens > 0: packed rows of up to that many tokens. Otherwise rows of `micro_batch` samples of similar
+    lengths (sorted first), so dynamic padding wastes little.
+    """
+    if packed_tokens > 0:
+        return [collate_packed(row) for row in pack_rows(batch, packed_tokens)]
+    ordered = sorted(batch, key=lambda s: len(s.input_ids))
+    return [collate(ordered[i : i + micro_batch], pad_id) for i in range(0, len(ordered), micro_batch)]

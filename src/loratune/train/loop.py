@@ -12,12 +12,14 @@ from pathlib import Path
 import torch
 
 from loratune.config import RunConfig, from_dict, merge_options, save_yaml, to_dict
-from loratune.data import Sample, build_samples, collate
+from loratune.data import Sample, build_samples
+from loratune.data.batching import micro_batches
 from loratune.data.build import IGNORE, find_data
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
 from loratune.train.checkpoint import latest_checkpoint, load_state, save_adapter, save_checkpoint
 from loratune.train.loss import token_loss_sum
+from loratune.train.packing import use_packed_attention
 from loratune.train.progress import Progress
 from loratune.workspace import Workspace
 
@@ -76,6 +78,8 @@ def train(
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
+    if tc.packing:
+        use_packed_attention(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
 
@@ -113,13 +117,14 @@ def train(
     while step < total_steps:
         t0 = time.perf_counter()
         batch = step_samples(samples, step, steps_per_epoch, tc.batch_size, tc.seed)
-        micro_batches = split_by_length(batch, tc.micro_batch)
+        # Packed: rows of up to micro_batch * cutoff tokens, the most a padded micro-batch could hold.
+        passes = micro_batches(batch, tc.micro_batch, pad_id, tc.packing * tc.micro_batch * config.data.cutoff)
         n_trained = sum(sum(1 for x in s.labels[1:] if x != IGNORE) for s in batch)
         loss_total = 0.0
-        for i, micro in enumerate(micro_batches):
-            tensors = {k: v.to(accelerator.device) for k, v in collate(micro, pad_id).items()}
+        for i, tensors in enumerate(passes):
+            tensors = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in tensors.items()}
             # Normalise by the trained tokens of the whole step, so accumulation equals one big batch.
-            with accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext():
+            with accelerator.no_sync(model) if i < len(passes) - 1 else nullcontext():
                 loss_sum, _ = token_loss_sum(model, tensors)
                 accelerator.backward(loss_sum / max(n_trained, 1))
             loss_total += loss_sum.item()
@@ -172,12 +177,6 @@ def step_samples(samples: list[Sample], step: int, steps_per_epoch: int, batch_s
     epoch, index = divmod(step, steps_per_epoch)
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     return [samples[i] for i in order[index * batch_size : (index + 1) * batch_size]]
-
-
-def split_by_length(batch: list[Sample], micro_batch: int) -> list[list[Sample]]:
-    """Micro-batches of similar lengths, so dynamic padding wastes little."""
-    ordered = sorted(batch, key=lambda s: len(s.input_ids))
-    return [ordered[i : i + micro_batch] for i in range(0, len(ordered), micro_batch)]
 
 
 def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:

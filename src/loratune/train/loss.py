@@ -20,7 +20,8 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     targets = labels[:, 1:]
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = targets != IGNORE  # position p predicts token p+1
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    # input_ids with attention_mask (padded rows) or position_ids and packed_bounds (packed rows)
+    inputs = {k: v for k, v in batch.items() if k != "labels"} | {"use_cache": False}  # no KV cache in training
     wanted = targets[keep[:, :-1]]
     if not accepts_logits_to_keep(model):
         logits = model(**inputs).logits[keep]
