@@ -115,6 +115,37 @@ def test_packed_loss_and_gradients_equal_padded(tiny_model, samples, tokenizer):
         torch.testing.assert_close(grads_p[name], grads_u[name], rtol=1e-4, atol=1e-5 * scale)
 
 
+def test_chunked_head_loss_equals_full_logits(tiny_model, samples, tokenizer, monkeypatch):
+    """The chunked LM-head cross-entropy: same loss and LoRA gradients as full logits + cross_entropy."""
+    from peft import LoraConfig, get_peft_model
+
+    from loratune.train import loss as loss_module
+
+    monkeypatch.setattr(loss_module, "CHUNK", 7)  # several chunks, the last one partial
+    batch = collate_packed(samples)
+
+    def loss_and_grads(chunked: bool):
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model)
+        m = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        use_packed_attention(m)
+        assert loss_module.decoder_and_frozen_head(m) is not None
+        if chunked:
+            loss, _ = token_loss_sum(m, batch)
+        else:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            logits = m(**inputs).logits[0, :-1]
+            loss = torch.nn.functional.cross_entropy(logits, batch["labels"][0, 1:], reduction="sum")
+        loss.backward()
+        return loss.item(), {k: p.grad.clone() for k, p in m.named_parameters() if p.requires_grad}
+
+    (loss_c, grads_c), (loss_f, grads_f) = loss_and_grads(True), loss_and_grads(False)
+    assert loss_c == pytest.approx(loss_f, rel=1e-5)
+    for name in grads_f:
+        scale = grads_f[name].abs().max().item()
+        torch.testing.assert_close(grads_c[name], grads_f[name], rtol=1e-4, atol=1e-5 * scale)
+
+
 def test_pack_rows_keeps_order_and_budget(samples):
     lengths = [len(s.input_ids) for s in samples]
     budget = max(lengths) + min(lengths)
