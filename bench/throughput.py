@@ -413,6 +413,7 @@ def arm_main(arm: str, suite: dict) -> None:
     arms = {
         "loratune": run_loratune,
         "loratune-padded": lambda suite, clock: run_loratune(suite, clock, **{"train.packing": False}),
+        "loratune-rows512": lambda suite, clock: run_loratune(suite, clock, **{"train.packed_tokens": 512}),
         "webui": run_webui,
         "trl": run_trl,
     }

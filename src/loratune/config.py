@@ -75,6 +75,8 @@ class TrainSpec:
     """Samples per forward/backward pass (lower it if memory runs out)."""
     packing: bool = True
     """Lay samples end to end, no padding (up to micro_batch x cutoff tokens per pass); attention stays per sample."""
+    packed_tokens: int = 0
+    """Tokens per packed pass (0: micro_batch x cutoff). Fewer use less memory."""
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     """Gradient clipping (0 disables)."""

@@ -117,8 +117,10 @@ def train(
     while step < total_steps:
         t0 = time.perf_counter()
         batch = step_samples(samples, step, steps_per_epoch, tc.batch_size, tc.seed)
-        # Packed: rows of up to micro_batch * cutoff tokens, the most a padded micro-batch could hold.
-        passes = micro_batches(batch, tc.micro_batch, pad_id, tc.packing * tc.micro_batch * config.data.cutoff)
+        # Packed: rows of up to micro_batch * cutoff tokens (the most a padded micro-batch could hold) unless set.
+        passes = micro_batches(
+            batch, tc.micro_batch, pad_id, tc.packing * (tc.packed_tokens or tc.micro_batch * config.data.cutoff)
+        )
         n_trained = sum(sum(1 for x in s.labels[1:] if x != IGNORE) for s in batch)
         loss_total = 0.0
         for i, tensors in enumerate(passes):
