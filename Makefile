@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean verify-gguf
+.PHONY: demo test lint install clean verify-gguf bench
 
 install: $(STAMP)
 
@@ -26,6 +26,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# Side-by-side speed: loratune vs the text-generation-webui method vs TRL (README "## Speed"; about 15 minutes).
+# Installs the peers (bench/requirements.txt) into .venv; runs under the shared CPU lock. BENCH_ARGS=--quick for a short run.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	flock /tmp/loratune-cpu.lock $(BIN)/python bench/throughput.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples

@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file
 
 from loratune import train
+from loratune.data.batching import step_groups
 from loratune.data.build import Sample
 from loratune.train.checkpoint import read_state
-from loratune.train.loop import process_share
 
 RECORDS = [
     {"instruction": f"What is {a} plus {b}?", "output": f"Arr, it be {a + b}." + " Yo ho!" * a}
@@ -115,17 +115,17 @@ def samples(lengths):
     return [Sample(input_ids=list(range(n)), labels=list(range(n))) for n in lengths]
 
 
-def test_process_share_splits_the_step_evenly():
+def test_step_groups_split_the_step_evenly():
     batch = samples([5, 3, 9, 1, 7, 2, 8])  # 7 samples over 2 processes, micro-batch 2
-    shares = [process_share(batch, 2, rank, 2) for rank in (0, 1)]
+    shares = [step_groups(batch, 2, rank=rank, world=2) for rank in (0, 1)]
     assert [len(m) for m, _ in shares] == [2, 2], "both processes run the same number of micro-batches"
     real = [s for m, w in shares for micro, weight in zip(m, w, strict=True) if weight for s in micro]
     assert sorted(len(s.input_ids) for s in real) == sorted(len(s.input_ids) for s in batch)
     assert shares[1][1] == [1.0, 1.0] and shares[0][1] == [1.0, 1.0]
     # 3 samples over 2 processes with micro-batch 1: rank 1 pads its second micro-batch with weight 0
-    _, weights = process_share(samples([4, 2, 6]), 1, 1, 2)
+    _, weights = step_groups(samples([4, 2, 6]), 1, rank=1, world=2)
     assert weights == [1.0, 0.0]
     # one process: the whole batch, by length, weights 1
-    micro, weights = process_share(batch, 2, 0, 1)
+    micro, weights = step_groups(batch, 2)
     assert [len(s.input_ids) for m in micro for s in m] == sorted(len(s.input_ids) for s in batch)
     assert weights == [1.0] * 4

@@ -103,6 +103,10 @@ class TrainSpec:
     """Samples per optimizer step; gradient accumulation = batch_size / micro_batch."""
     micro_batch: int = 4
     """Samples per forward/backward pass (lower it if memory runs out)."""
+    packing: bool = True
+    """Lay samples end to end, no padding (up to micro_batch x cutoff tokens per pass); attention stays per sample."""
+    packed_tokens: int = 0
+    """Tokens per packed pass (0: micro_batch x cutoff). Fewer use less memory."""
     weight_decay: float = 0.0
     """Weight decay on the LoRA weights (decoupled for adamw and adafactor)."""
     max_grad_norm: float = 1.0

@@ -12,7 +12,8 @@ import torch
 
 from loratune.adapters.card import write_card
 from loratune.config import RunConfig, adapter_from_run, from_dict, merge_options, save_yaml, to_dict
-from loratune.data import Sample, build_samples, collate
+from loratune.data import Sample, build_samples
+from loratune.data.batching import micro_batches
 from loratune.data.build import IGNORE, find_data
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
@@ -33,6 +34,7 @@ from loratune.train.guard import RunGuard
 from loratune.train.lock import LOCK_FILE
 from loratune.train.loss import token_loss_sum
 from loratune.train.optim import build_optimizer, build_scheduler
+from loratune.train.packing import use_packed_attention
 from loratune.train.pause import pause_point
 from loratune.train.plot import plot_loss
 from loratune.train.progress import Progress
@@ -114,6 +116,8 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
+    if tc.packing:
+        use_packed_attention(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, tc)
 
@@ -162,14 +166,16 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     while step < total_steps:
         t0 = time.perf_counter()
         batch = step_samples(samples, step, steps_per_epoch, tc.batch_size, tc.seed)
-        micro_batches, weights = process_share(batch, tc.micro_batch, accelerator.process_index, world)
+        # Packed: rows of up to micro_batch * cutoff tokens (the most a padded micro-batch could hold) unless set.
+        packed_tokens = tc.packing * (tc.packed_tokens or tc.micro_batch * config.data.cutoff)
+        passes, weights = micro_batches(batch, tc.micro_batch, pad_id, packed_tokens, accelerator.process_index, world)
         n_trained = sum(sum(1 for x in s.labels[1:] if x != IGNORE) for s in batch)
         loss_total = 0.0
-        for i, (micro, weight) in enumerate(zip(micro_batches, weights, strict=True)):
-            tensors = {k: v.to(accelerator.device) for k, v in collate(micro, pad_id).items()}
+        for i, (tensors, weight) in enumerate(zip(passes, weights, strict=True)):
+            tensors = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in tensors.items()}
             # Normalise by the trained tokens of the whole step, so accumulation equals one big batch; DDP averages
             # gradients over the processes, so scale by their number to get the sum over all of the step's tokens.
-            with accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext():
+            with accelerator.no_sync(model) if i < len(passes) - 1 else nullcontext():
                 loss_sum, _ = token_loss_sum(model, tensors)
                 accelerator.backward(loss_sum * (weight * world / max(n_trained, 1)))
             loss_total += weight * loss_sum.item()
@@ -251,30 +257,6 @@ def step_samples(samples: list[Sample], step: int, steps_per_epoch: int, batch_s
     epoch, index = divmod(step, steps_per_epoch)
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     return [samples[i] for i in order[index * batch_size : (index + 1) * batch_size]]
-
-
-def process_share(
-    batch: list[Sample], micro_batch: int, rank: int, world: int
-) -> tuple[list[list[Sample]], list[float]]:
-    """This process's micro-batches of a step (every `world`-th sample by length) and their loss weights.
-
-    Every process runs the same number of micro-batches, as DDP synchronises gradients on the last one; a process
-    short of samples repeats one with weight 0. With one process this is the whole batch, weights all 1.
-    """
-    ordered = sorted(batch, key=lambda s: len(s.input_ids))
-    micro_batches = split_by_length(ordered[rank::world], micro_batch)
-    weights = [1.0] * len(micro_batches)
-    count = math.ceil(math.ceil(len(batch) / world) / micro_batch)
-    while len(micro_batches) < count:
-        micro_batches.append(micro_batches[-1] if micro_batches else ordered[:1])
-        weights.append(0.0)
-    return micro_batches, weights
-
-
-def split_by_length(batch: list[Sample], micro_batch: int) -> list[list[Sample]]:
-    """Micro-batches of similar lengths, so dynamic padding wastes little."""
-    ordered = sorted(batch, key=lambda s: len(s.input_ids))
-    return [ordered[i : i + micro_batch] for i in range(0, len(ordered), micro_batch)]
 
 
 def enable_gradient_checkpointing(model) -> None:
