@@ -155,12 +155,14 @@ def test_out_of_memory_saves_the_finished_steps_and_resumes_with_a_smaller_micro
     from loratune import LoratuneError
     from loratune.train import loop
 
-    # Dropout off: other micro-batch shapes draw other dropout masks; everything else stays the same.
+    # Dropout off: other micro-batch shapes draw other dropout masks; everything else stays the same. Unpacked, so a
+    # step is exactly 2 micro-batches of 2 samples.
+    unpacked = {"adapter.dropout": 0, "train.packing": False}
     straight = train(
         config(tiny_model, data_file, name="straight", save_every=0),
         home=home,
         show_progress=False,
-        **{"adapter.dropout": 0},
+        **unpacked,
     )
     real, calls = loop.token_loss_sum, []
 
@@ -172,7 +174,7 @@ def test_out_of_memory_saves_the_finished_steps_and_resumes_with_a_smaller_micro
 
     monkeypatch.setattr(loop, "token_loss_sum", runs_out_of_memory)
     with pytest.raises(LoratuneError) as info:
-        train(config(tiny_model, data_file, save_every=0), home=home, show_progress=False, **{"adapter.dropout": 0})
+        train(config(tiny_model, data_file, save_every=0), home=home, show_progress=False, **unpacked)
     assert str(info.value) == (
         "out of memory at step 3 with train.micro_batch 2; saved the 2 finished steps as checkpoint-000002; "
         "continue with a smaller micro-batch: loratune train --name run --resume --train.micro_batch 1 "
@@ -182,7 +184,7 @@ def test_out_of_memory_saves_the_finished_steps_and_resumes_with_a_smaller_micro
     run = home / "loras" / "run"
     assert (run / "checkpoint-000002" / "COMPLETE").is_file()
     resumed = config(tiny_model, data_file, save_every=0, micro_batch=1, resume=True)
-    train(resumed, home=home, show_progress=False, **{"adapter.dropout": 0})
+    train(resumed, home=home, show_progress=False, **unpacked)
     assert losses(run) == pytest.approx(losses(straight.run_dir), abs=1e-4)  # summed in another order
 
 

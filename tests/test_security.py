@@ -3,6 +3,7 @@ loratune loads from never execute; a model's own Python code runs only with --mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -163,7 +164,7 @@ def test_remote_code_runs_only_with_the_flag(tiny_model, data_file, home, tmp_pa
         train(model=str(model), data=str(data_file), name="x", home=home, show_progress=False, **FAST)
     assert not marker.exists()
     assert not (home / "loras").exists()
-    with pytest.raises(Exception):  # noqa: B017 - whatever the custom code does next; it ran, which is the point
+    with contextlib.suppress(Exception):  # whatever the custom code does next: that it ran is the point
         train(
             model=str(model),
             data=str(data_file),

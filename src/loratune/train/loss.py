@@ -51,8 +51,14 @@ def _mask_supported() -> bool:
 MASK_SUPPORTED = _mask_supported()
 
 
+def unwrapped(model):
+    """The PeftModel (or plain model) inside DistributedDataParallel, for looking at it (not for calling it)."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped(model)
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
@@ -62,8 +68,14 @@ CHUNK = 256  # rows of logits alive at once: 256 x 50k vocabulary x 4 bytes = 50
 
 
 def decoder_and_frozen_head(model):
-    """(decoder, lm_head) when the chunked loss applies: a plain-head family with a frozen, bias-free linear head."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    """(decoder, lm_head) when the chunked loss applies: a plain-head family with a frozen, bias-free linear head.
+
+    Not under DistributedDataParallel: calling the decoder directly would skip DDP's forward, which its gradient
+    synchronisation needs; there the whole model runs with `logits_to_keep`.
+    """
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return None
+    base = unwrapped(model)
     head = base.get_output_embeddings()
     if getattr(base.config, "model_type", None) not in PLAIN_HEAD_FAMILIES or type(head) is not torch.nn.Linear:
         return None
