@@ -2,8 +2,8 @@
 
     python examples/sentiment-zh/evaluate.py [--home HOME] [--lora sentiment-zh] [--limit N]
 
-Each held-out review is asked with the training prompt (greedy decoding, a few new tokens); the answer counts as the
-label its first word names ('positive' / 'negative'), anything else is wrong. One model is loaded: the base answers
+Each held-out review is asked with the training prompt (greedy decoding, 8 new tokens); the answer counts as the
+label it names first ('positive' / 'negative'), an answer naming neither is wrong. One model is loaded: the base answers
 with the adapter disabled. Prints a table and writes it to loras/<lora>/evaluation.json.
 """
 
@@ -21,13 +21,14 @@ from loratune.config import GenerateSpec
 
 
 def label_of(answer: str) -> str:
-    """'positive', 'negative' or 'unclear': the first word of the answer, lower-cased, without punctuation."""
-    words = re.findall(r"[a-z]+", answer.lower())
-    return words[0] if words and words[0] in ("positive", "negative") else "unclear"
+    """'positive' or 'negative', whichever word the answer names first (so "The sentiment is positive." counts),
+    else 'unclear'."""
+    found = re.search(r"positive|negative", answer.lower())
+    return found.group(0) if found else "unclear"
 
 
 def evaluate(generator: Generator, records: list[dict], use_lora: bool) -> dict:
-    spec = GenerateSpec(max_new_tokens=4)
+    spec = GenerateSpec(max_new_tokens=8)
     correct = unclear = 0
     start = time.perf_counter()
     for r in records:
