@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", default=os.environ.get("LORATUNE_HOME", "."), help="the loratune workspace")
     parser.add_argument("--lora", default="sentiment-zh", help="the adapter to evaluate (name in loras/ or a folder)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N held-out records (0: all)")
+    parser.add_argument("--no-base", action="store_true", help="skip the base model (its answers do not change)")
     args = parser.parse_args(argv)
 
     path = Path(args.home) / "datasets" / "sentiment-zh" / "held_out.jsonl"
@@ -55,13 +56,16 @@ def main(argv: list[str] | None = None) -> None:
     records = records[: args.limit or None]
     generator = Generator(lora=args.lora, home=args.home)
     results = {"held_out": str(path), "records": len(records)}
-    results["base"] = evaluate(generator, records, use_lora=False)
+    if not args.no_base:
+        results["base"] = evaluate(generator, records, use_lora=False)
     results["lora"] = evaluate(generator, records, use_lora=True)
 
     print(f"held-out accuracy on {len(records)} reviews ({path}):")
     print("| model | accuracy | correct | unclear answers |")
     print("|---|---|---|---|")
     for who, name in (("base", "SmolLM2-135M-Instruct"), ("lora", f"+ LoRA {args.lora}")):
+        if who not in results:
+            continue
         r = results[who]
         print(f"| {name} | {r['accuracy']:.1f} % | {r['correct']} / {len(records)} | {r['unclear']} |")
     (generator.lora_path / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
