@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean sentiment-zh en-es
+.PHONY: demo test lint install clean verify-gguf bench sentiment-zh en-es
 
 install: $(STAMP)
 
@@ -39,9 +39,39 @@ en-es: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# Side-by-side speed: loratune vs the text-generation-webui method vs TRL (README "## Speed"; about 15 minutes).
+# Installs the peers (bench/requirements.txt) into .venv; runs under the shared CPU lock. BENCH_ARGS=--quick for a short run.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	flock /tmp/loratune-cpu.lock $(BIN)/python bench/throughput.py $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples
 	$(BIN)/ruff format --check src tests examples
 
 clean:
 	rm -rf $(VENV) loras models
+
+# Check an exported GGUF LoRA with the real llama.cpp (not part of `make test`): builds llama.cpp's library from the
+# source inside the llama-cpp-python sdist (the one download; the build is offline), trains a short adapter on the
+# default model, exports it and compares llama.cpp's next-token choices with loratune's. ~10 min of build on 2 cores.
+LLAMA_CPP_PYTHON := 0.3.36
+VERIFY ?= build/verify-gguf
+JOBS ?= 2
+LLAMA_SRC := $(VERIFY)/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp
+LLAMA_LIBS := $(addprefix $(VERIFY)/build/,src/libllama.a ggml/src/libggml.a ggml/src/libggml-cpu.a ggml/src/libggml-base.a)
+
+verify-gguf: $(STAMP) $(VERIFY)/next_token
+	$(BIN)/python tools/verify_gguf/verify.py --next-token $(VERIFY)/next_token --home $(VERIFY)/home
+
+$(VERIFY)/next_token: tools/verify_gguf/next_token.c
+	mkdir -p $(VERIFY)
+	test -f $(VERIFY)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz || $(BIN)/python -m pip download --quiet \
+		--no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(VERIFY)
+	test -d $(LLAMA_SRC) || tar xzf $(VERIFY)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(VERIFY)
+	cmake -S $(LLAMA_SRC) -B $(VERIFY)/build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
+		-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_OPENMP=OFF > $(VERIFY)/cmake.log
+	cmake --build $(VERIFY)/build --target llama -j$(JOBS)
+	$(CC) -O2 -c $< -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include -o $(VERIFY)/next_token.o
+	$(CXX) $(VERIFY)/next_token.o $(LLAMA_LIBS) -lpthread -lm -ldl -o $@

@@ -58,6 +58,7 @@ def test_union_positions_path_gives_the_same_loss(tiny_model, tokenizer, tmp_pat
     """The fallback for transformers versions without boolean `logits_to_keep` masks."""
     from loratune.train import loss as loss_module
 
+    monkeypatch.setattr(loss_module, "decoder_and_frozen_head", lambda model: None)  # the logits_to_keep paths
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     batch = _batch(tmp_path, tokenizer)
     with torch.no_grad():

@@ -233,13 +233,13 @@ def test_build_samples_on_txt_fills_report(tmp_path, tokenizer, home):
 
 def test_build_samples_empty_txt(tmp_path, tokenizer, home):
     file = _write(tmp_path / "empty.txt", "")
-    with pytest.raises(LoratuneError, match="no usable samples"):
+    with pytest.raises(LoratuneError, match="empty.txt: file is empty"):
         build_samples(_spec(file), tokenizer, Workspace.resolve(home))
 
 
 def test_build_samples_whitespace_only_txt(tmp_path, tokenizer, home):
     file = _write(tmp_path / "blank.txt", "\n\n\n  \n")
-    with pytest.raises(LoratuneError, match="no usable samples"):
+    with pytest.raises(LoratuneError, match="blank.txt: file is empty"):
         build_samples(_spec(file), tokenizer, Workspace.resolve(home))
 
 

@@ -25,6 +25,8 @@ class ModelSpec:
     """'default' (SmolLM2-135M-Instruct), a hub id, a local folder, a .gguf file, or a name in models/."""
     trust_remote_code: bool = False
     """Allow a hub model to run its own Python code. Off unless you trust the model's authors."""
+    quant: Literal["none", "4bit", "8bit"] = "none"
+    """QLoRA: load the frozen base in 4-bit (NF4) or 8-bit with bitsandbytes (CUDA only; gradient checkpointing on)."""
 
 
 @dataclass
@@ -37,6 +39,12 @@ class AdapterSpec:
     """Dropout on the LoRA input during training."""
     targets: str = "attention"
     """'attention', 'attention+mlp', 'all-linear', or comma-separated module names (e.g. 'q_proj,v_proj')."""
+    copy_from: str = ""
+    """Take this group's values (rank, alpha, ...) from an existing LoRA's saved loratune.yaml (name or folder)."""
+    rslora: bool = False
+    """Rank-stabilised LoRA: scale the update by alpha / sqrt(rank), so high ranks keep learning."""
+    dora: bool = False
+    """DoRA: learn a magnitude per output beside the LoRA direction (slower, sometimes better at low rank)."""
 
 
 @dataclass
@@ -49,12 +57,24 @@ class DataSpec:
     """Maximum tokens per sample. Longer instruction samples are dropped (and counted)."""
     overlap: int = 128
     """Raw text: tokens shared by consecutive chunks."""
+    newline_cut: int = 0
+    """Raw text: move a chunk's start / end to a newline when one lies within this many characters (0: off)."""
     hard_cut: str = "\n\n\n"
     """Raw text: no chunk crosses this string."""
     min_chunk: int = 16
-    """Raw text: chunks shorter than this many tokens are dropped."""
+    """Raw text: chunks shorter than this many tokens are dropped ('ignore small blocks')."""
     add_eos: bool = True
     """Append EOS at the end of each response / document, so the model learns to stop."""
+    too_long: Literal["drop", "truncate"] = "drop"
+    """Instruction samples longer than the cutoff: 'drop' them, or 'truncate' them to the cutoff (both are counted)."""
+    add_bos: Literal["auto", "always", "never"] = "auto"
+    """Put BOS first in each sample: 'auto' when the tokenizer adds one by itself, 'always', or 'never'."""
+    train_only_after: str = ""
+    """Instruction data: train only on the text after the first occurrence of this marker (e.g. '### Response:')."""
+    eval_path: str = ""
+    """A separate evaluation file (same kind as data.path); its loss is measured, never trained on."""
+    eval_split: float = 0.0
+    """Hold out this fraction of the samples for evaluation (e.g. 0.05) when no eval_path is given."""
 
 
 @dataclass
@@ -65,15 +85,30 @@ class TrainSpec:
     """Stop after this many optimizer steps (0: use epochs)."""
     lr: float = 3e-4
     """Peak learning rate."""
-    scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    """Learning-rate schedule after warmup."""
+    scheduler: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"
+    ] = "linear"
+    """Learning-rate schedule (after warmup; 'constant' has none): names as in transformers."""
+    lr_cycles: int = 3
+    """cosine_with_restarts: how many cosine cycles the run makes."""
+    lr_power: float = 2.0
+    """polynomial: the decay's power (1.0 is linear)."""
     warmup_ratio: float = 0.05
     """Fraction of the steps spent warming the learning rate up from 0."""
+    warmup_steps: int = 0
+    """Warm up over this many steps instead (used when > 0)."""
+    optimizer: Literal["adamw_torch", "adamw_8bit", "adafactor", "sgd"] = "adamw_torch"
+    """adamw_torch, adamw_8bit (bitsandbytes, CUDA), adafactor (less memory), or sgd."""
     batch_size: int = 16
     """Samples per optimizer step; gradient accumulation = batch_size / micro_batch."""
     micro_batch: int = 4
     """Samples per forward/backward pass (lower it if memory runs out)."""
+    packing: bool = True
+    """Lay samples end to end, no padding (up to micro_batch x cutoff tokens per pass); attention stays per sample."""
+    packed_tokens: int = 0
+    """Tokens per packed pass (0: micro_batch x cutoff). Fewer use less memory."""
     weight_decay: float = 0.0
+    """Weight decay on the LoRA weights (decoupled for adamw and adafactor)."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0 disables)."""
     save_every: int = 100
@@ -81,8 +116,19 @@ class TrainSpec:
     log_every: int = 1
     """Write a metrics.jsonl line every N optimizer steps."""
     seed: int = 42
-    resume: bool = False
-    """Continue from the newest complete checkpoint of this run."""
+    """Seed of the LoRA initialisation, the data order, dropout and the eval split."""
+    resume: bool | Literal["auto"] = False
+    """Continue from the newest complete checkpoint of this run ('auto': if there is one, else start)."""
+    keep_checkpoints: int = 0
+    """Keep only the newest N complete checkpoints (0: keep all); the newest complete one is never deleted."""
+    stop_at_loss: float = 0.0
+    """End the run (and save the adapter) once a step's training loss is at or below this (0: off)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, more compute per step."""
+    eval_every: int = 0
+    """Evaluate on the eval data every N optimizer steps (0: only at the end)."""
+    report_to: Literal["none", "tensorboard"] = "none"
+    """Also log to TensorBoard (in <run>/tensorboard/); metrics.jsonl is always written."""
     overwrite: bool = False
     """Replace an existing adapter of the same name instead of refusing."""
 
@@ -111,10 +157,21 @@ class RunConfig:
         t = self.train
         checks = [  # (test, message); lambdas so a failed test never divides by zero further down
             (lambda: self.adapter.rank > 0, "adapter.rank must be > 0"),
+            (lambda: self.adapter.alpha > 0, "adapter.alpha must be > 0"),
             (lambda: 0 <= self.adapter.dropout < 1, "adapter.dropout must be in [0, 1)"),
             (lambda: self.data.cutoff >= 8, "data.cutoff must be at least 8 tokens"),
             (lambda: self.data.overlap >= 0, "data.overlap must be >= 0"),
-            (lambda: t.lr > 0, "train.lr must be > 0"),
+            (lambda: 0 < t.lr < float("inf"), "train.lr must be a number > 0"),
+            (lambda: t.epochs >= 0 and t.max_steps >= 0, "train.epochs and train.max_steps must not be negative"),
+            (lambda: t.save_every >= 0, "train.save_every must be >= 0 (0: save only at the end)"),
+            (lambda: t.log_every > 0, "train.log_every must be > 0"),
+            (
+                lambda: t.weight_decay >= 0 and t.max_grad_norm >= 0,
+                "train.weight_decay and train.max_grad_norm must be >= 0",
+            ),
+            (lambda: t.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0 (0: keep all)"),
+            (lambda: t.stop_at_loss >= 0, "train.stop_at_loss must be >= 0 (0: off)"),
+            (lambda: self.data.min_chunk > 0, "data.min_chunk must be > 0"),
             (lambda: t.micro_batch > 0, "train.micro_batch must be > 0"),
             (
                 lambda: t.batch_size % t.micro_batch == 0 and t.batch_size > 0,
@@ -122,6 +179,11 @@ class RunConfig:
             ),
             (lambda: t.epochs > 0 or t.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0"),
             (lambda: 0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+            (lambda: t.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
+            (lambda: t.lr_cycles >= 1, "train.lr_cycles must be >= 1"),
+            (lambda: t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+            (lambda: 0 <= self.data.eval_split < 1, "data.eval_split must be in [0, 1), e.g. 0.05"),
+            (lambda: self.data.newline_cut >= 0, "data.newline_cut must be >= 0"),
         ]
         for ok, message in checks:
             if not ok():
@@ -169,7 +231,19 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    """Written beside and renamed over the target, so a kill never leaves a truncated file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.replace(path)
+
+
+def adapter_from_run(saved: Path, current: AdapterSpec) -> AdapterSpec:
+    """The adapter group of an earlier run's loratune.yaml (for adapter.copy_from); copy_from itself is kept."""
+    if not saved.is_file():
+        raise LoratuneError(f"adapter.copy_from: {saved} not found; name an existing LoRA in loras/")
+    copied = from_dict(AdapterSpec, load_yaml(saved).get("adapter") or {}, f"{saved}: adapter")
+    return dataclasses.replace(copied, copy_from=current.copy_from)
 
 
 # Short names for the options everyone sets (CLI flags and keyword arguments of `loratune.train`).
@@ -212,6 +286,22 @@ def field_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, 
     return rows
 
 
+def options_table() -> str:
+    """Every option as a Markdown table (the README's "All options" section is this text)."""
+    rows = ["| option | default | what it does |", "|---|---|---|"]
+    for name, default, doc in field_help():
+        shown = (
+            repr(default)
+            if isinstance(default, str)
+            else str(default).lower()
+            if isinstance(default, bool)
+            else default
+        )
+        cells = [f"`{name}`", f"`{shown}`", doc]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def coerce(value: Any, kind: Any, name: str) -> Any:
     """Turn a YAML or command-line value into the field's type, or say clearly why not."""
     origin = typing.get_origin(kind)
@@ -223,7 +313,16 @@ def coerce(value: Any, kind: Any, name: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(kind):
             return None
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        choices = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(choices) > 1:  # the first type that takes the value (e.g. bool | Literal["auto"])
+            for choice in choices:
+                try:
+                    return coerce(value, choice, name)
+                except LoratuneError:
+                    pass
+            accepted = " or ".join(_EXPECTED.get(c) or ", ".join(map(str, typing.get_args(c))) for c in choices)
+            raise LoratuneError(f"option '{name}' expects {accepted}; got {value!r}")
+        kind = choices[0]
     try:
         if kind is bool:
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
@@ -245,8 +344,11 @@ def coerce(value: Any, kind: Any, name: str) -> Any:
         pass
     else:
         return value
-    expected = {bool: "true or false", int: "a whole number", float: "a number"}.get(kind, kind.__name__)
+    expected = _EXPECTED.get(kind, kind.__name__)
     raise LoratuneError(f"option '{name}' expects {expected}; got {value!r}")
+
+
+_EXPECTED = {bool: "true or false", int: "a whole number", float: "a number"}
 
 
 def _suggest(key: str, known: dict) -> str:
@@ -275,3 +377,7 @@ def _field_docs(cls: type) -> dict[str, str]:
         ):
             docs[stmt.target.id] = nxt.value.value
     return docs
+
+
+if __name__ == "__main__":  # python -m loratune.config: the README's options table
+    print(options_table(), end="")

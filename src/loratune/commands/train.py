@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from loratune.config import RunConfig, field_help, from_dict, load_yaml, merge_options
 from loratune.errors import LoratuneError
@@ -30,11 +31,12 @@ def run_train(args, extra: list[str]) -> int:
 
     config = train_config(args, extra)
     result = train(config, home=args.home)
-    print(
-        f"done: {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}, "
-        f"adapter in {result.run_dir}"
-    )
-    return 0
+    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, one line, not one per process
+        print(
+            f"{'stopped' if result.stopped else 'done'}: {result.steps} steps in {result.seconds:.0f}s, "
+            f"final loss {result.final_loss:.4f}, adapter in {result.run_dir}"
+        )
+    return 0  # a graceful stop (SIGINT/SIGTERM) is a success: the run is saved and resumable
 
 
 def train_config(args, extra: list[str]) -> RunConfig:

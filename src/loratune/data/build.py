@@ -25,7 +25,9 @@ class DataReport:
     records: int = 0
     samples: int = 0
     too_long: int = 0
+    truncated: int = 0
     nothing_to_train: int = 0
+    too_short: int = 0
     tokens: int = 0
     trained_tokens: int = 0
 
@@ -35,14 +37,26 @@ class DataReport:
             f"{self.tokens} tokens ({self.trained_tokens} trained)",
         ]
         if self.too_long:
-            parts.append(f"{self.too_long} dropped as longer than the cutoff")
+            parts.append(f"{self.too_long} dropped as longer than the cutoff (data.too_long: truncate keeps them)")
+        if self.truncated:
+            parts.append(f"{self.truncated} truncated to the cutoff")
         if self.nothing_to_train:
             parts.append(f"{self.nothing_to_train} dropped with nothing to train")
+        if self.too_short:
+            parts.append(f"{self.too_short} raw-text blocks dropped as shorter than data.min_chunk")
         return ", ".join(parts)
 
 
 def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample], DataReport]:
     """Read `spec.path` (raw .txt file/folder, or .json/.jsonl records) into training samples."""
+    samples, report = read_samples(spec, tokenizer, ws)
+    if not samples:
+        raise LoratuneError(f"{report.path}: no usable samples ({report.summary()})")
+    return samples, report
+
+
+def read_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample], DataReport]:
+    """Like build_samples, but an empty result is returned, not refused (the data check reports it)."""
     from loratune.data import instructions, raw_text
 
     path = find_data(spec.path, ws)
@@ -55,8 +69,6 @@ def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample
     report.samples = len(samples)
     report.tokens = sum(len(s.input_ids) for s in samples)
     report.trained_tokens = sum(sum(1 for x in s.labels if x != IGNORE) for s in samples)
-    if not samples:
-        raise LoratuneError(f"{path}: no usable samples ({report.summary()})")
     return samples, report
 
 
@@ -94,3 +106,14 @@ def adds_bos(tokenizer) -> bool:
         return False
     ids = tokenizer("a")["input_ids"]
     return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def wants_bos(tokenizer, add_bos: str) -> bool:
+    """data.add_bos: 'auto' follows the tokenizer's own default, 'always' / 'never' override it."""
+    if add_bos == "never":
+        return False
+    if add_bos == "always":
+        if tokenizer.bos_token_id is None:
+            raise LoratuneError("data.add_bos is 'always' but this tokenizer has no BOS token; use 'auto' or 'never'")
+        return True
+    return adds_bos(tokenizer)

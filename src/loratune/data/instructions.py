@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from loratune.config import DataSpec
-from loratune.data.build import IGNORE, DataReport, Sample, adds_bos, read_text
+from loratune.data.build import IGNORE, DataReport, Sample, adds_bos, read_text, wants_bos
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace, inside
 
@@ -30,20 +30,55 @@ def build(path: Path, tokenizer, spec: DataSpec, ws: Workspace) -> tuple[list[Sa
     records = read_records(path)
     report = DataReport(kind="instruction", path=str(path), records=len(records))
     render = make_renderer(spec.format, tokenizer, ws)
-    samples = []
+    samples, unmatched, bos = [], {}, wants_bos(tokenizer, spec.add_bos)
     for number, record in enumerate(records, 1):
         where = f"{path} record {number}"
-        segments = render(record, where)
+        try:
+            segments = render(record, where)
+        except NoKeySet as e:  # collected, so the error lists every key set the data has that the format lacks
+            unmatched.setdefault(e.keys, []).append(number)
+            continue
         if spec.add_eos and tokenizer.eos_token and not segments[-1][0].rstrip().endswith(tokenizer.eos_token):
             segments.append((tokenizer.eos_token, True))
-        sample = tokenize_segments(segments, tokenizer)
+        if spec.train_only_after:
+            segments = only_after(segments, spec.train_only_after)
+        sample = tokenize_segments(segments, tokenizer, bos)
         if len(sample.input_ids) > spec.cutoff:
-            report.too_long += 1
-        elif all(label == IGNORE for label in sample.labels):
-            report.nothing_to_train += 1
+            if spec.too_long == "drop":
+                report.too_long += 1
+                continue
+            report.truncated += 1
+            sample = Sample(sample.input_ids[: spec.cutoff], sample.labels[: spec.cutoff])
+        if all(label == IGNORE for label in sample.labels[1:]):  # the first token is never predicted
+            report.nothing_to_train += 1  # e.g. a prompt that fills the cutoff: dropped, never a 0/0 loss
         else:
             samples.append(sample)
+    if unmatched:
+        found = "; ".join(f"{keys or '(no text keys)'} ({_records(numbers)})" for keys, numbers in unmatched.items())
+        raise LoratuneError(
+            f"{path}: records whose keys match no key set of format '{spec.format}': {found}; the format knows: "
+            f"{'; '.join(load_format_keys(spec.format, ws))}; add a template for these keys or fix the records"
+        )
     return samples, report
+
+
+class NoKeySet(LoratuneError):
+    """A record's key set has no template in the format file."""
+
+    def __init__(self, message: str, keys: str):
+        super().__init__(message)
+        self.keys = keys
+
+
+def _records(numbers: list[int]) -> str:
+    if len(numbers) == 1:
+        return f"record {numbers[0]}"
+    more = f", ... ({len(numbers)} in all)" if len(numbers) > 5 else ""
+    return f"records {', '.join(map(str, numbers[:5]))}{more}"
+
+
+def load_format_keys(fmt: str, ws: Workspace) -> list[str]:
+    return list(load_format("alpaca" if fmt in ("auto", "chat") else fmt, ws))
 
 
 def read_records(path: Path) -> list[dict]:
@@ -51,7 +86,7 @@ def read_records(path: Path) -> list[dict]:
     text = read_text(path)
     if not text.strip():
         raise LoratuneError(f"{path}: file is empty")
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
+    if text.lstrip().startswith("[") or (path.suffix.lower() == ".json" and not _looks_like_jsonl(text)):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
@@ -72,6 +107,15 @@ def read_records(path: Path) -> list[dict]:
         if not isinstance(record, dict):
             raise LoratuneError(f"{path} record {number}: expected an object with keys, got {type(record).__name__}")
     return records
+
+
+def _looks_like_jsonl(text: str) -> bool:
+    """JSON Lines saved as .json: the first line alone is a whole object and more lines follow."""
+    first, _, rest = text.strip().partition("\n")
+    try:
+        return isinstance(json.loads(first), dict) and bool(rest.strip())
+    except json.JSONDecodeError:
+        return False
 
 
 def make_renderer(fmt: str, tokenizer, ws: Workspace):
@@ -124,9 +168,8 @@ def format_segments(record: dict, templates: dict[str, str], where: str) -> Segm
     keys = next((k for k in templates if {part.strip() for part in k.split(",")} == present), None)
     if keys is None:
         known = "; ".join(templates)
-        raise LoratuneError(
-            f"{where}: its keys {','.join(sorted(present)) or '(none)'} match no key set of the format ({known})"
-        )
+        found = ",".join(sorted(present))
+        raise NoKeySet(f"{where}: its keys {found or '(none)'} match no key set of the format ({known})", found)
     template = templates[keys]
     holes = list(_PLACEHOLDER.finditer(template))
     if not holes:
@@ -140,8 +183,15 @@ def format_segments(record: dict, templates: dict[str, str], where: str) -> Segm
 
 
 def alpaca_to_messages(record: dict, where: str) -> list[dict]:
+    for key in ("instruction", "output"):
+        value = record.get(key)
+        if value is not None and not isinstance(value, str):
+            raise LoratuneError(f"{where}: '{key}' must be text, got {type(value).__name__} {str(value)[:40]!r}")
     instruction, output = record.get("instruction"), record.get("output")
-    if not isinstance(instruction, str) or not instruction.strip() or not isinstance(output, str) or not output:
+    empty = [k for k, v in (("instruction", instruction), ("output", output)) if v is not None and not v.strip()]
+    if empty:
+        raise LoratuneError(f"{where}: '{empty[0]}' is empty; give it text or remove the record")
+    if not instruction or not output:
         keys = ", ".join(record) or "(none)"
         raise LoratuneError(
             f"{where}: needs non-empty text 'instruction' and 'output' (or a 'messages' list); it has: {keys}"
@@ -186,7 +236,18 @@ def chat_segments(messages: list[dict], tokenizer, where: str) -> Segments:
     return [s for s in segments if s[0]]
 
 
-def tokenize_segments(segments: Segments, tokenizer) -> Sample:
+def only_after(segments: Segments, marker: str) -> Segments:
+    """data.train_only_after: mask everything up to the marker's first occurrence (nothing trained when absent)."""
+    text = "".join(piece for piece, _ in segments)
+    at = text.find(marker)
+    if at < 0:
+        return [(text, False)]
+    cut = at + len(marker)
+    return [(text[:cut], False), (text[cut:], True)]
+
+
+def tokenize_segments(segments: Segments, tokenizer, bos: bool | None = None) -> Sample:
+    """Token ids and labels of the joined segments; `bos` puts BOS first (None: as the tokenizer does by itself)."""
     text = "".join(s for s, _ in segments)
     bounds, pos = [], 0
     for piece, trained in segments:
@@ -197,9 +258,9 @@ def tokenize_segments(segments: Segments, tokenizer) -> Sample:
     labels = [
         tok if _trained(span, bounds) else IGNORE for tok, span in zip(ids, encoded["offset_mapping"], strict=True)
     ]
-    bos = tokenizer.bos_token_id
-    if bos is not None and not text.startswith(tokenizer.bos_token or "\0") and adds_bos(tokenizer):
-        ids, labels = [bos] + ids, [IGNORE] + labels
+    bos = adds_bos(tokenizer) if bos is None else bos
+    if bos and not text.startswith(tokenizer.bos_token or "\0"):
+        ids, labels = [tokenizer.bos_token_id] + ids, [IGNORE] + labels
     return Sample(ids, labels)
 
 

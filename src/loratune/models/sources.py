@@ -116,17 +116,23 @@ def download(repo_id: str, ws: Workspace, trust_remote_code: bool = False) -> Pa
     return target
 
 
-def load_base(path: Path, device: torch.device | str = "cpu", trust_remote_code: bool = False):
-    """Load (model, tokenizer) from a local folder in the dtype the device runs fast."""
+def load_base(path: Path, device: torch.device | str = "cpu", trust_remote_code: bool = False, quant: str = "none"):
+    """Load (model, tokenizer) from a local folder in the dtype the device runs fast (quant: 'none', '4bit', '8bit')."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from loratune.models.quant import check_quant, quantization_config
+
     device = torch.device(device)
+    check_quant(quant, device)
     dtype = torch.float32
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         dtype = torch.bfloat16  # CPUs without AVX-512-BF16/AMX run bf16 matmuls 10-100x slower: keep fp32 there
+    extra = {}
+    if quant != "none":  # bitsandbytes places the quantized weights itself; .to() would refuse them
+        extra = {"quantization_config": quantization_config(quant, dtype), "device_map": {"": device}}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise LoratuneError(
@@ -135,9 +141,19 @@ def load_base(path: Path, device: torch.device | str = "cpu", trust_remote_code:
         raise
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding only; labels are built explicitly, so EOS stays trained
-    return model.to(device), tokenizer
+    return (model if quant != "none" else model.to(device)), tokenizer
 
 
 def _complete(folder: Path) -> bool:
     """A usable model folder: config.json present and no unfinished download."""
     return (folder / "config.json").is_file() and not (folder / _PARTIAL).exists()
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    """The tokenizer alone (for a data check), its pad token set as load_base sets it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,79 +1,255 @@
 """Atomic checkpoints: write into a temporary folder beside the target, fsync, rename, mark complete last.
 
-A checkpoint folder is a complete PEFT adapter (loadable with `PeftModel.from_pretrained`) plus `training_state.pt`
-(optimizer, scheduler, RNG, step). Only folders holding the completion marker are ever resumed from.
+A checkpoint folder is a complete PEFT adapter (loadable with `PeftModel.from_pretrained`) plus the training state
+(optimizer, scheduler, RNG, step and data position) as `training_state.safetensors` (the tensors) and
+`training_state.json` (everything else): no pickle, so loading a checkpoint can never run code. Only folders holding
+the completion marker are ever resumed from; the others are reported and ignored.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+from array import array
 from pathlib import Path
 
 import torch
 
+from loratune.errors import LoratuneError
+from loratune.train.pause import pause_point
+
 COMPLETE = "COMPLETE"
-STATE = "training_state.pt"
+STATE_TENSORS = "training_state.safetensors"
+STATE_JSON = "training_state.json"
+LEGACY_STATE = "training_state.pt"  # written by loratune before 0.2; read with torch.load(weights_only=True)
+PREFIX = "checkpoint-"
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / f"checkpoint-{step:06d}"
+    return run_dir / f"{PREFIX}{step:06d}"
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, model, optimizer, scheduler, keep: int = 0, position: dict | None = None
+) -> Path:
+    """Write checkpoint-<step> atomically; then keep only the newest `keep` complete ones (0: all)."""
     target = checkpoint_dir(run_dir, step)
     tmp = run_dir / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save(
-        {
+    try:
+        model.save_pretrained(tmp)
+        pause_point("checkpoint-write")
+        state = {
             "step": step,
+            "position": {**(position or {}), **_epoch_of(step, position)},
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-        tmp / STATE,
-    )
-    _fsync_tree(tmp)
-    if target.exists():
-        shutil.rmtree(target)
+        }
+        write_state(tmp, state)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full, Ctrl-C twice) leaves nothing half-done
+        raise
+    old = run_dir / f".{target.name}.old-{os.getpid()}"
+    if target.exists():  # moved aside, not deleted first, so a kill here still leaves a loadable folder
+        target.rename(old)
     tmp.rename(target)
+    pause_point("checkpoint-rename")
     _write_synced(target / COMPLETE, f"{step}\n")
     _fsync_dir(run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    prune(run_dir, keep)
     return target
+
+
+def _epoch_of(step: int, position: dict | None) -> dict:
+    per_epoch = (position or {}).get("steps_per_epoch")
+    return {"epoch": step // per_epoch, "step_in_epoch": step % per_epoch} if per_epoch else {}
 
 
 def save_adapter(run_dir: Path, model) -> None:
     """The final adapter into the run folder itself; each file replaced atomically, so none is ever truncated."""
     tmp = run_dir / f".final.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    _fsync_tree(tmp)
+    try:
+        model.save_pretrained(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for file in tmp.iterdir():
         os.replace(file, run_dir / file.name)
+        pause_point("final-save")
     tmp.rmdir()
     _fsync_dir(run_dir)
 
 
+def is_complete(checkpoint: Path) -> bool:
+    return (checkpoint / COMPLETE).is_file()
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name[len(PREFIX) :])
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """checkpoint-<step> folders, oldest first (complete or not)."""
+    found = [p for p in run_dir.glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX) :].isdigit()]
+    return sorted(found, key=step_of)
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    complete = [p for p in run_dir.glob("checkpoint-*") if (p / COMPLETE).is_file()]
-    return max(complete, key=lambda p: p.name, default=None)
+    complete = [p for p in checkpoints(run_dir) if is_complete(p)]
+    return complete[-1] if complete else None
 
 
-def load_state(checkpoint: Path, model, optimizer, scheduler) -> int:
-    """Restore adapter weights, optimizer, scheduler and RNG; return the step to continue from."""
+def incomplete_checkpoints(run_dir: Path) -> list[str]:
+    """Names of checkpoint folders a kill interrupted (no COMPLETE marker) and of leftover temporary folders."""
+    names = [p.name for p in checkpoints(run_dir) if not is_complete(p)]
+    return names + sorted(p.name for p in run_dir.glob(f".{PREFIX}*") if p.is_dir())
+
+
+def clean_leftovers(run_dir: Path) -> None:
+    """Remove temporary folders of interrupted saves (only ever called while holding the run's lock)."""
+    for tmp in [*run_dir.glob(f".{PREFIX}*"), *run_dir.glob(".final.tmp-*")]:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Empty a run folder for --overwrite, keeping its lock file (deleting a held lock would let a second run in)."""
+    from loratune.train.lock import LOCK_FILE
+
+    for entry in run_dir.iterdir() if run_dir.is_dir() else []:
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            (entry / COMPLETE).unlink(missing_ok=True)
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints (0: keep all), and incomplete ones before the newest."""
+    found = checkpoints(run_dir)
+    complete = [p for p in found if is_complete(p)]
+    newest = step_of(complete[-1]) if complete else -1
+    doomed = complete[:-keep] if keep > 0 else []
+    doomed += [p for p in found if not is_complete(p) and step_of(p) < newest]
+    for folder in doomed:
+        (folder / COMPLETE).unlink(missing_ok=True)  # first: a half-deleted folder must never look complete
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def data_position(samples: list, steps_per_epoch: int, seed: int) -> dict:
+    """Besides the step, what fixes the data a step sees: the samples (a fingerprint), the epoch length, the seed."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(array("q", sample.input_ids).tobytes())
+        digest.update(array("q", sample.labels).tobytes())
+        digest.update(b"|")
+    return {
+        "samples": len(samples),
+        "fingerprint": digest.hexdigest()[:16],
+        "steps_per_epoch": steps_per_epoch,
+        "seed": seed,
+    }
+
+
+def load_state(checkpoint: Path, model, optimizer, scheduler, position: dict | None = None) -> int:
+    """Restore adapter weights, optimizer, scheduler and RNG; return the step to continue from.
+
+    With `position`, refuse a resume whose data no longer matches the checkpoint's: its steps would see other samples.
+    """
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
-    state = torch.load(checkpoint / STATE, weights_only=True)
+    state = read_state(checkpoint)
+    saved = state.get("position") or {}
+    if position and saved:
+        changed = [k for k in ("samples", "fingerprint", "steps_per_epoch", "seed") if saved.get(k) != position[k]]
+        if changed:
+            raise LoratuneError(
+                f"cannot resume exactly from {checkpoint}: the data or its options changed since it was written "
+                f"({', '.join(f'{k} {saved.get(k)} then, {position[k]} now' for k in changed)}); restore them, "
+                "or start again with --overwrite"
+            )
+    weights = checkpoint / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise LoratuneError(f"{checkpoint} has no adapter_model.safetensors (loratune loads no pickled weights)")
+    set_peft_model_state_dict(model, load_file(weights))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return int(state["step"])
+
+
+# ---------------------------------------------------------------- the training state without pickle
+# Tensors go to a safetensors file, everything else to JSON; dicts with non-string keys (the optimizer's parameter
+# indices) and tuples are tagged, so the state comes back exactly as it was saved.
+
+
+def write_state(folder: Path, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    encoded = _encode(state, tensors)
+    save_file(tensors, folder / STATE_TENSORS)
+    (folder / STATE_JSON).write_text(json.dumps(encoded), encoding="utf-8")
+
+
+def read_state(folder: Path) -> dict:
+    if not (folder / STATE_JSON).is_file() and (folder / LEGACY_STATE).is_file():
+        try:
+            return torch.load(folder / LEGACY_STATE, weights_only=True)  # refuses anything but plain data and tensors
+        except Exception:  # noqa: BLE001 - an UnpicklingError or a damaged file: either way, never loaded
+            raise LoratuneError(
+                f"{folder / LEGACY_STATE} holds more than plain tensors (loading it could run code) or is damaged; "
+                "refusing it: resume from another checkpoint or start again with --overwrite"
+            ) from None
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / STATE_TENSORS)
+    return _decode(json.loads((folder / STATE_JSON).read_text(encoding="utf-8")), tensors)
+
+
+def _encode(value, tensors: dict):
+    if isinstance(value, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = value.detach().cpu().contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: _encode(v, tensors) for k, v in value.items()}
+        return {"__items__": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, tensors) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"a checkpoint cannot hold a {type(value).__name__} ({value!r})")
+
+
+def _decode(value, tensors: dict):
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if "__tuple__" in value:
+            return tuple(_decode(v, tensors) for v in value["__tuple__"])
+        if "__items__" in value:
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in value["__items__"]}
+        return {k: _decode(v, tensors) for k, v in value.items()}
+    return value
 
 
 def _write_synced(path: Path, text: str) -> None:

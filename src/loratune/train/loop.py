@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -11,14 +10,35 @@ from pathlib import Path
 
 import torch
 
-from loratune.config import RunConfig, from_dict, merge_options, save_yaml, to_dict
-from loratune.data import Sample, build_samples, collate
+from loratune.adapters.card import write_card
+from loratune.config import RunConfig, adapter_from_run, from_dict, merge_options, save_yaml, to_dict
+from loratune.data import Sample, build_samples
+from loratune.data.batching import micro_batches
 from loratune.data.build import IGNORE, find_data
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
-from loratune.train.checkpoint import latest_checkpoint, load_state, save_adapter, save_checkpoint
+from loratune.models.quant import prepare_for_training
+from loratune.train.board import Board
+from loratune.train.checkpoint import (
+    checkpoint_dir,
+    clean_leftovers,
+    clear_run_dir,
+    data_position,
+    incomplete_checkpoints,
+    latest_checkpoint,
+    load_state,
+    save_adapter,
+)
+from loratune.train.evaluate import Evaluator, split_eval
+from loratune.train.guard import RunGuard
+from loratune.train.lock import LOCK_FILE
 from loratune.train.loss import token_loss_sum
+from loratune.train.optim import build_optimizer, build_scheduler
+from loratune.train.packing import use_packed_attention
+from loratune.train.pause import pause_point
+from loratune.train.plot import plot_loss
 from loratune.train.progress import Progress
+from loratune.train.stop import StopSource
 from loratune.workspace import Workspace
 
 
@@ -30,6 +50,7 @@ class TrainResult:
     seconds: float
     model: object  # the trained PeftModel, still in memory
     tokenizer: object
+    stopped: bool = False  # ended early by a signal or the caller's stop; resumable from its last checkpoint
 
 
 def train(
@@ -37,6 +58,7 @@ def train(
     home: str | Path | None = None,
     show_progress: bool = True,
     on_step=None,
+    stop: StopSource = None,
     **options,
 ) -> TrainResult:
     """Train a LoRA adapter; everything lands in <home>/loras/<name>/.
@@ -46,7 +68,14 @@ def train(
         options: options layered over `config`, as on the command line: `model=`, `data=`, `name=`, dotted
             names in a dict (`**{"train.lr": 2e-4}`) or groups (`train={"epochs": 2}`).
         on_step: called with each metrics row (step, epoch, loss, lr, tokens_per_s, ...).
+        stop: a `threading.Event` or a function returning True: the run then ends like on Ctrl-C (after the
+            current step, with a complete checkpoint). SIGINT and SIGTERM do the same when called in the main thread.
     """
+    with RunGuard(stop) as guard:  # graceful stop, one writer per run folder, a checkpoint if the run crashes
+        return _train(config, home, show_progress, on_step, guard, **options)
+
+
+def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> TrainResult:
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model
 
@@ -58,43 +87,62 @@ def train(
     config.name = config.name or Path(config.data.path).stem  # the adapter is named after its data by default
     run_dir = ws.lora_dir(config.name)
     tc = config.train
-    resume_from = check_run_dir(run_dir, tc.resume, tc.overwrite)
+    if config.adapter.copy_from:  # the adapter's shape comes from an earlier run (text-generation-webui's "copy from")
+        config.adapter = adapter_from_run(ws.lora_dir(config.adapter.copy_from) / "loratune.yaml", config.adapter)
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    guard.claim(run_dir, accelerator.is_main_process)  # a second run on the same name is refused here
+    resume_from = check_run_dir(run_dir, tc.resume, tc.overwrite)
     torch.manual_seed(tc.seed)
-    model_path = resolve_model_path(config.model.source, ws, config.model.trust_remote_code)
-    model, tokenizer = load_base(model_path, accelerator.device, config.model.trust_remote_code)
+    with accelerator.main_process_first():  # one process converts or downloads the model; the others then reuse it
+        model_path = resolve_model_path(config.model.source, ws, config.model.trust_remote_code)
+    model, tokenizer = load_base(model_path, accelerator.device, config.model.trust_remote_code, config.model.quant)
+    if config.model.quant != "none":  # QLoRA: frozen k-bit base, fp32 norms, gradient checkpointing on
+        model = prepare_for_training(model)
     samples, report = build_samples(config.data, tokenizer, ws)
+    samples, eval_samples = split_eval(config.data, samples, tokenizer, ws, tc.seed)
     say = print if accelerator.is_main_process and show_progress else (lambda *a, **k: None)
-    say(report.summary())
+    say(report.summary() + (f"; {len(eval_samples)} samples for evaluation" if eval_samples else ""))
+    if tc.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
 
     lora = LoraConfig(
         r=config.adapter.rank,
         lora_alpha=config.adapter.alpha,
         lora_dropout=config.adapter.dropout,
         target_modules=resolve_targets(model, config.adapter.targets),
+        use_rslora=config.adapter.rslora,
+        use_dora=config.adapter.dora,
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
+    if tc.packing:
+        use_packed_attention(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = build_optimizer(trainable, tc)
 
     steps_per_epoch = math.ceil(len(samples) / tc.batch_size)
+    if len(samples) < tc.batch_size:
+        say(f"note: {len(samples)} samples, fewer than train.batch_size {tc.batch_size}: every step uses them all")
     total_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
-    warmup = int(total_steps * tc.warmup_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps, tc.scheduler))
+    scheduler = build_scheduler(optimizer, tc, total_steps)
 
     step = 0
+    position = data_position(samples, steps_per_epoch, tc.seed)
     if resume_from is not None:
-        step = load_state(resume_from, model, optimizer, scheduler)
-        trim_metrics(run_dir / "metrics.jsonl", step)
+        step = load_state(resume_from, model, optimizer, scheduler, position)
+        if accelerator.is_main_process:
+            trim_metrics(run_dir / "metrics.jsonl", step)
         say(f"resuming from {resume_from.name} (step {step} of {total_steps})")
     model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.is_main_process:  # model, data and options are good: only now is anything written
         if tc.overwrite and resume_from is None:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            clear_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        guard.claim(run_dir)
+        clean_leftovers(run_dir)
         save_yaml(config, run_dir / "loratune.yaml")
+    guard.watch(config, accelerator.unwrap_model(model), optimizer, scheduler, step, position)
     say(
         f"{sum(p.numel() for p in trainable):,} trainable parameters; {total_steps} steps of {tc.batch_size} samples "
         f"({tc.micro_batch} per micro-batch) on {accelerator.device}"
@@ -107,25 +155,39 @@ def train(
         tc.log_every,
         show_progress and accelerator.is_main_process,
     )
+    guard.closing(progress)
     pad_id = tokenizer.pad_token_id
+    world = accelerator.num_processes  # under `accelerate launch`, each process trains on its share of every step
+    main = accelerator.is_main_process
+    board = Board(run_dir / "tensorboard" if main and tc.report_to == "tensorboard" else None)
+    evaluate = Evaluator(eval_samples, run_dir if main else None, tc.eval_every, total_steps, tc.micro_batch, pad_id)
     started, loss_value = time.perf_counter(), float("nan")
     model.train()
     while step < total_steps:
         t0 = time.perf_counter()
         batch = step_samples(samples, step, steps_per_epoch, tc.batch_size, tc.seed)
-        micro_batches = split_by_length(batch, tc.micro_batch)
+        # Packed: rows of up to micro_batch * cutoff tokens (the most a padded micro-batch could hold) unless set.
+        packed_tokens = tc.packing * (tc.packed_tokens or tc.micro_batch * config.data.cutoff)
+        passes, weights = micro_batches(batch, tc.micro_batch, pad_id, packed_tokens, accelerator.process_index, world)
         n_trained = sum(sum(1 for x in s.labels[1:] if x != IGNORE) for s in batch)
         loss_total = 0.0
-        for i, micro in enumerate(micro_batches):
-            tensors = {k: v.to(accelerator.device) for k, v in collate(micro, pad_id).items()}
-            # Normalise by the trained tokens of the whole step, so accumulation equals one big batch.
-            with accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext():
+        for i, (tensors, weight) in enumerate(zip(passes, weights, strict=True)):
+            tensors = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in tensors.items()}
+            # Normalise by the trained tokens of the whole step, so accumulation equals one big batch; DDP averages
+            # gradients over the processes, so scale by their number to get the sum over all of the step's tokens.
+            with accelerator.no_sync(model) if i < len(passes) - 1 else nullcontext():
                 loss_sum, _ = token_loss_sum(model, tensors)
-                accelerator.backward(loss_sum / max(n_trained, 1))
-            loss_total += loss_sum.item()
+                accelerator.backward(loss_sum * (weight * world / max(n_trained, 1)))
+            loss_total += weight * loss_sum.item()
+        if world > 1:
+            loss_total = accelerator.reduce(torch.tensor(loss_total, device=accelerator.device), "sum").item()
         loss_value = loss_total / max(n_trained, 1)
+        pause_point("step")  # inert outside the fault-injection tests
         if not math.isfinite(loss_value):  # before the optimizer step, so the weights stay finite
-            raise LoratuneError(f"loss became {loss_value} at step {step + 1}; lower train.lr and resume or restart")
+            raise LoratuneError(
+                f"loss became {loss_value} at step {step + 1}, so training stopped before that step changed the "
+                "weights and nothing was saved or replaced; lower train.lr and start again with --overwrite"
+            )
         if tc.max_grad_norm > 0:
             accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
@@ -136,30 +198,53 @@ def train(
 
         tokens = sum(len(s.input_ids) for s in batch)
         row = progress.step(step, step / steps_per_epoch, loss_value, lr, tokens, time.perf_counter() - t0)
+        board.log(row)
         if on_step is not None:
             on_step(row)
         if accelerator.is_main_process and tc.save_every and step % tc.save_every == 0 and step < total_steps:
-            save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler)
+            guard.save(step)
+            plot_loss(run_dir / "metrics.jsonl", checkpoint_dir(run_dir, step) / "loss.png")
+        if evaluate.due(step):
+            board.log(evaluate(model, step, step / steps_per_epoch))
+        if guard.after_step(step, loss_value, accelerator):  # Ctrl-C, SIGTERM, the caller's stop, stop_at_loss
+            break
     progress.close()
+    board.close()
 
+    stopped = guard.stopped and step < total_steps
     if accelerator.is_main_process:
+        if stopped:
+            guard.save(step)  # resumable from exactly here
         save_adapter(run_dir, accelerator.unwrap_model(model))
+        write_card(run_dir, config, step, loss_value)
+        plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
         say(f"adapter saved in {run_dir} (final loss {loss_value:.4f})")
+        if stopped:
+            say(f"stopped at step {step} of {total_steps}; continue with: loratune train --name {config.name} --resume")
+        if guard.reached_loss:
+            say(f"reached train.stop_at_loss {tc.stop_at_loss} at step {step}")
     accelerator.wait_for_everyone()
     model.eval()
     return TrainResult(
-        run_dir, step, loss_value, time.perf_counter() - started, accelerator.unwrap_model(model), tokenizer
+        run_dir, step, loss_value, time.perf_counter() - started, accelerator.unwrap_model(model), tokenizer, stopped
     )
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """Refuse to clobber an existing run unless asked (nothing is deleted here); return the checkpoint to resume."""
+def check_run_dir(run_dir: Path, resume: bool | str, overwrite: bool) -> Path | None:
+    """Refuse to clobber an existing run unless asked (nothing is deleted here); return the checkpoint to resume.
+
+    `resume` True needs a complete checkpoint; 'auto' takes one if there is one, else starts like a new run.
+    """
     if resume:
         checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-        if checkpoint is None:
+        skipped = incomplete_checkpoints(run_dir) if run_dir.is_dir() else []
+        if skipped:
+            print(f"ignoring incomplete checkpoint(s) (interrupted while saving): {', '.join(skipped)}")
+        if checkpoint is not None:
+            return checkpoint
+        if resume != "auto":
             raise LoratuneError(f"nothing to resume: {run_dir} has no complete checkpoint")
-        return checkpoint
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         if not overwrite:
             raise LoratuneError(
                 f"{run_dir} already exists; choose another name, continue it with --resume, or pass --overwrite"
@@ -174,21 +259,12 @@ def step_samples(samples: list[Sample], step: int, steps_per_epoch: int, batch_s
     return [samples[i] for i in order[index * batch_size : (index + 1) * batch_size]]
 
 
-def split_by_length(batch: list[Sample], micro_batch: int) -> list[list[Sample]]:
-    """Micro-batches of similar lengths, so dynamic padding wastes little."""
-    ordered = sorted(batch, key=lambda s: len(s.input_ids))
-    return [ordered[i : i + micro_batch] for i in range(0, len(ordered), micro_batch)]
-
-
-def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    if kind == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if kind == "constant":
-        return 1.0
-    return max(0.0, 1 - progress)
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer's activations in backward; non-reentrant, so frozen inputs need no grad hook."""
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def trim_metrics(path: Path, step: int) -> None:
@@ -196,9 +272,13 @@ def trim_metrics(path: Path, step: int) -> None:
     import json
 
     if path.is_file():
-        rows = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
-        path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    rows.append(line)
+            except (ValueError, KeyError, TypeError):
+                pass  # a line cut short by a kill
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(path)  # never a truncated history, even if killed right here

@@ -20,8 +20,14 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     targets = labels[:, 1:]
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = targets != IGNORE  # position p predicts token p+1
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    # input_ids with attention_mask (padded rows) or position_ids and packed_bounds (packed rows)
+    inputs = {k: v for k, v in batch.items() if k != "labels"} | {"use_cache": False}  # no KV cache in training
     wanted = targets[keep[:, :-1]]
+    parts = decoder_and_frozen_head(model)
+    if parts is not None:  # the LM head and the cross-entropy in chunks, never a full (positions x vocab) tensor
+        decoder, head = parts
+        hidden = decoder(**inputs).last_hidden_state[keep]
+        return ChunkedHeadCrossEntropy.apply(hidden, head.weight, wanted), int(wanted.numel())
     if not accepts_logits_to_keep(model):
         logits = model(**inputs).logits[keep]
     elif MASK_SUPPORTED:
@@ -48,3 +54,50 @@ MASK_SUPPORTED = _mask_supported()
 def accepts_logits_to_keep(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+# Families whose causal-LM head is exactly `lm_head(decoder(...).last_hidden_state)`: no logit scaling or soft-capping.
+PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gpt_neox", "gptj", "opt", "gpt2"}
+CHUNK = 256  # rows of logits alive at once: 256 x 50k vocabulary x 4 bytes = 50 MB
+
+
+def decoder_and_frozen_head(model):
+    """(decoder, lm_head) when the chunked loss applies: a plain-head family with a frozen, bias-free linear head."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    if getattr(base.config, "model_type", None) not in PLAIN_HEAD_FAMILIES or type(head) is not torch.nn.Linear:
+        return None
+    if head.bias is not None or head.weight.requires_grad:
+        return None
+    return base.get_decoder(), head
+
+
+class ChunkedHeadCrossEntropy(torch.autograd.Function):
+    """Sum of cross-entropies of `hidden @ weight.T` against `targets`, `CHUNK` rows at a time.
+
+    The gradient with respect to `hidden` is computed during the forward pass, chunk by chunk, and kept (positions x
+    hidden size) instead of the (positions x vocabulary) logits and probabilities autograd would otherwise keep. The
+    head is frozen (no gradient for `weight`), so nothing else is needed in the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        grad = torch.empty_like(hidden) if hidden.requires_grad else None
+        for i in range(0, hidden.shape[0], CHUNK):
+            logits = (hidden[i : i + CHUNK] @ weight.T).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            rows = torch.arange(logits.shape[0], device=logits.device)
+            target = targets[i : i + CHUNK]
+            loss += (lse - logits[rows, target]).sum()
+            if grad is not None:  # d loss / d logits = softmax - one-hot
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs[rows, target] -= 1
+                grad[i : i + CHUNK] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss, None, None

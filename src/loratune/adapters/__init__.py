@@ -1,0 +1,23 @@
+"""Adapters in loras/: list, promote, delete, merge into a model, export to GGUF, and their model cards."""
+
+from loratune.adapters.catalog import (
+    AdapterInfo,
+    CheckpointInfo,
+    adapter_path,
+    delete,
+    get_adapter,
+    list_adapters,
+    promote,
+)
+from loratune.adapters.merge import merge
+
+__all__ = [
+    "AdapterInfo",
+    "CheckpointInfo",
+    "adapter_path",
+    "delete",
+    "get_adapter",
+    "list_adapters",
+    "merge",
+    "promote",
+]

@@ -1,0 +1,112 @@
+"""Export a PEFT LoRA adapter as a GGUF adapter file that llama.cpp loads with `--lora`.
+
+The layout follows llama.cpp's own convert_lora_to_gguf.py: metadata general.type = "adapter", adapter.type = "lora",
+adapter.lora.alpha and general.architecture (which must equal the base GGUF's); for each adapted weight
+`blk.N.attn_q.weight.lora_a` = PEFT lora_A (r x in) and `.lora_b` = lora_B (out x r), unchanged, because a numpy
+(rows, cols) array is a ggml tensor with ne = [cols, rows], exactly the shapes llama.cpp checks. One transformation is
+needed: llama.cpp's LLaMA conversion permutes the rows of q_proj and k_proj (rotary layout), so lora_B of those
+gets the same row permutation (rows of B @ A are rows of B).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from loratune.adapters.catalog import adapter_path, base_model_path
+from loratune.errors import LoratuneError
+from loratune.workspace import Workspace, check_name, inside
+
+# transformers model_type -> (llama.cpp architecture, whether llama.cpp permutes q/k rows). Others are refused.
+ARCHITECTURES = {
+    "llama": ("llama", True),
+    "mistral": ("llama", True),
+    "qwen2": ("qwen2", False),
+    "qwen3": ("qwen3", False),
+}
+PEFT_PREFIX = "base_model.model."
+
+
+def export_gguf(
+    lora: str, home: str | Path | Workspace | None = None, out: str | None = None, overwrite: bool = True
+) -> Path:
+    """Write `lora` (a name or 'name/checkpoint-N') as `<adapter folder>/<out or adapter.gguf>`; returns the file."""
+    ws = home if isinstance(home, Workspace) else Workspace.resolve(home)
+    folder = adapter_path(lora, ws)
+    target = inside(folder, check_name(out or "adapter.gguf", "output file name"))
+    if target.exists() and not overwrite:
+        raise LoratuneError(f"{target} already exists")
+    base_config = json.loads((base_model_path(folder, ws) / "config.json").read_text(encoding="utf-8"))
+    write_lora_gguf(folder, base_config, target)
+    return target
+
+
+def gguf_tensors(adapter: Path, base_config: dict) -> tuple[str, float, dict[str, object]]:
+    """(architecture, alpha for llama.cpp, {gguf tensor name: float32 numpy array}) for a PEFT adapter folder."""
+    import gguf
+    from safetensors.torch import load_file
+
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    model_type = base_config.get("model_type", "")
+    if model_type not in ARCHITECTURES:
+        raise LoratuneError(
+            f"GGUF export supports {', '.join(ARCHITECTURES)} models; this base is '{model_type}' "
+            "(llama.cpp's convert_lora_to_gguf.py may handle it)"
+        )
+    if config.get("use_dora") or config.get("modules_to_save"):
+        raise LoratuneError(f"{adapter}: DoRA adapters and modules_to_save cannot be expressed as a llama.cpp LoRA")
+    arch, permute_qk = ARCHITECTURES[model_type]
+    rank = int(config["r"])
+    alpha = float(config["lora_alpha"])
+    if config.get("use_rslora"):
+        alpha = alpha * math.sqrt(rank)  # llama.cpp scales by alpha / r; rsLoRA by alpha / sqrt(r)
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise LoratuneError(f"{adapter}: per-module ranks or alphas cannot be written into one GGUF alpha")
+
+    n_head = base_config["num_attention_heads"]
+    n_kv_head = base_config.get("num_key_value_heads") or n_head
+    arch_id = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
+    names = gguf.get_tensor_name_map(arch_id, base_config["num_hidden_layers"])
+    weights = load_file(adapter / "adapter_model.safetensors")
+    tensors = {}
+    for key, value in sorted(weights.items()):
+        module, sep, part = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
+        if not sep or part not in ("A.weight", "B.weight"):
+            raise LoratuneError(f"{adapter}: tensor {key} is not a LoRA A/B weight; it cannot go into a GGUF adapter")
+        target = names.get_name(module + ".weight", try_suffixes=(".weight",))
+        if target is None or module.endswith(("lm_head", "embed_tokens")):
+            raise LoratuneError(f"{adapter}: llama.cpp has no LoRA slot for {module}")
+        value = value.float()
+        if part == "B.weight" and permute_qk and module.endswith(("q_proj", "k_proj")):
+            value = permute_rows(value, n_head if module.endswith("q_proj") else n_kv_head)
+        suffix = ".lora_a" if part == "A.weight" else ".lora_b"
+        tensors[target + suffix] = value.contiguous().numpy()
+    return arch, alpha, tensors
+
+
+def permute_rows(weight, heads: int):
+    """llama.cpp's LlamaModel.permute on the output rows: each head's two rotary halves become interleaved pairs."""
+    halves = weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
+    return halves.swapaxes(1, 2).reshape(weight.shape)
+
+
+def write_lora_gguf(adapter: Path, base_config: dict, target: Path) -> None:
+    import gguf
+
+    arch, alpha, tensors = gguf_tensors(adapter, base_config)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    writer = gguf.GGUFWriter(tmp, arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    is_checkpoint = adapter.name.startswith("checkpoint-")
+    writer.add_name(f"{adapter.parent.name}-{adapter.name}" if is_checkpoint else adapter.name)
+    for name, array in tensors.items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, target)

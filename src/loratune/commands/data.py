@@ -1,0 +1,104 @@
+"""`loratune data check <file>`: what training will see, before training: counts, lengths, a mask view, warnings.
+
+Trained text is printed in green and masked text in grey when stdout is a terminal (and NO_COLOR is unset); otherwise
+trained text stands between ⟦ and ⟧. Exits 2 when a problem would make training silently useless.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from loratune.config import DataSpec, ModelSpec, from_dict, load_yaml, merge_options
+
+TRAINED, MASKED, RESET = "\033[32m", "\033[90m", "\033[0m"
+BAR_WIDTH = 40
+PROBLEM_EXIT = 2  # 1 is a user error (bad file, bad option), as for every command
+
+
+def add(sub) -> None:
+    data = sub.add_parser("data", help="look at a dataset before training")
+    actions = data.add_subparsers(dest="action", required=True, parser_class=type(data))
+    check = actions.add_parser(
+        "check",
+        help="counts, lengths against the cutoff, trained/masked text and warnings, as training will see them",
+        description="Exit status 2 when a problem would make training silently useless; 1 on a user error.",
+    )
+    check.add_argument("path", help="the dataset: .txt file or folder, .json or .jsonl file, or a name in datasets/")
+    check.add_argument("--model", help="base model whose tokenizer (and chat template) is used (default: SmolLM2)")
+    check.add_argument("--format", help=_doc("format"))
+    check.add_argument("--cutoff", type=int, help=_doc("cutoff"))
+    check.add_argument("--config", help="a run's YAML config; its model and data options are used")
+    check.add_argument("--examples", type=int, default=3, help="how many samples to show (default 3)")
+    check.set_defaults(run=run_check, takes_overrides=True)
+
+
+def run_check(args, extra: list[str]) -> int:
+    from loratune.commands.train import parse_overrides
+    from loratune.data.inspect import check_data
+    from loratune.models.sources import load_tokenizer, resolve_model_path
+    from loratune.workspace import Workspace
+
+    data = load_yaml(args.config) if args.config else {}
+    options = parse_overrides(extra) | {"data.path": args.path}
+    options.update({f"data.{k}": getattr(args, k) for k in ("format", "cutoff") if getattr(args, k) is not None})
+    if args.model is not None:
+        options["model.source"] = args.model
+    merge_options(data, options)
+    model = from_dict(ModelSpec, data.get("model") or {}, "model")
+    spec = from_dict(DataSpec, data.get("data") or {}, "data")
+    ws = Workspace.resolve(args.home)
+    tokenizer = load_tokenizer(resolve_model_path(model.source, ws, model.trust_remote_code), model.trust_remote_code)
+    check = check_data(spec, tokenizer, ws, examples=args.examples)
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    print(render(check, color))
+    return PROBLEM_EXIT if check.has_problems else 0
+
+
+def render(check, color: bool) -> str:
+    """The check as terminal text; `color` paints trained / masked text, else trained text is ⟦bracketed⟧."""
+    lines = [f"{check.kind} data {check.path} (cutoff {check.cutoff} tokens)"]
+    if check.kind and check.records:
+        share = f"{100 * check.trained_tokens / check.tokens:.1f} %" if check.tokens else "-"
+        lines += [
+            f"  records {check.records}, samples {check.samples}, tokens {check.tokens}, "
+            f"trained tokens {check.trained_tokens} ({share})",
+            f"  dropped {check.dropped} (too long {check.dropped_too_long}, nothing to train "
+            f"{check.dropped_nothing_to_train}, too short {check.dropped_too_short}), cut {check.truncated}; "
+            f"samples training EOS {check.samples_with_eos}/{check.samples}",
+        ]
+    if any(b.count for b in check.histogram):
+        lines.append("sample lengths in tokens:")
+        top = max(b.count for b in check.histogram) or 1
+        for b in check.histogram:
+            bar = "█" * round(BAR_WIDTH * b.count / top)
+            note = "  over the cutoff" if b.over_cutoff else ""
+            lines.append(f"  {b.low:>6}-{b.high:<6} {bar} {b.count}{note}")
+    if check.examples:
+        legend = "green: trained, grey: masked" if color else "trained text between ⟦ and ⟧, the rest is masked"
+        lines.append(f"samples ({legend}):")
+        for number, segments in enumerate(check.examples, 1):
+            text = "".join(_paint(piece, trained, color) for piece, trained in segments)
+            lines.append(f"  #{number} " + text.rstrip("\n").replace("\n", "\n     "))
+    for w in check.warnings:
+        lines.append(f"{'PROBLEM' if w.problem else 'warning'}: {w.message}")
+    problems = sum(w.problem for w in check.warnings)
+    lines.append(
+        f"{problems} problem(s): training on this data would be silently useless" if problems else "ok: no problems"
+    )
+    return "\n".join(lines)
+
+
+def _paint(text: str, trained: bool, color: bool) -> str:
+    """Newlines show as ↵ (then break the line); the paint or bracket closes before the break."""
+    shown = text.replace("\n", "↵\n")
+    core, end = (shown[:-1], "\n") if shown.endswith("\n") else (shown, "")
+    if color:
+        return f"{TRAINED if trained else MASKED}{core}{RESET}{end}"
+    return (f"⟦{core}⟧" if trained else core) + end
+
+
+def _doc(name: str) -> str:
+    from loratune.config import field_help
+
+    return next(doc for dotted, _, doc in field_help(DataSpec) if dotted == name)

@@ -1,0 +1,93 @@
+"""`loratune loras list|promote|delete|merge|export`: manage the adapters in loras/."""
+
+from __future__ import annotations
+
+import sys
+
+from loratune.errors import LoratuneError
+
+
+def add(sub) -> None:
+    loras = sub.add_parser("loras", help="list, promote, delete, merge or export adapters")
+    actions = loras.add_subparsers(dest="action", required=True)
+
+    actions.add_parser("list", help="adapters with their checkpoints and losses").set_defaults(run=run_list)
+
+    promote = actions.add_parser("promote", help="make a checkpoint the run's adapter")
+    promote.add_argument("name", help="adapter name in loras/")
+    promote.add_argument("checkpoint", help="checkpoint-000200, or just 200")
+    promote.set_defaults(run=run_promote)
+
+    delete = actions.add_parser("delete", help="delete an adapter (its whole folder) or one checkpoint")
+    delete.add_argument("name", help="'name' or 'name/checkpoint-000200'")
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.set_defaults(run=run_delete)
+
+    merge = actions.add_parser("merge", help="merge base + adapter into a plain model folder in models/")
+    merge.add_argument("name", help="'name' or 'name/checkpoint-000200'")
+    merge.add_argument("--out", required=True, help="models/<new name> (or just <new name>)")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    merge.set_defaults(run=run_merge)
+
+    export = actions.add_parser("export", help="export an adapter for other programs (GGUF for llama.cpp)")
+    export.add_argument("name", help="'name' or 'name/checkpoint-000200'")
+    export.add_argument("--format", choices=["gguf"], default="gguf", help="gguf: a LoRA adapter for llama.cpp --lora")
+    export.add_argument("--out", help="file name inside the adapter folder (default adapter.gguf)")
+    export.set_defaults(run=run_export)
+
+
+def run_list(args, extra) -> int:
+    from loratune.adapters import list_adapters
+
+    adapters = list_adapters(args.home)
+    if not adapters:
+        print("no adapters in loras/")
+    for a in adapters:
+        where = f"step {a.step}" if a.step is not None else "not finished"
+        if a.promoted_from:
+            where += f" (promoted from {a.promoted_from})"
+        print(f"{a.name}: rank {a.rank}, alpha {a.alpha}, {where}, loss {_loss(a.loss)}, base {a.base_model}")
+        for c in a.checkpoints:
+            print(f"  {c.name}: loss {_loss(c.loss)}{'' if c.complete else ' (incomplete)'}")
+    return 0
+
+
+def run_promote(args, extra) -> int:
+    from loratune.adapters import promote
+
+    info = promote(args.name, args.checkpoint, args.home)
+    print(f"{info.name}: adapter is now {info.promoted_from} (loss {_loss(info.loss)})")
+    return 0
+
+
+def run_delete(args, extra) -> int:
+    from loratune.adapters import delete
+
+    name, _, checkpoint = args.name.partition("/")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise LoratuneError(f"deleting {args.name} needs --yes when not run interactively")
+        if input(f"delete {args.name} for good? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    print(f"deleted {delete(name, args.home, checkpoint=checkpoint or None)}")
+    return 0
+
+
+def run_merge(args, extra) -> int:
+    from loratune.adapters import merge
+
+    print(f"merged model written to {merge(args.name, args.out, args.home, overwrite=args.overwrite)}")
+    return 0
+
+
+def run_export(args, extra) -> int:
+    from loratune.adapters.export_gguf import export_gguf
+
+    path = export_gguf(args.name, args.home, out=args.out)
+    print(f"wrote {path}; use it with: llama-cli -m <base model>.gguf --lora {path}")
+    return 0
+
+
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

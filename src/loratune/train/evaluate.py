@@ -1,0 +1,102 @@
+"""Evaluation while training: eval loss and perplexity on held-out samples, every train.eval_every steps and at the end.
+
+Eval data is a separate file (data.eval_path) or a seeded random share of the training samples (data.eval_split).
+Each evaluation is a metrics.jsonl row {step, epoch, eval_loss, eval_ppl} beside the training rows; best.json names
+the step with the lowest eval loss and the checkpoint holding those weights (when one was saved at that step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from loratune.config import DataSpec
+from loratune.data import Sample, build_samples, collate
+from loratune.errors import LoratuneError
+from loratune.train.checkpoint import checkpoint_dir
+from loratune.train.loss import token_loss_sum
+
+BEST = "best.json"
+
+
+def split_eval(spec: DataSpec, samples: list[Sample], tokenizer, ws, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(training samples, eval samples): the eval file's samples, or a seeded share of `samples`, or none."""
+    if spec.eval_path:
+        eval_samples, _ = build_samples(dataclasses.replace(spec, path=spec.eval_path), tokenizer, ws)
+        return samples, eval_samples
+    if spec.eval_split <= 0:
+        return samples, []
+    n_eval = max(1, round(len(samples) * spec.eval_split))
+    if n_eval >= len(samples):
+        raise LoratuneError(
+            f"data.eval_split {spec.eval_split} leaves nothing to train on {len(samples)} samples; lower it"
+        )
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(order[:n_eval])
+    return [s for i, s in enumerate(samples) if i not in held], [samples[i] for i in sorted(held)]
+
+
+@torch.no_grad()
+def eval_loss(model, samples: list[Sample], micro_batch: int, pad_id: int) -> float:
+    """Mean loss per trained token over `samples` (dropout off), the same loss training minimises."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    ordered = sorted(samples, key=lambda s: len(s.input_ids))
+    for i in range(0, len(ordered), micro_batch):
+        batch = {k: v.to(device) for k, v in collate(ordered[i : i + micro_batch], pad_id).items()}
+        loss_sum, n = token_loss_sum(model, batch)
+        total, tokens = total + loss_sum.item(), tokens + n
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+class Evaluator:
+    """Call it at the steps `due` names; it returns the metrics row and keeps metrics.jsonl and best.json."""
+
+    def __init__(self, samples: list[Sample], run_dir: Path | None, every: int, total_steps: int, micro, pad_id):
+        self.samples, self.run_dir, self.every, self.total = samples, run_dir, every, total_steps
+        self.micro_batch, self.pad_id = micro, pad_id
+        if run_dir is not None and (run_dir / BEST).is_file():
+            self._rebuild_best()
+
+    def _rebuild_best(self) -> None:
+        """On resume metrics.jsonl was cut back to the checkpoint: best.json must not name a step past it."""
+        (self.run_dir / BEST).unlink()
+        metrics = self.run_dir / "metrics.jsonl"
+        lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
+        for row in (json.loads(line) for line in lines if line.strip()):
+            if "eval_loss" in row:
+                self._record_best(row)
+
+    def due(self, step: int) -> bool:
+        return bool(self.samples) and (step == self.total or (self.every > 0 and step % self.every == 0))
+
+    def __call__(self, model, step: int, epoch: float | None = None) -> dict:
+        loss = eval_loss(model, self.samples, self.micro_batch, self.pad_id)
+        row = {"step": step, "eval_loss": round(loss, 6), "eval_ppl": round(math.exp(min(loss, 50.0)), 4)}
+        if epoch is not None:
+            row["epoch"] = round(epoch, 4)
+        if self.run_dir is not None:
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            self._record_best(row)
+        return row
+
+    def _record_best(self, row: dict) -> None:
+        path = self.run_dir / BEST
+        best = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        if best is not None and best["eval_loss"] <= row["eval_loss"] and best["step"] != row["step"]:
+            return
+        step = row["step"]
+        if checkpoint_dir(self.run_dir, step).is_dir():
+            where = checkpoint_dir(self.run_dir, step).name
+        else:
+            where = "." if step == self.total else None  # the final adapter is the run folder itself
+        best = {"step": step, "eval_loss": row["eval_loss"], "eval_ppl": row["eval_ppl"], "best_checkpoint": where}
+        path.write_text(json.dumps(best, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,60 @@
+"""One writer per run folder: a second run on the same adapter name is refused while the first is alive.
+
+The lock is an OS lock (flock) on `loras/<name>/.lock`, which also holds the owner's pid for the message. The OS drops
+the lock when its process dies, however it dies (kill -9 included), so a lock file left by a dead run is simply taken
+over; a reused pid can never make a stale lock look alive. The file stays when a run ends (emptied): deleting it
+could let two runs lock two different files of the same name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from loratune.errors import LoratuneError
+
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    def __init__(self):
+        self.fd: int | None = None
+
+    def acquire(self, run_dir: Path) -> None:
+        """Take the run folder's lock (once it exists), or refuse because another live run holds it."""
+        if self.fd is not None or not run_dir.is_dir():
+            return
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock(fd)
+        except OSError:
+            try:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            except OSError:  # Windows refuses reads of a locked byte
+                holder = "unknown"
+            os.close(fd)
+            raise LoratuneError(
+                f"{run_dir} is in use by another training run (pid {holder}); wait for it to end, stop it "
+                "(Ctrl-C or kill -TERM, which saves a checkpoint), or choose another --name"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # empty: nobody is writing
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+def _lock(fd: int) -> None:
+    """An exclusive, non-blocking OS lock; raises OSError when another process (or run) holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: lock the first byte instead (also released when the process dies)
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

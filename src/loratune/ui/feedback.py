@@ -1,0 +1,22 @@
+"""User errors in the browser: a LoratuneError becomes the one-line message Gradio shows, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+
+import gradio as gr
+
+from loratune.errors import LoratuneError
+
+
+def shows_errors(fn):
+    """Wrap an event handler so a mistake the user can fix pops up as one line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LoratuneError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    return wrapper

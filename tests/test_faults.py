@@ -1,0 +1,167 @@
+"""Fault injection: the real `loratune train` in a subprocess, stopped and killed with real signals at named points.
+
+A run waits at a named point (LORATUNE_PAUSE_AT, see loratune/train/pause.py) until the test has sent its signal, so
+each kill lands exactly there: during a step, while a checkpoint is written, between its rename and its COMPLETE
+marker, and during the final save. After each kill the run folder must hold no truncated adapter, and the resumed
+run must continue from the newest complete checkpoint and end exactly like an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+RECORDS = [
+    {"instruction": f"What is {a} plus {b}?", "output": f"Arr! It be {a + b}."} for a in range(6) for b in range(4)
+]
+# 24 samples, 4 per step (2 micro-batches of 2): 6 steps per epoch, 12 steps in 2 epochs; a checkpoint every 2 steps.
+OPTIONS = {
+    "train.epochs": 2,
+    "train.batch_size": 4,
+    "train.micro_batch": 2,
+    "train.save_every": 2,
+    "train.lr": 3e-3,
+    "train.warmup_ratio": 0,
+    "adapter.rank": 4,
+    "adapter.dropout": 0,
+    "adapter.targets": "q_proj,v_proj",
+}
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "sums.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    return path
+
+
+class Run:
+    """One `loratune train` subprocess, optionally told to wait at a named point."""
+
+    def __init__(self, home: Path, model: Path, data: Path, *extra: str, pause: str | None = None):
+        tag = time.monotonic_ns()
+        self.flag = home.parent / f"paused-{tag}"
+        # Output to files, not pipes: the test reads stderr while the run goes on (see `signal`).
+        self.out, self.err = home.parent / f"out-{tag}", home.parent / f"err-{tag}"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if pause:
+            env.update(LORATUNE_PAUSE_AT=pause, LORATUNE_PAUSE_FILE=str(self.flag))
+        overrides = [item for key, value in OPTIONS.items() for item in (f"--{key}", str(value))]
+        cmd = [sys.executable, "-m", "loratune.cli", "--home", str(home), "train", "--model", str(model)]
+        cmd += ["--data", str(data), "--name", "run", *overrides, *extra]
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+
+    def wait_paused(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.flag.exists():
+            if self.proc.poll() is not None:
+                pytest.fail(f"the run ended before its pause point:\n{self.err.read_text()}")
+            assert time.monotonic() < deadline, "the run never reached its pause point"
+            time.sleep(0.02)
+
+    def signal(self, sig: int, times: int = 1) -> None:
+        """Send `sig` while the run waits at its pause point, then let it go on.
+
+        Before a second signal, wait until the run has handled the first (it says so on stderr): two signals that
+        arrive before Python runs its handler would count as one.
+        """
+        for number in range(times):
+            self.proc.send_signal(sig)
+            deadline = time.monotonic() + 60
+            while number < times - 1 and "received: stopping after this step" not in self.err.read_text():
+                assert time.monotonic() < deadline, "the run never handled the signal"
+                time.sleep(0.02)
+        self.flag.unlink()
+
+    def finish(self, timeout: float = 300) -> tuple[int, str, str]:
+        self.proc.wait(timeout=timeout)
+        return self.proc.returncode, self.out.read_text(), self.err.read_text()
+
+
+def complete_checkpoints(run: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*") if (p / "COMPLETE").is_file())
+
+
+def assert_nothing_truncated(run: Path) -> None:
+    """Every adapter a user or peft would load (the run folder's own, every checkpoint-*) loads whole."""
+    from safetensors.torch import load_file
+
+    folders = [run, *run.glob("checkpoint-*")]
+    for folder in folders:
+        if (folder / "adapter_model.safetensors").exists():
+            assert load_file(folder / "adapter_model.safetensors"), folder
+            assert json.loads((folder / "adapter_config.json").read_text())["r"] == 4, folder
+    yaml.safe_load((run / "loratune.yaml").read_text())
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# (pause point, signals sent there, exit code, newest complete checkpoint afterwards, what it shows).
+# Each run resumes from the one before, so every kill is also a resume test. 12 steps, a checkpoint every 2.
+CHAIN = [
+    ("step@3", [signal.SIGKILL], -9, 2, "kill -9 during step 3"),
+    ("checkpoint-write@1", [signal.SIGKILL], -9, 2, "kill -9 while checkpoint-4 is written"),
+    ("checkpoint-rename@1", [signal.SIGKILL], -9, 2, "kill -9 after checkpoint-4's rename, before COMPLETE"),
+    ("step@3", [signal.SIGINT], 0, 5, "Ctrl-C during step 5: finish it, save checkpoint-5, exit 0"),
+    ("checkpoint-write@1", [signal.SIGTERM], 0, 6, "SIGTERM while checkpoint-6 is written: finish it, exit 0"),
+    ("checkpoint-write@1", [signal.SIGINT] * 2, 130, 6, "Ctrl-C twice while checkpoint-8 is written: abort"),
+    ("final-save@1", [signal.SIGKILL], -9, 10, "kill -9 during the final save"),
+]
+
+
+def test_kills_at_every_point_then_resume_exactly(tiny_model, data_file, home, tmp_path):
+    from safetensors.torch import load_file
+
+    from loratune import train
+
+    straight = train(
+        model=str(tiny_model),
+        data=str(data_file),
+        name="straight",
+        home=tmp_path / "ref",
+        show_progress=False,
+        **OPTIONS,
+    )
+    expected = [row["loss"] for row in metrics(straight.run_dir)]
+    assert len(expected) == 12
+    run, last_complete, exact = home / "loras" / "run", 0, 0
+    for number, (point, signals, code, newest, what) in enumerate(CHAIN):
+        proc = Run(home, tiny_model, data_file, *(["--resume"] if number else []), pause=point)
+        proc.wait_paused()
+        proc.signal(signals[0], times=len(signals))
+        returncode, out, err = proc.finish()
+        assert returncode == code, f"{what}: exit {returncode}\n{err}"
+        assert "Traceback" not in err, f"{what}:\n{err}"
+        if number:  # it resumed from the newest complete checkpoint the run before left
+            assert f"resuming from checkpoint-{last_complete:06d}" in out, f"{what}:\n{out}"
+        assert complete_checkpoints(run)[-1] == newest, what
+        assert_nothing_truncated(run)
+        rows = metrics(run)
+        assert [r["loss"] for r in rows] == pytest.approx(expected[: len(rows)], abs=1e-5), what
+        exact += 1
+        last_complete = newest
+    code, out, err = Run(home, tiny_model, data_file, "--resume").finish()
+    assert code == 0, err
+    assert f"resuming from checkpoint-{last_complete:06d}" in out and "done: 12 steps" in out
+    assert [r["loss"] for r in metrics(run)] == pytest.approx(expected, abs=1e-5)
+    assert [r["step"] for r in metrics(run)] == list(range(1, 13))
+    a, b = load_file(straight.run_dir / "adapter_model.safetensors"), load_file(run / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
+    assert not list(run.glob(".*tmp*")), "temporary folders left behind"
+    print(
+        f"\nfault injection: {len(CHAIN)} kill points tried, {exact} resumed with the same losses, final adapter equal"
+    )

@@ -1,0 +1,424 @@
+"""The web UI: the whole journey in headless Chromium against a real `loratune ui` server, plus its safety rules.
+
+Browser: Debian's `chromium` driven by Playwright (`playwright install` cannot download here); the browser tests are
+skipped, saying why, only when that binary is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import requests
+
+from loratune.errors import LoratuneError
+from loratune.workspace import Workspace
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+RECORDS = [
+    {"instruction": f"What is {a} plus {b}?", "output": f"Arr! It be {a + b}."} for a in range(5) for b in range(4)
+]
+USER, PASSWORD = "ann", "pw-for-the-test"
+WAIT_MS = 90_000  # generous: the job shares two cores with everything else
+
+
+# ---------------------------------------------------------------- no browser: the rules behind the UI
+
+
+def test_listen_refuses_without_auth(tmp_path, capsys):
+    from loratune.cli import main
+
+    assert main(["--home", str(tmp_path), "ui", "--listen"]) == 1
+    assert "--listen serves the UI to the network: give --auth" in capsys.readouterr().err
+
+
+def test_auth_parsing(tmp_path):
+    from loratune.commands.ui import parse_auth
+
+    users = tmp_path / "users.txt"
+    users.write_text("ann:secret\nbob:pa:ss\n")
+    assert parse_auth("me:pw", str(users)) == [("me", "pw"), ("ann", "secret"), ("bob", "pa:ss")]
+    with pytest.raises(LoratuneError, match="user:password"):
+        parse_auth("nopassword", None)
+
+
+def test_names_from_the_browser_stay_inside_their_folders(tmp_path):
+    from loratune.ui import names
+
+    ws = Workspace.resolve(tmp_path)
+    (ws.datasets / "sub").mkdir(parents=True)
+    (ws.datasets / "sub" / "a.jsonl").write_text("{}\n")
+    (tmp_path / "secret.txt").write_text("not yours")
+    assert names.data_path(ws, "sub/a.jsonl") == str(ws.datasets / "sub" / "a.jsonl")
+    assert names.dataset_choices(ws) == ["sub/a.jsonl"]
+    for bad in ("../secret.txt", "/etc/passwd", "sub/../../secret.txt"):
+        with pytest.raises(LoratuneError):
+            names.data_path(ws, bad)
+    from loratune.adapters import adapter_path  # what the Generate tab resolves LoRA choices with
+
+    for bad in ("../x", "a/b/c", "/abs", "x/../../y"):
+        with pytest.raises(LoratuneError):
+            adapter_path(bad, ws)
+    for bad in ("/etc", "../models", "./here", "a/../../b"):
+        with pytest.raises(LoratuneError):
+            names.model_source(ws, bad)
+    assert names.model_source(ws, "org/model") == "org/model"  # a hub id: downloaded into models/
+    assert names.upload_target(ws, "../../evil.jsonl") == ws.datasets / "evil.jsonl"  # the folder part is dropped
+    with pytest.raises(LoratuneError):
+        names.upload_target(ws, "run.sh")
+    with pytest.raises(LoratuneError):
+        names.data_format(ws, "/etc/passwd")
+
+
+def test_form_round_trips_every_option():
+    """The generated form, left at its defaults, gives back the default config (hard_cut's newlines included)."""
+    from loratune.config import RunConfig, field_help
+    from loratune.ui.form import form_values, option_types, read_form
+
+    rows = field_help(RunConfig)
+    assert set(option_types(RunConfig)) == {name for name, _, _ in rows}
+    shown = form_values(RunConfig, RunConfig())
+    assert shown["data.hard_cut"] == "\\n\\n\\n"
+    assert read_form(RunConfig, list(shown), list(shown.values())) == RunConfig()
+    edited = read_form(RunConfig, ["train.lr", "data.hard_cut"], [1e-3, "\\n---\\n"])
+    assert edited.train.lr == 1e-3 and edited.data.hard_cut == "\n---\n"
+
+
+def test_job_log_shows_head_and_end_of_a_long_run(tmp_path):
+    """A long progress bar (carriage-return redraws, no newline) must not hide the start and end of the output."""
+    from loratune.ui import jobs
+
+    ws = Workspace.resolve(tmp_path)
+    folder = jobs.job_dir(ws, "run")
+    folder.mkdir(parents=True)
+    bar = "".join(f"\rtrain: {i}/100000 loss=1.0" for i in range(20_000))
+    (folder / "train.log").write_text(
+        f"$ loratune train\nLoading weights\ndata summary\n{bar}\nstopped at step 19999\n"
+    )
+    shown = jobs.log_tail(ws, "run").splitlines()
+    assert shown[0] == "$ loratune train" and "data summary" in shown
+    assert shown[-2:] == ["train: 19999/100000 loss=1.0", "stopped at step 19999"]
+
+
+def test_metrics_are_read_incrementally_and_reread_when_rewritten(tmp_path):
+    from loratune.ui.train_tab import read_metrics
+
+    def rows(steps, loss):
+        return "".join(json.dumps({"step": i, "loss": loss}) + "\n" for i in steps)
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(rows(range(1, 11), 1.0))
+    assert len(read_metrics(tmp_path)) == 10
+    with open(metrics, "a") as f:
+        f.write(rows([11], 1.0) + '{"step": 12, "lo')  # a line being written is not read yet
+    assert [r["step"] for r in read_metrics(tmp_path)][-2:] == [10, 11]
+    with open(metrics, "a") as f:
+        f.write('ss": 1.0}\n')
+    assert [r["step"] for r in read_metrics(tmp_path)][-2:] == [11, 12]
+    metrics.write_text(rows(range(1, 30), 2.0))  # a new run in the same folder, already longer than the old file
+    assert [r["loss"] for r in read_metrics(tmp_path)] == [2.0] * 29
+
+
+def test_job_whose_processes_vanished_is_lost(tmp_path):
+    from loratune.ui import jobs
+    from loratune.ui.supervise import write_job
+
+    ws = Workspace.resolve(tmp_path)
+    folder = jobs.job_dir(ws, "run")
+    folder.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    write_job(folder, {"name": "run", "state": "running", "pid": gone.pid, "supervisor_pid": gone.pid, "started": 0})
+    assert jobs.status(ws, "run").state == "lost"
+    with pytest.raises(LoratuneError, match="no running job"):
+        jobs.stop(ws, "run")
+
+
+# ---------------------------------------------------------------- the journey in a real browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real `loratune ui` in a subprocess; restartable on the same port (to show the job outlives the UI)."""
+
+    def __init__(self, home: Path, log: Path):
+        self.home, self.log, self.port = home, log, free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.process = None
+
+    def start(self) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        with open(self.log, "a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "loratune.cli", "--home", str(self.home), "ui", "--port", str(self.port)]
+                + ["--listen", "--auth", f"{USER}:{PASSWORD}", "--max-upload-mb", "1"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"loratune ui exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        pytest.fail(f"loratune ui did not answer on {self.url}:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def ui_home(tmp_path, tiny_model) -> Path:
+    home = tmp_path / "home"
+    shutil.copytree(tiny_model, home / "models" / "tiny")
+    (home / "datasets").mkdir()
+    (home / "datasets" / "sums.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    return home
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        yield page
+        browser.close()
+
+
+def open_ui(page, url: str) -> None:
+    """Open the UI and log in (the test server listens with --listen, so it asks for the password)."""
+    page.goto(url)
+    page.get_by_label("username").fill(USER)
+    page.get_by_label("password").fill(PASSWORD)
+    page.get_by_role("button", name="Login").click()
+    page.get_by_role("tab", name="Model").wait_for()
+
+
+def choose(page, label: str, option: str | re.Pattern) -> None:
+    """Pick an option in a Gradio dropdown (an input with a listbox)."""
+    page.get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=option).first.click()
+
+
+def option(page, name: str):
+    """The input of a config option in a generated form (found by the id the form gives it)."""
+    from loratune.ui.form import element_id
+
+    return page.locator(f"#{element_id(name)}").locator("input, textarea").first
+
+
+def set_option(page, name: str, value) -> None:
+    field = option(page, name)
+    field.fill(str(value))
+    field.press("Tab")  # Gradio takes the value on blur
+
+
+def shown_step(page) -> int:
+    found = re.search(r"step (\d+)", page.locator("#job-status").inner_text())
+    return int(found.group(1)) if found else 0
+
+
+def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
+    from playwright.sync_api import expect
+
+    page = browser_page
+    shots = Path(os.environ.get("LORATUNE_UI_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    server = Server(ui_home, tmp_path / "ui.log")
+    server.start()
+    run_dir = ui_home / "loras" / "ui-run"
+    try:
+        page.goto(server.url)
+        expect(page.get_by_role("button", name="Login")).to_be_visible()  # --listen: nothing without the password
+        assert requests.get(f"{server.url}config").status_code == 401
+        page.get_by_label("username").fill(USER)
+        page.get_by_label("password").fill("wrong")
+        page.get_by_role("button", name="Login").click()
+        expect(page.get_by_text("Incorrect Credentials")).to_be_visible()
+        open_ui(page, server.url)
+
+        # Model: the tiny model in models/.
+        page.get_by_role("tab", name="Model").click()
+        choose(page, "Base model", "tiny")
+        page.get_by_label("Memory you have (optional)").fill("1GB")
+        page.get_by_role("button", name="Estimate", exact=True).click()
+        expect(page.locator("#memory-estimate")).to_contain_text("14,336 LoRA parameters", timeout=WAIT_MS)
+        expect(page.locator("#memory-estimate")).to_contain_text("this fits")
+        page.locator("#recommended").get_by_text("Qwen/Qwen2.5-0.5B-Instruct").click()  # a pick fills the hub id
+        expect(page.get_by_label("Hub id to download into models/")).to_have_value("Qwen/Qwen2.5-0.5B-Instruct")
+        page.get_by_role("button", name="Download", exact=True).click()
+        expect(page.get_by_text("HF_HUB_OFFLINE is set").first).to_be_visible(timeout=WAIT_MS)  # one line, no trace
+        page.screenshot(path=shots / "0-model.png", full_page=True)
+
+        # Dataset: an upload lands in datasets/ and is chosen; then pick the prepared file and check it.
+        page.get_by_role("tab", name="Dataset").click()
+        upload = tmp_path / "uploaded.jsonl"
+        upload.write_text(json.dumps(RECORDS[0]) + "\n")
+        page.locator("#dataset-upload input[type=file]").set_input_files(upload)
+        expect(page.get_by_label("Dataset", exact=True)).to_have_value("uploaded.jsonl", timeout=WAIT_MS)
+        assert (ui_home / "datasets" / "uploaded.jsonl").read_text() == upload.read_text()
+        cookies = {c["name"]: c["value"] for c in page.context.cookies()}  # the logged-in session
+        big = {"files": ("big.jsonl", b"x" * 1_500_000)}
+        assert requests.post(f"{server.url}gradio_api/upload", files=big, cookies=cookies).status_code == 413
+        assert not (ui_home / "datasets" / "big.jsonl").exists()  # over --max-upload-mb 1: refused
+        choose(page, "Dataset", "sums.jsonl")
+        page.get_by_role("button", name="Check data").click()
+        expect(page.locator("#data-summary")).to_contain_text("20 records", timeout=WAIT_MS)
+        expect(page.locator("#data-summary")).to_contain_text("20 samples")
+        # The mask view: the answer is trained (green), the prompt and template are masked (grey).
+        trained = page.locator("#mask-view .mask-sample .mask-trained")
+        expect(trained.first).to_contain_text("Arr! It be")
+        expect(page.locator("#mask-view .mask-sample .mask-masked").first).to_contain_text("What is")
+        assert len(page.locator("#mask-view .mask-sample").all()) == 3
+        expect(page.locator("#data-warnings")).to_contain_text("No problems found")
+        page.screenshot(path=shots / "1-dataset.png", full_page=True)
+
+        # Train: the form was filled by the other tabs; set a long run that saves often, and start it.
+        page.get_by_role("tab", name="Train").click()
+        expect(option(page, "model.source")).to_have_value("tiny")
+        expect(option(page, "data.path")).to_have_value("sums.jsonl")
+        option(page, "name").fill("ui-run")
+        set_option(page, "train.max_steps", 100_000)
+        set_option(page, "train.save_every", 50)
+        set_option(page, "train.batch_size", 4)
+        set_option(page, "data.eval_split", 0.2)  # 4 of the 20 records measure an eval loss every 25 steps
+        set_option(page, "train.eval_every", 25)
+        page.get_by_role("button", name="Start training").click()
+        status = page.locator("#job-status")
+        expect(status).to_contain_text("running", timeout=WAIT_MS)
+        expect(status).to_contain_text("loss", timeout=WAIT_MS)  # metrics.jsonl rows arrive
+        expect(status).to_contain_text("eval loss", timeout=WAIT_MS)
+        first = shown_step(page)
+        expect(status).not_to_contain_text(f"step {first} ", timeout=WAIT_MS)  # the loss line moves on
+        assert shown_step(page) > first
+        page.screenshot(path=shots / "2-training.png", full_page=True)
+
+        # Reload the page: the job and its history are still there.
+        page.reload()
+        page.get_by_role("tab", name="Train").click()
+        expect(status).to_contain_text("ui-run", timeout=WAIT_MS)
+        expect(status).to_contain_text("running")
+        expect(status).to_contain_text("loss", timeout=WAIT_MS)
+        assert shown_step(page) >= first
+
+        # Restart the UI itself: the job runs on, and the new UI finds it.
+        server.stop()
+        server.start()
+        open_ui(page, server.url)
+        page.get_by_role("tab", name="Train").click()
+        expect(status).to_contain_text("ui-run", timeout=WAIT_MS)
+        expect(status).to_contain_text("running")
+        choose(page, "Job", "ui-run")  # chosen by hand, a job fills the form with its options
+        expect(option(page, "model.source")).to_have_value("tiny")
+        expect(option(page, "train.max_steps")).to_have_value("100000")
+        page.screenshot(path=shots / "3-after-ui-restart.png", full_page=True)
+
+        # Stop: the job ends and a complete checkpoint is on disk.
+        expect(status).to_contain_text("loss", timeout=WAIT_MS)
+        page.get_by_role("button", name="Stop (saves a checkpoint)").click()
+        expect(status).to_contain_text("stopped", timeout=WAIT_MS)
+        expect(status).to_contain_text("exit code 0")  # a graceful stop: step finished, checkpoint written
+        checkpoints = sorted(p.name for p in run_dir.glob("checkpoint-*") if (p / "COMPLETE").is_file())
+        assert checkpoints, f"no complete checkpoint in {run_dir}"
+        stopped_at = int(checkpoints[-1].split("-")[1])
+        assert shown_step(page) == stopped_at  # the stop saved the step it finished
+
+        # Resume: the run continues from that checkpoint; stop it again.
+        page.get_by_role("button", name="Resume").click()
+        expect(status).to_contain_text("running", timeout=WAIT_MS)
+        expect(status).not_to_contain_text(f"step {stopped_at} ", timeout=WAIT_MS)
+        assert shown_step(page) > stopped_at
+        page.get_by_role("button", name="Stop (saves a checkpoint)").click()
+        expect(status).to_contain_text("stopped", timeout=WAIT_MS)
+        expect(status).to_contain_text("exit code 0")
+        checkpoints = sorted(p.name for p in run_dir.glob("checkpoint-*") if (p / "COMPLETE").is_file())
+        assert int(checkpoints[-1].split("-")[1]) > stopped_at
+
+        # LoRAs: the checkpoint is listed with its loss; send it to Generate.
+        page.get_by_role("tab", name="LoRAs").click()
+        page.get_by_role("button", name="↻ Refresh").click()
+        expect(page.locator("#loras-table")).to_contain_text("ui-run", timeout=WAIT_MS)
+        choose(page, "Adapter or checkpoint", f"ui-run/{checkpoints[0]}")
+        page.get_by_role("button", name="Promote checkpoint to the run's adapter").click()
+        expect(page.locator("#loras-result")).to_contain_text(f"now holds the adapter of {checkpoints[0]}")
+        assert json.loads((run_dir / "promoted.json").read_text())["checkpoint"] == checkpoints[0]
+        choose(page, "Adapter or checkpoint", "ui-run")
+        page.get_by_role("button", name="Export GGUF (llama.cpp --lora)").click()
+        expect(page.locator("#loras-result")).to_contain_text("adapter.gguf", timeout=WAIT_MS)
+        assert (run_dir / "adapter.gguf").stat().st_size > 0
+        choose(page, "Adapter or checkpoint", f"ui-run/{checkpoints[0]}")
+        page.get_by_role("button", name="Delete", exact=True).click()  # not confirmed: refused
+        expect(page.get_by_text("tick the box to confirm").first).to_be_visible()
+        assert (run_dir / checkpoints[0]).is_dir()
+        page.get_by_label("Yes, delete it (a run name deletes the whole run folder)").check()
+        page.get_by_role("button", name="Delete", exact=True).click()
+        expect(page.locator("#loras-result")).to_contain_text("Deleted", timeout=WAIT_MS)
+        assert not (run_dir / checkpoints[0]).exists()
+        choose(page, "Adapter or checkpoint", f"ui-run/{checkpoints[-1]}")
+        page.screenshot(path=shots / "4-loras.png", full_page=True)
+        page.get_by_role("button", name="Use in Generate").click()
+
+        # Generate: base model and the checkpoint side by side.
+        expect(page.get_by_label("Prompt", exact=True)).to_be_visible()
+        page.get_by_label("Prompt", exact=True).fill("What is 2 plus 3?")
+        set_option(page, "max_new_tokens", 8)
+        page.get_by_role("button", name="Generate", exact=True).click()
+        answers = page.locator("#answers")
+        expect(answers).to_contain_text(f"ui-run/{checkpoints[-1]}", timeout=WAIT_MS)
+        expect(answers).to_contain_text("base model")
+        assert len(answers.locator(".answer-text").all()) == 2
+        page.screenshot(path=shots / "5-generate.png", full_page=True)
+    except BaseException:
+        page.screenshot(path=shots / "failure.png", full_page=True)
+        print(f"screenshots in {shots}; UI log:\n{(tmp_path / 'ui.log').read_text()[-3000:]}")
+        raise
+    finally:
+        server.stop()
+        _stop_leftover_job(ui_home)
+
+
+def _stop_leftover_job(home: Path) -> None:
+    """If the test failed mid-run, do not leave the training job running."""
+    from loratune.ui import jobs
+
+    ws = Workspace.resolve(home)
+    for name in jobs.job_names(ws):
+        state = jobs.status(ws, name)
+        if state is not None and state.active and state.pid:
+            try:
+                os.kill(state.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
