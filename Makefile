@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean verify-gguf bench
+.PHONY: demo test lint install clean verify-gguf bench sentiment-zh en-es
 
 install: $(STAMP)
 
@@ -23,6 +23,18 @@ $(STAMP): pyproject.toml requirements-lock.txt
 demo: $(STAMP)
 	$(BIN)/loratune train --config examples/demo/config.yaml --overwrite
 	$(BIN)/loratune generate --lora demo-pirate --compare --prompts-file examples/demo/held_out.txt --max-new-tokens 48
+
+# The guide's worked cases (examples/*/README.md): build the data (fetched once into datasets/cache/), train, then
+# measure base vs LoRA on the held-out split.
+sentiment-zh: $(STAMP)
+	$(BIN)/python examples/sentiment-zh/prepare.py
+	$(BIN)/loratune train --config examples/sentiment-zh/config.yaml --overwrite
+	$(BIN)/python examples/sentiment-zh/evaluate.py
+
+en-es: $(STAMP)
+	$(BIN)/python examples/en-es/prepare.py
+	$(BIN)/loratune train --config examples/en-es/config.yaml --overwrite
+	$(BIN)/python examples/en-es/evaluate.py
 
 test: $(STAMP)
 	$(BIN)/pytest -q
