@@ -46,8 +46,8 @@ bench: $(STAMP)
 	flock /tmp/loratune-cpu.lock $(BIN)/python bench/throughput.py $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples bench tools
+	$(BIN)/ruff format --check src tests examples bench tools
 
 clean:
 	rm -rf $(VENV) loras models

@@ -59,7 +59,7 @@ def main() -> int:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         for use_lora in (False, True):
-            with torch.no_grad(), (model.disable_adapter() if not use_lora else torch.no_grad()):
+            with torch.no_grad(), model.disable_adapter() if not use_lora else torch.no_grad():
                 logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
             top2 = torch.topk(logits, 2)
             ours = int(top2.indices[0])
