@@ -124,7 +124,7 @@ def test_pickle_in_an_adapter_folder_never_runs(tiny_model, data_file, home, tra
     plant(checkpoint / "adapter_model.bin", marker)  # beside adapter_model.safetensors: ignored
     assert Generator(lora="run/checkpoint-000001", home=home).complete("Hi", use_lora=True) is not None
     (checkpoint / "adapter_model.safetensors").unlink()  # now the pickle is the only weights file
-    with pytest.raises(Exception, match="Weights only load failed"):
+    with pytest.raises(LoratuneError, match="has no adapter_model.safetensors; loratune loads adapter weights only"):
         Generator(lora="run/checkpoint-000001", home=home)
     shutil.rmtree(trained / "checkpoint-000002", ignore_errors=True)
     with pytest.raises(LoratuneError, match="has no adapter_model.safetensors"):

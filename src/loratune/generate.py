@@ -83,6 +83,11 @@ def resolve_lora(lora: str, ws: Workspace) -> Path:
         path = inside(ws.loras, lora)
     if not (path / "adapter_config.json").is_file():
         raise LoratuneError(f"no adapter at '{lora}' (looked for adapter_config.json as given and in {ws.loras})")
+    if not (path / "adapter_model.safetensors").is_file():  # a pickled adapter_model.bin is never loaded
+        raise LoratuneError(
+            f"{path} has no adapter_model.safetensors; loratune loads adapter weights only from safetensors "
+            "(a .bin file is a pickle that could run code): re-save the adapter with safetensors"
+        )
     return path
 
 
