@@ -5,7 +5,7 @@ Each configuration trains 4 optimizer steps through the real CLI in its own proc
 resident set size of that process (os.wait4's ru_maxrss, taken by a fresh launcher process) is compared with the
 estimate. Run it alone on the machine:
 
-    flock /tmp/loratune-cpu.lock .venv/bin/python bench/estimate_memory.py [--home bench-home]
+    .venv/bin/python bench/estimate_memory.py [--home bench-home]   # on an otherwise idle machine
 """
 
 from __future__ import annotations
