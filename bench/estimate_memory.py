@@ -57,6 +57,9 @@ def build(kind: str, ws: Workspace) -> Path:
     return folder
 
 
+TARGETS = "attention"  # the preset the README table was measured with
+
+
 # Linux carries a process's peak RSS across fork and exec, so a child forked from this (large) process would report
 # at least our own peak; a small launcher forks the training process from a fresh interpreter and reports its peak.
 LAUNCHER = (
@@ -71,6 +74,7 @@ def measure(model: Path, data: Path, home: Path, rank: int, cutoff: int, micro: 
     args += ["--data", str(data), "--name", "bench", "--overwrite", "--adapter.rank", str(rank)]
     args += ["--data.cutoff", str(cutoff), "--data.overlap", "0", "--train.micro_batch", str(micro)]
     args += ["--train.batch_size", str(micro), "--train.max_steps", "4", "--train.save_every", "0"]
+    args += ["--adapter.targets", TARGETS]
     done = subprocess.run([sys.executable, "-c", LAUNCHER, *args], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"training failed: {' '.join(args)}\n{done.stderr}")
@@ -90,7 +94,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for label, kind, rank, cutoff, micro in CONFIGS:
         model = build(kind, ws)
-        shape = shape_of(load_config(str(model)), rank)
+        shape = shape_of(load_config(str(model)), rank, TARGETS)
         predicted = estimate(shape, micro, cutoff).total
         measured = measure(model, data, ws.home, rank, cutoff, micro)
         print(

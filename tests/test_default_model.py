@@ -8,7 +8,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from loratune import Generator, RunConfig, train
-from loratune.config import from_dict, load_yaml
+from loratune.config import GenerateSpec, from_dict, load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -36,3 +36,12 @@ def test_demo_config_trains_saves_and_reloads_with_plain_peft(default_model_home
     generator = Generator(lora=str(run / "checkpoint-000002"), home=default_model_home)
     answer = generator.complete("What is 2 plus 2?", use_lora=True)
     assert isinstance(answer, str) and answer
+
+
+def test_batched_answers_equal_one_at_a_time(default_model_home):
+    generator = Generator(home=default_model_home)
+    prompts = ["What is 2 plus 2?", "Name a colour of the sea, in one word.", "Hi"]
+    spec = GenerateSpec(max_new_tokens=8)
+    one_at_a_time = [generator.complete(p, spec) for p in prompts]
+    assert generator.complete_all(prompts, spec, batch_size=3) == one_at_a_time
+    assert all(one_at_a_time)

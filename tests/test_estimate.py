@@ -13,7 +13,7 @@ from test_families import tiny_config
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gemma", "phi3", "opt", "gpt2", "gpt_neox", "rwkv", "glm4"])
-@pytest.mark.parametrize("targets", ["attention", "all-linear"])
+@pytest.mark.parametrize("targets", ["attention", "attention+mlp", "all-linear"])
 def test_counts_from_config_equal_the_real_model(model_type, targets):
     config = tiny_config(model_type, make_tokenizer())
     shape = shape_of(config, rank=4, targets=targets)
@@ -26,7 +26,7 @@ def test_counts_from_config_equal_the_real_model(model_type, targets):
 
 @pytest.fixture(scope="module")
 def shape():
-    return shape_of(tiny_config("llama", make_tokenizer()), rank=8)
+    return shape_of(tiny_config("llama", make_tokenizer()), rank=8, targets="attention+mlp")
 
 
 def test_memory_grows_with_micro_batch_cutoff_and_rank(shape):
@@ -34,7 +34,7 @@ def test_memory_grows_with_micro_batch_cutoff_and_rank(shape):
     assert totals == sorted(totals) and len(set(totals)) == 4
     totals = [estimate(shape, 4, t).total for t in (64, 128, 256, 512)]
     assert totals == sorted(totals) and len(set(totals)) == 4
-    big = shape_of(tiny_config("llama", make_tokenizer()), rank=64)
+    big = shape_of(tiny_config("llama", make_tokenizer()), rank=64, targets="attention+mlp")
     assert estimate(big, 4, 256).lora_and_optimizer > estimate(shape, 4, 256).lora_and_optimizer
 
 

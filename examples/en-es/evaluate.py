@@ -24,10 +24,8 @@ from loratune.config import GenerateSpec
 def translate(generator: Generator, records: list[dict], use_lora: bool, max_new_tokens: int) -> tuple[list, float]:
     spec = GenerateSpec(max_new_tokens=max_new_tokens)
     start = time.perf_counter()
-    answers = []
-    for r in records:
-        answer = generator.complete(f"{r['instruction']}\n\n{r['input']}", spec, use_lora=use_lora)
-        answers.append(answer.strip().split("\n")[0])
+    prompts = [f"{r['instruction']}\n\n{r['input']}" for r in records]
+    answers = [a.strip().split("\n")[0] for a in generator.complete_all(prompts, spec, use_lora=use_lora)]
     return answers, time.perf_counter() - start
 
 

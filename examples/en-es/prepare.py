@@ -1,6 +1,6 @@
 """Build the English -> Spanish recipe's data: verse pairs of the World English Bible and the Reina-Valera 1909.
 
-    python examples/en-es/prepare.py [--home HOME] [--train 640] [--held-out 60]
+    python examples/en-es/prepare.py [--home HOME] [--train 3000] [--held-out 200]
 
 The Debian packages sword-text-web and sword-text-sparv (public-domain SWORD zText modules) are fetched once with
 `apt-get download` into <home>/datasets/cache/ and unpacked there with `dpkg-deb -x` (nothing is installed or
@@ -81,8 +81,8 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default=os.environ.get("LORATUNE_HOME", "."), help="the loratune workspace")
-    parser.add_argument("--train", type=int, default=640, help="training verse pairs")
-    parser.add_argument("--held-out", type=int, default=60, help="held-out verse pairs")
+    parser.add_argument("--train", type=int, default=3000, help="training verse pairs")
+    parser.add_argument("--held-out", type=int, default=200, help="held-out verse pairs")
     parser.add_argument("--max-chars", type=int, default=100, help="longest English verse kept, in characters")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -29,12 +29,11 @@ def label_of(answer: str) -> str:
 
 def evaluate(generator: Generator, records: list[dict], use_lora: bool) -> dict:
     spec = GenerateSpec(max_new_tokens=8)
-    correct = unclear = 0
     start = time.perf_counter()
-    for r in records:
-        got = label_of(generator.complete(f"{r['instruction']}\n\n{r['input']}", spec, use_lora=use_lora))
-        correct += got == r["output"]
-        unclear += got == "unclear"
+    prompts = [f"{r['instruction']}\n\n{r['input']}" for r in records]
+    labels = [label_of(a) for a in generator.complete_all(prompts, spec, use_lora=use_lora)]
+    correct = sum(got == r["output"] for got, r in zip(labels, records, strict=True))
+    unclear = labels.count("unclear")
     return {
         "accuracy": round(100 * correct / len(records), 1),
         "correct": correct,

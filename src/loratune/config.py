@@ -37,8 +37,8 @@ class AdapterSpec:
     """LoRA alpha: the update is scaled by alpha / rank."""
     dropout: float = 0.05
     """Dropout on the LoRA input during training."""
-    targets: str = "attention"
-    """'attention', 'attention+mlp', 'all-linear', or comma-separated module names (e.g. 'q_proj,v_proj')."""
+    targets: str = "attention+mlp"
+    """'attention+mlp', 'attention' (q_proj,v_proj on LLaMA), 'all-linear', or module names (e.g. 'q_proj,v_proj')."""
     copy_from: str = ""
     """Take this group's values (rank, alpha, ...) from an existing LoRA's saved loratune.yaml (name or folder)."""
     rslora: bool = False

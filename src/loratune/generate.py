@@ -39,34 +39,60 @@ class Generator:
         self.model = base.eval()
         self.raw_text_lora = self.lora_path is not None and trained_on_raw_text(self.lora_path)
 
-    @torch.no_grad()
     def complete(self, prompt: str, spec: GenerateSpec | None = None, use_lora: bool = True) -> str:
+        return self.complete_all([prompt], spec, use_lora)[0]
+
+    @torch.no_grad()
+    def complete_all(
+        self, prompts: list[str], spec: GenerateSpec | None = None, use_lora: bool = True, batch_size: int = 16
+    ) -> list[str]:
+        """One answer per prompt, in order; prompts of similar length are generated together, left-padded."""
         spec = spec or GenerateSpec()
         tok = self.tokenizer
         chat = spec.chat if spec.chat is not None else not self.raw_text_lora
         if chat and getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-            inputs = tok(text, add_special_tokens=False, return_tensors="pt")
+            texts = [
+                tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                for p in prompts
+            ]
+            encoded = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         else:
-            inputs = tok(prompt, return_tensors="pt")
-        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+            encoded = [tok(p)["input_ids"] for p in prompts]
         sampling = (
             {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p}
             if spec.temperature > 0
             else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         )
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        answers = [""] * len(encoded)
         adapter_off = self.model.disable_adapter() if (self.lora_path and not use_lora) else nullcontext()
         with adapter_off:
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=spec.max_new_tokens,
-                repetition_penalty=spec.repetition_penalty,
-                pad_token_id=tok.pad_token_id,
-                **sampling,
-            )
-        return tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+            for first in range(0, len(order), batch_size):
+                chunk = order[first : first + batch_size]
+                inputs = left_padded([encoded[i] for i in chunk], tok.pad_token_id, self.model.device)
+                out = self.model.generate(
+                    **inputs,
+                    max_new_tokens=spec.max_new_tokens,
+                    repetition_penalty=spec.repetition_penalty,
+                    pad_token_id=tok.pad_token_id,
+                    **sampling,
+                )
+                new_tokens = out[:, inputs["input_ids"].shape[1] :]
+                for i, row in zip(chunk, new_tokens, strict=True):
+                    answers[i] = tok.decode(row, skip_special_tokens=True).strip()
+        return answers
+
+
+def left_padded(rows: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask for rows of token ids, padded on the left so every row ends where generation
+    starts."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for n, row in enumerate(rows):
+        ids[n, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[n, width - len(row) :] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
 def generate(

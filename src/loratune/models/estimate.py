@@ -138,7 +138,7 @@ def _largest(fits, low: int, high: int) -> int:
     return low
 
 
-def shape_of(config, rank: int, targets: str = "attention") -> Shape:
+def shape_of(config, rank: int, targets: str) -> Shape:
     """Count an architecture on the meta device (no memory, no weights) and measure the LoRA it would get."""
     from transformers import AutoModelForCausalLM
 

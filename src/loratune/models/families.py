@@ -18,9 +18,9 @@ class Family:
     name: str
     """What people call it (shown by `loratune models list`)."""
     attention: tuple[str, ...]
-    """The 'attention' preset (the default): the projections text-generation-webui and the LoRA paper adapt."""
+    """The 'attention' preset: the projections text-generation-webui and the LoRA paper adapt."""
     mlp: tuple[str, ...]
-    """Added by 'attention+mlp'."""
+    """Added by 'attention+mlp' (the default)."""
 
 
 _LLAMA_LIKE = (("q_proj", "v_proj"), ("gate_proj", "up_proj", "down_proj"))
