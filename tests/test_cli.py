@@ -108,7 +108,8 @@ def test_train_from_yaml_with_overrides_then_generate(tiny_model, data_file, hom
     assert saved["train"]["epochs"] == 3.0  # untouched options keep their defaults
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
     adapter = json.loads((run / "adapter_config.json").read_text())
-    assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
+    assert adapter["r"] == 4
+    assert set(adapter["target_modules"]) == {"q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}  # the default
 
     for lora in ("sums", "sums/checkpoint-000002"):
         gen = loratune("generate", "--lora", lora, "--prompt", "What is 2 plus 2?", "--max-new-tokens", "5", home=home)

@@ -106,7 +106,8 @@ def test_family_trains_saves_reloads_and_generates(model_type, data_file, tmp_pa
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 5 and losses[-1] < 0.9 * losses[0], losses
     adapter = json.loads((run / "adapter_config.json").read_text())
-    assert set(adapter["target_modules"]) == set(FAMILIES[model_type].attention)
+    family = FAMILIES[model_type]
+    assert set(adapter["target_modules"]) == set(family.attention + family.mlp)  # the default: attention+mlp
 
     ids = torch.randint(0, 200, (2, 12), generator=torch.Generator().manual_seed(0))
     base = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -190,10 +191,10 @@ def test_remote_code_model_needs_explicit_trust(data_file, tmp_path, capsys):
     assert len(err) == 1 and "pass --model.trust_remote_code true if you trust it" in err[0], err
     assert not (home / "loras" / "rc").exists()
 
-    # unknown model type, familiar module names: the 'attention' preset still finds q_proj and v_proj
+    # unknown model type, familiar module names: the default 'attention+mlp' preset still finds LLaMA's names
     assert main([*args, "--model.trust_remote_code", "true"]) == 0, capsys.readouterr().err
     adapter = json.loads((home / "loras" / "rc" / "adapter_config.json").read_text())
-    assert set(adapter["target_modules"]) == {"q_proj", "v_proj"}
+    assert set(adapter["target_modules"]) == {"q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 def test_quantized_loading_without_cuda_is_one_line(tiny_model, data_file, tmp_path, capsys):
