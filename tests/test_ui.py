@@ -220,7 +220,7 @@ def browser_page(tmp_path):
 
 def open_ui(page, url: str) -> None:
     """Open the UI and log in (the test server listens with --listen, so it asks for the password)."""
-    page.goto(url)
+    page.goto(url, timeout=WAIT_MS)  # the page loads slowly while a training job shares the two cores
     page.get_by_label("username").fill(USER)
     page.get_by_label("password").fill(PASSWORD)
     page.get_by_role("button", name="Login").click()
