@@ -19,12 +19,13 @@ from sacrebleu.metrics import CHRF
 
 from loratune import Generator
 from loratune.config import GenerateSpec
+from loratune.data.instructions import alpaca_to_messages
 
 
 def translate(generator: Generator, records: list[dict], use_lora: bool, max_new_tokens: int) -> tuple[list, float]:
     spec = GenerateSpec(max_new_tokens=max_new_tokens)
     start = time.perf_counter()
-    prompts = [f"{r['instruction']}\n\n{r['input']}" for r in records]
+    prompts = [alpaca_to_messages(r, "held-out record")[0]["content"] for r in records]  # as training renders it
     answers = [a.strip().split("\n")[0] for a in generator.complete_all(prompts, spec, use_lora=use_lora)]
     return answers, time.perf_counter() - start
 

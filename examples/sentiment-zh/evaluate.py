@@ -18,6 +18,7 @@ from pathlib import Path
 
 from loratune import Generator
 from loratune.config import GenerateSpec
+from loratune.data.instructions import alpaca_to_messages
 
 
 def label_of(answer: str) -> str:
@@ -30,7 +31,7 @@ def label_of(answer: str) -> str:
 def evaluate(generator: Generator, records: list[dict], use_lora: bool) -> dict:
     spec = GenerateSpec(max_new_tokens=8)
     start = time.perf_counter()
-    prompts = [f"{r['instruction']}\n\n{r['input']}" for r in records]
+    prompts = [alpaca_to_messages(r, "held-out record")[0]["content"] for r in records]  # as training renders it
     labels = [label_of(a) for a in generator.complete_all(prompts, spec, use_lora=use_lora)]
     correct = sum(got == r["output"] for got, r in zip(labels, records, strict=True))
     unclear = labels.count("unclear")
