@@ -17,10 +17,9 @@ import torch
 from loratune.config import DataSpec
 from loratune.data import Sample, build_samples, collate
 from loratune.errors import LoratuneError
+from loratune.rundir import BEST, METRICS, read_json, read_metrics
 from loratune.train.checkpoint import checkpoint_dir
 from loratune.train.loss import token_loss_sum
-
-BEST = "best.json"
 
 
 def split_eval(spec: DataSpec, samples: list[Sample], tokenizer, ws, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -68,9 +67,7 @@ class Evaluator:
     def _rebuild_best(self) -> None:
         """On resume metrics.jsonl was cut back to the checkpoint: best.json must not name a step past it."""
         (self.run_dir / BEST).unlink()
-        metrics = self.run_dir / "metrics.jsonl"
-        lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
-        for row in (json.loads(line) for line in lines if line.strip()):
+        for row in read_metrics(self.run_dir):
             if "eval_loss" in row:
                 self._record_best(row)
 
@@ -83,15 +80,15 @@ class Evaluator:
         if epoch is not None:
             row["epoch"] = round(epoch, 4)
         if self.run_dir is not None:
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             self._record_best(row)
         return row
 
     def _record_best(self, row: dict) -> None:
         path = self.run_dir / BEST
-        best = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        if best is not None and best["eval_loss"] <= row["eval_loss"] and best["step"] != row["step"]:
+        best = read_json(path)
+        if "eval_loss" in best and best["eval_loss"] <= row["eval_loss"] and best.get("step") != row["step"]:
             return
         step = row["step"]
         if checkpoint_dir(self.run_dir, step).is_dir():

@@ -5,16 +5,15 @@ Written into the adapter folder at the end and into each checkpoint, so a user c
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
+
+from loratune.rundir import read_metrics
 
 
 def plot_loss(metrics_file: Path, png: Path) -> Path | None:
     """Draw metrics_file's loss curves into `png` (atomically); None when there is nothing to draw yet."""
-    if not metrics_file.is_file():
-        return None
-    rows = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_metrics(metrics_file.parent)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     if not train and not evals:

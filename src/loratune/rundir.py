@@ -1,0 +1,90 @@
+"""The run folder, loras/<name>/: the names of its files and the one reader of each.
+
+The run folder is the contract between the CLI, the web UI and the library (the UI only reads what the CLI writes), so
+every module that reads or names one of these files goes through here. A file can be read while its run writes it, or
+after a kill cut its last line short: readers never raise on a torn or missing file, they return what is whole.
+
+    loratune.yaml              the fully resolved config of the run
+    metrics.jsonl              one JSON row per logged step {step, epoch, loss, lr, ...} and per evaluation {eval_loss}
+    best.json                  the step with the lowest eval loss
+    promoted.json              which checkpoint was promoted to be the run's adapter
+    loss.png, README.md        the loss curve and the model card
+    .lock                      held by the process training in this folder
+    checkpoint-000200/         a complete checkpoint holds COMPLETE, written last
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+CONFIG = "loratune.yaml"
+METRICS = "metrics.jsonl"
+BEST = "best.json"
+PROMOTED = "promoted.json"
+LOSS_PLOT = "loss.png"
+CARD = "README.md"
+LOCK = ".lock"
+COMPLETE = "COMPLETE"
+CHECKPOINT_PREFIX = "checkpoint-"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:06d}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """6 for 'checkpoint-000006'; None for any other name."""
+    digits = name.removeprefix(CHECKPOINT_PREFIX)
+    return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else None
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every whole row of run_dir/metrics.jsonl, in order; a torn or malformed line is skipped."""
+    try:
+        text = (run_dir / METRICS).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def read_losses(run_dir: Path) -> dict[int, float]:
+    """step -> training loss (NaN where it was not finite) from metrics.jsonl."""
+    losses = {}
+    for row in read_metrics(run_dir):
+        try:
+            loss = float(row["loss"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        losses[row["step"]] = loss if math.isfinite(loss) else float("nan")
+    return losses
+
+
+def read_saved_config(folder: Path) -> dict:
+    """loratune.yaml of a run folder as a plain dict ({} when absent or unreadable)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((folder / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_json(path: Path) -> dict:
+    """A small JSON record (best.json, promoted.json, adapter_config.json); {} when absent or torn."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
