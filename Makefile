@@ -52,19 +52,20 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) loras models
 
-# Check an exported GGUF LoRA with the real llama.cpp (not part of `make test`): builds llama.cpp's library from the
+# Check the GGUF exports with the real llama.cpp (not part of `make test`): builds llama.cpp's library from the
 # source inside the llama-cpp-python sdist (the one download; the build is offline), trains a short adapter on the
-# default model, exports it and compares llama.cpp's next-token choices with loratune's. ~10 min of build on 2 cores.
+# default model, exports it (GGUF adapter, merged f16 and q8_0 GGUF by llama.cpp's converter) and compares llama.cpp's
+# prompt rendering and greedy answers with transformers + peft. ~10 min of build on 2 cores.
 LLAMA_CPP_PYTHON := 0.3.36
 VERIFY ?= build/verify-gguf
 JOBS ?= 2
 LLAMA_SRC := $(VERIFY)/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp
 LLAMA_LIBS := $(addprefix $(VERIFY)/build/,src/libllama.a ggml/src/libggml.a ggml/src/libggml-cpu.a ggml/src/libggml-base.a)
 
-verify-gguf: $(STAMP) $(VERIFY)/next_token
-	$(BIN)/python tools/verify_gguf/verify.py --next-token $(VERIFY)/next_token --home $(VERIFY)/home
+verify-gguf: $(STAMP) $(VERIFY)/greedy
+	$(BIN)/python tools/verify_gguf/verify.py --greedy $(VERIFY)/greedy --llama-cpp $(LLAMA_SRC) --home $(VERIFY)/home
 
-$(VERIFY)/next_token: tools/verify_gguf/next_token.c
+$(VERIFY)/greedy: tools/verify_gguf/greedy.c
 	mkdir -p $(VERIFY)
 	test -f $(VERIFY)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz || $(BIN)/python -m pip download --quiet \
 		--no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(VERIFY)
@@ -73,5 +74,5 @@ $(VERIFY)/next_token: tools/verify_gguf/next_token.c
 		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
 		-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_OPENMP=OFF > $(VERIFY)/cmake.log
 	cmake --build $(VERIFY)/build --target llama -j$(JOBS)
-	$(CC) -O2 -c $< -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include -o $(VERIFY)/next_token.o
-	$(CXX) $(VERIFY)/next_token.o $(LLAMA_LIBS) -lpthread -lm -ldl -o $@
+	$(CC) -O2 -c $< -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include -o $(VERIFY)/greedy.o
+	$(CXX) $(VERIFY)/greedy.o $(LLAMA_LIBS) -lpthread -lm -ldl -o $@

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from loratune.adapters.export_gguf_model import QUANTS  # a light import: torch loads only when a merge runs
 from loratune.errors import LoratuneError
 
 
@@ -31,8 +32,17 @@ def add(sub) -> None:
 
     export = actions.add_parser("export", help="export an adapter for other programs (GGUF for llama.cpp)")
     export.add_argument("name", help="'name' or 'name/checkpoint-000200'")
-    export.add_argument("--format", choices=["gguf"], default="gguf", help="gguf: a LoRA adapter for llama.cpp --lora")
-    export.add_argument("--out", help="file name inside the adapter folder (default adapter.gguf)")
+    export.add_argument(
+        "--format",
+        choices=["gguf", "gguf-model"],
+        default="gguf",
+        help="gguf: a LoRA adapter for llama.cpp --lora; gguf-model: base + adapter merged into one GGUF model file",
+    )
+    export.add_argument("--quant", choices=QUANTS, default="q8_0", help="gguf-model: the weights' type (default q8_0)")
+    export.add_argument(
+        "--llama-cpp", help="gguf-model: a llama.cpp checkout to take the converter from (default: fetched once)"
+    )
+    export.add_argument("--out", help="file name inside the adapter folder (default adapter.gguf / model-<quant>.gguf)")
     export.set_defaults(run=run_export)
 
 
@@ -82,6 +92,12 @@ def run_merge(args, extra) -> int:
 
 
 def run_export(args, extra) -> int:
+    if args.format == "gguf-model":
+        from loratune.adapters.export_gguf_model import export_gguf_model
+
+        path = export_gguf_model(args.name, args.home, quant=args.quant, out=args.out, llama_cpp=args.llama_cpp)
+        print(f"wrote {path}; use it with: llama-cli -m {path} -cnv")
+        return 0
     from loratune.adapters.export_gguf import export_gguf
 
     path = export_gguf(args.name, args.home, out=args.out)

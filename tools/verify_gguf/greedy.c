@@ -1,0 +1,96 @@
+// greedy: run llama.cpp greedily from a prompt and print what it did, for tools/verify_gguf/verify.py.
+// usage: greedy MODEL.gguf LORA.gguf|- N_TOKENS USER_MESSAGE [ID ...]
+// Renders USER_MESSAGE with the chat template stored in MODEL.gguf (llama.cpp's own renderer, as llama-cli and
+// LM Studio do) and tokenizes it with llama.cpp's tokenizer; then decodes up to N_TOKENS greedily from the given token
+// ids (or, without any, from that rendering), stopping at an end-of-generation token.
+// Prints three lines: the rendered prompt (JSON-escaped), its token ids, the generated ids.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llama.h"
+
+static void quiet(enum ggml_log_level level, const char * text, void * data) {
+    (void) data;
+    if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
+}
+
+static void print_json_string(const char * s) {
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char) *s;
+        if (c == '"' || c == '\\') printf("\\%c", c);
+        else if (c == '\n') fputs("\\n", stdout);
+        else if (c < 0x20) printf("\\u%04x", c);
+        else putchar(c);
+    }
+    puts("\"");
+}
+
+int main(int argc, char ** argv) {
+    if (argc < 5) {
+        fprintf(stderr, "usage: %s MODEL.gguf LORA.gguf|- N_TOKENS USER_MESSAGE [ID ...]\n", argv[0]);
+        return 2;
+    }
+    int n_new = atoi(argv[3]);
+    llama_log_set(quiet, NULL);
+    llama_backend_init();
+    struct llama_model_params mparams = llama_model_default_params();
+    mparams.n_gpu_layers = 0;
+    struct llama_model * model = llama_model_load_from_file(argv[1], mparams);
+    if (!model) { fprintf(stderr, "cannot load model %s\n", argv[1]); return 1; }
+    const struct llama_vocab * vocab = llama_model_get_vocab(model);
+
+    const char * tmpl = llama_model_chat_template(model, NULL);
+    if (!tmpl) { fprintf(stderr, "%s has no tokenizer.chat_template\n", argv[1]); return 1; }
+    struct llama_chat_message message = {"user", argv[4]};
+    int size = llama_chat_apply_template(tmpl, &message, 1, true, NULL, 0);
+    if (size < 0) { fprintf(stderr, "llama.cpp cannot render this chat template\n"); return 1; }
+    char * prompt = calloc(size + 1, 1);
+    llama_chat_apply_template(tmpl, &message, 1, true, prompt, size + 1);
+    print_json_string(prompt);
+
+    int n_max = size + 8 + argc;
+    llama_token * tokens = malloc(sizeof(llama_token) * (n_max + n_new));
+    int n = llama_tokenize(vocab, prompt, size, tokens, n_max, false, true);  // no BOS added; specials parsed
+    if (n < 0) { fprintf(stderr, "tokenize failed\n"); return 1; }
+    for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", tokens[i]);
+    putchar('\n');
+    if (argc > 5) {  // the caller's ids (transformers' rendering), so both runtimes start from the same tokens
+        n = argc - 5;
+        for (int i = 0; i < n; i++) tokens[i] = (llama_token) atoi(argv[5 + i]);
+    }
+
+    struct llama_context_params cparams = llama_context_default_params();
+    cparams.n_ctx = n + n_new + 8;
+    cparams.n_batch = n + 8;
+    cparams.n_threads = 2;
+    cparams.n_threads_batch = 2;
+    struct llama_context * ctx = llama_init_from_model(model, cparams);
+    if (!ctx) { fprintf(stderr, "cannot create a context\n"); return 1; }
+    if (strcmp(argv[2], "-") != 0) {
+        struct llama_adapter_lora * lora = llama_adapter_lora_init(model, argv[2]);
+        if (!lora) { fprintf(stderr, "cannot load LoRA %s\n", argv[2]); return 1; }
+        float scale = 1.0f;
+        if (llama_set_adapters_lora(ctx, &lora, 1, &scale) != 0) { fprintf(stderr, "cannot apply LoRA\n"); return 1; }
+    }
+
+    int n_vocab = llama_vocab_n_tokens(vocab);
+    struct llama_batch batch = llama_batch_get_one(tokens, n);
+    for (int generated = 0; generated < n_new; generated++) {
+        if (llama_decode(ctx, batch) != 0) { fprintf(stderr, "decode failed\n"); return 1; }
+        const float * logits = llama_get_logits_ith(ctx, -1);
+        llama_token best = 0;
+        for (llama_token i = 1; i < n_vocab; i++) if (logits[i] > logits[best]) best = i;
+        printf(generated ? " %d" : "%d", best);
+        if (llama_vocab_is_eog(vocab, best)) break;
+        tokens[n + generated] = best;
+        batch = llama_batch_get_one(&tokens[n + generated], 1);
+    }
+    putchar('\n');
+    llama_free(ctx);
+    llama_model_free(model);
+    free(tokens);
+    free(prompt);
+    return 0;
+}
