@@ -60,12 +60,13 @@ LLAMA_CPP_PYTHON := 0.3.36
 VERIFY ?= build/verify-gguf
 JOBS ?= 2
 LLAMA_SRC := $(VERIFY)/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp
-LLAMA_LIBS := $(addprefix $(VERIFY)/build/,src/libllama.a ggml/src/libggml.a ggml/src/libggml-cpu.a ggml/src/libggml-base.a)
+LLAMA_LIBS := $(addprefix $(VERIFY)/build/,common/libllama-common.a common/libllama-common-base.a src/libllama.a \
+	ggml/src/libggml.a ggml/src/libggml-cpu.a ggml/src/libggml-base.a)
 
 verify-gguf: $(STAMP) $(VERIFY)/greedy
 	$(BIN)/python tools/verify_gguf/verify.py --greedy $(VERIFY)/greedy --llama-cpp $(LLAMA_SRC) --home $(VERIFY)/home
 
-$(VERIFY)/greedy: tools/verify_gguf/greedy.c
+$(VERIFY)/greedy: tools/verify_gguf/greedy.cpp
 	mkdir -p $(VERIFY)
 	test -f $(VERIFY)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz || $(BIN)/python -m pip download --quiet \
 		--no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(VERIFY)
@@ -73,6 +74,7 @@ $(VERIFY)/greedy: tools/verify_gguf/greedy.c
 	cmake -S $(LLAMA_SRC) -B $(VERIFY)/build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
 		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
 		-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_OPENMP=OFF > $(VERIFY)/cmake.log
-	cmake --build $(VERIFY)/build --target llama -j$(JOBS)
-	$(CC) -O2 -c $< -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include -o $(VERIFY)/greedy.o
+	cmake --build $(VERIFY)/build --target llama llama-common -j$(JOBS)
+	$(CXX) -O2 -std=c++17 -c $< -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include -I$(LLAMA_SRC)/common \
+		-I$(LLAMA_SRC)/vendor -o $(VERIFY)/greedy.o
 	$(CXX) $(VERIFY)/greedy.o $(LLAMA_LIBS) -lpthread -lm -ldl -o $@

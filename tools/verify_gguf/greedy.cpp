@@ -1,16 +1,20 @@
 // greedy: run llama.cpp greedily from a prompt and print what it did, for tools/verify_gguf/verify.py.
 // usage: greedy MODEL.gguf LORA.gguf|- N_TOKENS USER_MESSAGE [ID ...]
-// Renders USER_MESSAGE with the chat template stored in MODEL.gguf (llama.cpp's own renderer, as llama-cli and
-// LM Studio do) and tokenizes it with llama.cpp's tokenizer; then decodes up to N_TOKENS greedily from the given token
-// ids (or, without any, from that rendering), stopping at an end-of-generation token.
-// Prints three lines: the rendered prompt (JSON-escaped), its token ids, the generated ids.
+// Renders USER_MESSAGE with the chat template stored in MODEL.gguf twice: by llama.cpp's Jinja engine (what
+// llama-server and `llama-cli --jinja` use) and by its built-in template matcher (llama_chat_apply_template, used
+// without --jinja); tokenizes the Jinja rendering with llama.cpp's tokenizer; then decodes up to N_TOKENS greedily from
+// the given token ids (or, without any, from that rendering), stopping at an end-of-generation token.
+// Prints four lines: the Jinja rendering and the built-in one (JSON strings), the Jinja rendering's ids, the generated ids.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <string>
+
+#include "chat.h"
 #include "llama.h"
 
-static void quiet(enum ggml_log_level level, const char * text, void * data) {
+static void quiet(ggml_log_level level, const char * text, void * data) {
     (void) data;
     if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
 }
@@ -43,16 +47,31 @@ int main(int argc, char ** argv) {
 
     const char * tmpl = llama_model_chat_template(model, NULL);
     if (!tmpl) { fprintf(stderr, "%s has no tokenizer.chat_template\n", argv[1]); return 1; }
-    struct llama_chat_message message = {"user", argv[4]};
-    int size = llama_chat_apply_template(tmpl, &message, 1, true, NULL, 0);
-    if (size < 0) { fprintf(stderr, "llama.cpp cannot render this chat template\n"); return 1; }
-    char * prompt = calloc(size + 1, 1);
-    llama_chat_apply_template(tmpl, &message, 1, true, prompt, size + 1);
-    print_json_string(prompt);
+    common_chat_templates_ptr templates = common_chat_templates_init(model, "");
+    common_chat_templates_inputs inputs;
+    common_chat_msg user;
+    user.role = "user";
+    user.content = argv[4];
+    inputs.messages.push_back(user);
+    inputs.add_generation_prompt = true;
+    inputs.use_jinja = true;
+    std::string prompt = common_chat_templates_apply(templates.get(), inputs).prompt;
+    print_json_string(prompt.c_str());
 
-    int n_max = size + 8 + argc;
-    llama_token * tokens = malloc(sizeof(llama_token) * (n_max + n_new));
-    int n = llama_tokenize(vocab, prompt, size, tokens, n_max, false, true);  // no BOS added; specials parsed
+    llama_chat_message message = {"user", argv[4]};
+    int size = llama_chat_apply_template(tmpl, &message, 1, true, NULL, 0);
+    if (size < 0) {
+        puts("null");  // no built-in template matches: only --jinja can render it
+    } else {
+        char * builtin = (char *) calloc(size + 1, 1);
+        llama_chat_apply_template(tmpl, &message, 1, true, builtin, size + 1);
+        print_json_string(builtin);
+        free(builtin);
+    }
+
+    int n_max = (int) prompt.size() + 8 + argc;
+    llama_token * tokens = (llama_token *) malloc(sizeof(llama_token) * (n_max + n_new));
+    int n = llama_tokenize(vocab, prompt.c_str(), (int) prompt.size(), tokens, n_max, false, true);  // specials parsed
     if (n < 0) { fprintf(stderr, "tokenize failed\n"); return 1; }
     for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", tokens[i]);
     putchar('\n');
@@ -69,7 +88,7 @@ int main(int argc, char ** argv) {
     struct llama_context * ctx = llama_init_from_model(model, cparams);
     if (!ctx) { fprintf(stderr, "cannot create a context\n"); return 1; }
     if (strcmp(argv[2], "-") != 0) {
-        struct llama_adapter_lora * lora = llama_adapter_lora_init(model, argv[2]);
+        llama_adapter_lora * lora = llama_adapter_lora_init(model, argv[2]);
         if (!lora) { fprintf(stderr, "cannot load LoRA %s\n", argv[2]); return 1; }
         float scale = 1.0f;
         if (llama_set_adapters_lora(ctx, &lora, 1, &scale) != 0) { fprintf(stderr, "cannot apply LoRA\n"); return 1; }
@@ -91,6 +110,5 @@ int main(int argc, char ** argv) {
     llama_free(ctx);
     llama_model_free(model);
     free(tokens);
-    free(prompt);
     return 0;
 }
