@@ -507,6 +507,43 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         _stop_leftover_job(ui_home)
 
 
+def test_start_on_a_finished_run_is_refused_in_chromium(ui_home, browser_page, tmp_path):
+    """Issue 15.2, where it was seen: Start on a finished run's name spawned a job that failed 15 s later, having
+    emptied that run's train.log and marked it failed. Now one message, and the run and its record stay as they were."""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    server = Server(ui_home, tmp_path / "ui.log")
+    server.start()
+    record, run_dir = ui_home / "loras" / ".jobs" / "done", ui_home / "loras" / "done"
+    try:
+        open_ui(page, server.url)
+        page.get_by_role("tab", name="Train").click()
+        for name, value in [("model.source", "tiny"), ("data.path", "sums.jsonl"), ("name", "done")]:
+            set_option(page, name, value)
+        set_option(page, "train.max_steps", 2)
+        set_option(page, "train.batch_size", 4)
+        page.get_by_role("button", name="Start training").click()
+        status = page.locator("#job-status")
+        expect(status).to_contain_text("finished (exit code 0)", timeout=WAIT_MS)
+        finished_record, finished_run = files_in(record), files_in(run_dir)
+        assert b"adapter saved in" in finished_record["train.log"]
+
+        page.get_by_role("button", name="Start training").click()  # the same name again, overwrite not ticked
+        expect(page.get_by_text("'done' already holds a finished run (step 2)").first).to_be_visible()
+        page.get_by_role("button", name="Resume").click()
+        expect(page.get_by_text("'done' already finished at step 2: nothing to resume").first).to_be_visible()
+        expect(status).to_contain_text("finished (exit code 0)")
+        assert files_in(record) == finished_record and files_in(run_dir) == finished_run
+    except BaseException:
+        page.screenshot(path=tmp_path / "failure.png", full_page=True)
+        print(f"screenshot in {tmp_path}; UI log:\n{(tmp_path / 'ui.log').read_text()[-3000:]}")
+        raise
+    finally:
+        server.stop()
+        _stop_leftover_job(ui_home)
+
+
 def _stop_leftover_job(home: Path) -> None:
     """If the test failed mid-run, do not leave the training job running."""
     from loratune.ui import jobs
