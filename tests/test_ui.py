@@ -224,7 +224,11 @@ def ui_home(tmp_path, tiny_model) -> Path:
 def browser_page(tmp_path):
     if CHROMIUM is None:
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    # Every answer waits in the UI's one-at-a-time queue behind the 2 s refreshes: at a load of 15 on two shared
+    # cores that took over Playwright's default 5 s (a form fill, an error message), so wait as long as for a page.
+    expect.set_options(timeout=30_000)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
