@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -40,6 +41,21 @@ def test_listen_refuses_without_auth(tmp_path, capsys):
 
     assert main(["--home", str(tmp_path), "ui", "--listen"]) == 1
     assert "--listen serves the UI to the network: give --auth" in capsys.readouterr().err
+
+
+def test_ssl_certfile_and_keyfile_come_together(tmp_path, capsys):
+    from loratune.cli import main
+
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not read: refused before")
+    assert main(["--home", str(tmp_path), "ui", "--ssl-certfile", str(cert)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "loratune: error: --ssl-certfile needs --ssl-keyfile too: give the certificate and its private key together"
+    ]
+    assert main(["--home", str(tmp_path), "ui", "--ssl-keyfile", str(cert)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "loratune: error: --ssl-keyfile needs --ssl-certfile too: give the certificate and its private key together"
+    ]
 
 
 def test_auth_parsing(tmp_path):
@@ -156,9 +172,11 @@ def free_port() -> int:
 class Server:
     """A real `loratune ui` in a subprocess; restartable on the same port (to show the job outlives the UI)."""
 
-    def __init__(self, home: Path, log: Path):
-        self.home, self.log, self.port = home, log, free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
+    def __init__(self, home: Path, log: Path, extra: tuple[str, ...] = (), https: bool = False):
+        self.home, self.log, self.port, self.extra = home, log, free_port(), list(extra)
+        self.url = f"{'https' if https else 'http'}://127.0.0.1:{self.port}/"
+        # Only to see that it is up; the HTTPS test checks the certificate itself.
+        self.context = ssl._create_unverified_context() if https else None
         self.process = None
 
     def start(self) -> None:
@@ -166,7 +184,7 @@ class Server:
         with open(self.log, "a") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "loratune.cli", "--home", str(self.home), "ui", "--port", str(self.port)]
-                + ["--listen", "--auth", f"{USER}:{PASSWORD}", "--max-upload-mb", "1"],
+                + ["--listen", "--auth", f"{USER}:{PASSWORD}", "--max-upload-mb", "1", *self.extra],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -176,7 +194,7 @@ class Server:
             if self.process.poll() is not None:
                 pytest.fail(f"loratune ui exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                with urllib.request.urlopen(self.url, timeout=2) as response:
+                with urllib.request.urlopen(self.url, timeout=2, context=self.context) as response:
                     if response.status == 200:
                         return
             except OSError:
@@ -206,7 +224,11 @@ def ui_home(tmp_path, tiny_model) -> Path:
 def browser_page(tmp_path):
     if CHROMIUM is None:
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    # Every answer waits in the UI's one-at-a-time queue behind the 2 s refreshes: at a load of 15 on two shared
+    # cores that took over Playwright's default 5 s (a form fill, an error message), so wait as long as for a page.
+    expect.set_options(timeout=30_000)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -249,6 +271,84 @@ def set_option(page, name: str, value) -> None:
 def shown_step(page) -> int:
     found = re.search(r"step (\d+)", page.locator("#job-status").inner_text())
     return int(found.group(1)) if found else 0
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes, to show that something left a folder exactly as it was."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_start_checks_the_run_name_before_touching_anything(ui_home):
+    """Issue 15.2: a start that `train` would refuse is refused before any job is spawned or any record written."""
+    from loratune import train
+    from loratune.config import RunConfig
+    from loratune.train.lock import RunLock
+    from loratune.ui import jobs, names
+
+    ws = Workspace.resolve(ui_home)
+    fast = {"model": str(ws.models / "tiny"), "data": str(ws.datasets / "sums.jsonl"), "adapter.rank": 4}
+    fast |= {"train.batch_size": 4, "train.micro_batch": 4, "train.save_every": 1}
+    train(home=ui_home, name="done", show_progress=False, **fast, **{"train.max_steps": 2})  # finished at step 2
+    halted = train(home=ui_home, name="half", show_progress=False, stop=lambda: True, **fast, **{"train.max_steps": 4})
+    assert halted.stopped and halted.steps == 1  # a stop: resumable from checkpoint-000001
+
+    def config(name: str, overwrite: bool = False) -> RunConfig:
+        run = RunConfig(name=name)
+        run.model.source, run.data.path, run.train.overwrite = fast["model"], fast["data"], overwrite
+        return run
+
+    def refused(match: str, **start) -> None:
+        with pytest.raises(names.NameTaken, match=match):
+            jobs.start(ws, **start)
+
+    before = files_in(ws.loras)
+    refused(
+        r"'done' already holds a finished run \(step 2\); choose another name, or tick train.overwrite",
+        config=config("done"),
+    )
+    refused(r"'done' already finished at step 2: nothing to resume", name="done", resume=True)
+    refused(r"'half' holds a run saved at step 1: press Resume to continue it", config=config("half"))
+    refused(r"nothing to resume: no run named 'other'", name="other", resume=True)
+    lock = RunLock()
+    lock.acquire(ws.lora_dir("half"))  # as a `loratune train` from the CLI holds it while it runs
+    try:
+        in_use = rf"loras/half is in use by a training run \(pid {os.getpid()}\)"
+        refused(in_use, config=config("half", overwrite=True))
+        refused(in_use, name="half", resume=True)
+    finally:
+        lock.release()  # empties .lock again, as the run left it
+    after = files_in(ws.loras)
+    assert after == before  # no job folder, no log, no status file: nothing was written
+    names.check_run_name(ws, "done", resume=False, overwrite=True)  # ticking overwrite lets the run be replaced
+    names.check_run_name(ws, "half", resume=True, overwrite=False)  # and a stopped run can be resumed
+    names.check_run_name(ws, "other", resume=False, overwrite=False)
+
+
+def test_ui_serves_https_with_the_given_certificate(tmp_path):
+    """Issue 15.12: --ssl-certfile/--ssl-keyfile serve the UI (login included) over HTTPS, and plain HTTP is gone."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is not installed, so no test certificate can be made")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2"]
+        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    (tmp_path / "home").mkdir()
+    server = Server(
+        tmp_path / "home", tmp_path / "ui.log", ("--ssl-certfile", str(cert), "--ssl-keyfile", str(key)), True
+    )
+    server.start()
+    try:
+        login = requests.get(server.url, verify=str(cert), timeout=30)  # verified against our certificate
+        assert login.status_code == 200 and "<html" in login.text.lower()
+        assert requests.get(f"{server.url}config", verify=str(cert), timeout=30).status_code == 401  # still --auth
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(server.url.replace("https://", "http://"), timeout=30)
+    finally:
+        server.stop()
 
 
 def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
@@ -405,6 +505,43 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
     except BaseException:
         page.screenshot(path=shots / "failure.png", full_page=True)
         print(f"screenshots in {shots}; UI log:\n{(tmp_path / 'ui.log').read_text()[-3000:]}")
+        raise
+    finally:
+        server.stop()
+        _stop_leftover_job(ui_home)
+
+
+def test_start_on_a_finished_run_is_refused_in_chromium(ui_home, browser_page, tmp_path):
+    """Issue 15.2, where it was seen: Start on a finished run's name spawned a job that failed 15 s later, having
+    emptied that run's train.log and marked it failed. Now one message, and the run and its record stay as they were."""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    server = Server(ui_home, tmp_path / "ui.log")
+    server.start()
+    record, run_dir = ui_home / "loras" / ".jobs" / "done", ui_home / "loras" / "done"
+    try:
+        open_ui(page, server.url)
+        page.get_by_role("tab", name="Train").click()
+        for name, value in [("model.source", "tiny"), ("data.path", "sums.jsonl"), ("name", "done")]:
+            set_option(page, name, value)
+        set_option(page, "train.max_steps", 2)
+        set_option(page, "train.batch_size", 4)
+        page.get_by_role("button", name="Start training").click()
+        status = page.locator("#job-status")
+        expect(status).to_contain_text("finished (exit code 0)", timeout=WAIT_MS)
+        finished_record, finished_run = files_in(record), files_in(run_dir)
+        assert b"adapter saved in" in finished_record["train.log"]
+
+        page.get_by_role("button", name="Start training").click()  # the same name again, overwrite not ticked
+        expect(page.get_by_text("'done' already holds a finished run (step 2)").first).to_be_visible()
+        page.get_by_role("button", name="Resume").click()
+        expect(page.get_by_text("'done' already finished at step 2: nothing to resume").first).to_be_visible()
+        expect(status).to_contain_text("finished (exit code 0)")
+        assert files_in(record) == finished_record and files_in(run_dir) == finished_run
+    except BaseException:
+        page.screenshot(path=tmp_path / "failure.png", full_page=True)
+        print(f"screenshot in {tmp_path}; UI log:\n{(tmp_path / 'ui.log').read_text()[-3000:]}")
         raise
     finally:
         server.stop()

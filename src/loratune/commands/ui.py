@@ -1,8 +1,10 @@
-"""`loratune ui`: the web UI on 127.0.0.1; `--listen` (all interfaces) only with a password."""
+"""`loratune ui`: the web UI on 127.0.0.1; `--listen` (all interfaces) only with a password; HTTPS with --ssl-*."""
 
 from __future__ import annotations
 
 import os
+import ssl
+import sys
 from pathlib import Path
 
 from loratune.errors import LoratuneError
@@ -16,6 +18,8 @@ def add(sub) -> None:
     )
     ui.add_argument("--auth", help="user:password required to open the UI")
     ui.add_argument("--auth-file", help="a file of user:password lines (one per allowed user)")
+    ui.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (needs --ssl-keyfile)")
+    ui.add_argument("--ssl-keyfile", help="the certificate's unencrypted PEM private key (needs --ssl-certfile)")
     ui.add_argument("--max-upload-mb", type=int, default=100, help="largest dataset upload accepted (default 100)")
     ui.set_defaults(run=run_ui)
 
@@ -26,6 +30,13 @@ def run_ui(args, extra: list[str]) -> int:
         raise LoratuneError("--listen serves the UI to the network: give --auth user:password or --auth-file")
     if args.max_upload_mb <= 0:
         raise LoratuneError("--max-upload-mb must be > 0")
+    certfile, keyfile = check_ssl(args.ssl_certfile, args.ssl_keyfile)
+    if args.listen and not certfile:
+        print(
+            "note: plain HTTP: the password and everything shown travel unencrypted; on a network you do not trust, "
+            "give --ssl-certfile and --ssl-keyfile",
+            file=sys.stderr,
+        )
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
     try:
         from loratune.ui import serve
@@ -40,8 +51,31 @@ def run_ui(args, extra: list[str]) -> int:
         port=args.port,
         auth=auth or None,
         max_upload_mb=args.max_upload_mb,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
     )
     return 0
+
+
+def check_ssl(certfile: str | None, keyfile: str | None) -> tuple[str | None, str | None]:
+    """Both or neither; loaded once here, so a wrong file fails in one line before Gradio starts."""
+    if bool(certfile) != bool(keyfile):
+        given, missing = ("--ssl-certfile", "--ssl-keyfile") if certfile else ("--ssl-keyfile", "--ssl-certfile")
+        raise LoratuneError(f"{given} needs {missing} too: give the certificate and its private key together")
+    if not certfile:
+        return None, None
+    cert, key = Path(certfile).expanduser().resolve(), Path(keyfile).expanduser().resolve()
+    for option, path in (("--ssl-certfile", cert), ("--ssl-keyfile", key)):
+        if not path.is_file():
+            raise LoratuneError(f"{option}: file not found: {path}")
+    try:  # an empty password: an encrypted key fails here instead of prompting on the terminal
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, OSError) as e:
+        raise LoratuneError(
+            f"--ssl-certfile {cert} with --ssl-keyfile {key}: {e.strerror or e} (give a PEM certificate and its "
+            "matching unencrypted private key)"
+        ) from None
+    return str(cert), str(key)
 
 
 def parse_auth(auth: str | None, auth_file: str | None) -> list[tuple[str, str]]:

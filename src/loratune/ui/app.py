@@ -75,13 +75,21 @@ def serve(
     port: int = 7860,
     auth: list[tuple[str, str]] | None = None,
     max_upload_mb: int = 100,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
 ) -> None:
-    """Run the UI until interrupted. Listening beyond this machine needs `auth` (checked by the caller)."""
+    """Run the UI until interrupted. Listening beyond this machine needs `auth` (checked by the caller); with a
+    certificate and key it serves HTTPS."""
     app = build_app(home, max_upload_mb)
     app.queue(default_concurrency_limit=1).launch(
         server_name=host,
         server_port=port,
         auth=auth,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        # Only Gradio's own startup request to https://localhost is left unverified: a certificate made for the
+        # machine's name (or a self-signed one) would fail it. Browsers verify the certificate as usual.
+        ssl_verify=not ssl_certfile,
         max_file_size=f"{max_upload_mb}mb",
         theme=THEME,
         css=CSS,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from loratune.config import RunConfig, save_yaml
 from loratune.errors import LoratuneError
+from loratune.ui.names import check_run_name
 from loratune.ui.supervise import JOB_FILE, LOG_FILE, STOP_FILE, write_job
 from loratune.workspace import Workspace, check_name, inside
 
@@ -54,6 +55,12 @@ def start(ws: Workspace, config: RunConfig | None = None, name: str | None = Non
     current = status(ws, name)
     if current is not None and current.active:
         raise LoratuneError(f"a job for '{name}' is already {current.state}; stop it first")
+    if not resume:
+        config.validate()
+    # Everything `train` would refuse is refused here, before the job's record (train.log, job.json) is touched:
+    # a job that fails 15 s later would first have emptied the log of the run it was refused on.
+    overwrite = bool(config is not None and config.train.overwrite)
+    check_run_name(ws, name, resume=resume, overwrite=overwrite, last_job=current.state if current else None)
     folder = job_dir(ws, name)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in (folder / STOP_FILE, folder / JOB_FILE):
@@ -62,7 +69,6 @@ def start(ws: Workspace, config: RunConfig | None = None, name: str | None = Non
     if resume:
         command += ["--name", name, "--resume"]  # the saved loratune.yaml gives every option back
     else:
-        config.validate()
         save_yaml(config, folder / "config.yaml")
         command += ["--config", str(folder / "config.yaml")]
     with open(folder / LOG_FILE, "a" if resume else "w", encoding="utf-8") as log:  # a resume continues the story

@@ -65,7 +65,15 @@ def build(ws: Workspace) -> TrainTab:
         if config.adapter.copy_from:
             adapters.get_adapter(config.adapter.copy_from, ws)  # a name in loras/, not a folder elsewhere
         config.name = config.name or Path(config.data.path).stem  # as `loratune train` names it
-        jobs.start(ws, config)
+        try:
+            jobs.start(ws, config)
+        except names.NameTaken as taken:
+            # One message, and the run that holds the name is chosen under Job: its record shows, untouched,
+            # and Resume acts on it.
+            gr.Warning(str(taken))
+            choices = run_names(ws)
+            if config.name not in choices:
+                return gr.update(choices=choices), gr.update(), gr.update(), gr.update()
         return gr.update(choices=run_names(ws), value=config.name), *job_view(ws, config.name)
 
     @shows_errors
