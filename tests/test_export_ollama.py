@@ -20,6 +20,7 @@ from loratune.adapters.export_ollama import (
     format_go_template,
     modelfile_text,
 )
+from loratune.cli import main
 from loratune.config import AdapterSpec, DataSpec, ModelSpec, TrainSpec
 from loratune.data.instructions import format_segments
 from loratune.workspace import Workspace
@@ -269,6 +270,13 @@ def export_cli(home, name):
     return done
 
 
+def export_in_process(home, name, capsys):
+    """The same command through loratune.cli.main (one subprocess per test file is enough to prove the real CLI)."""
+    code = main(["--home", str(home), "loras", "export", name, "--format", "ollama"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def test_cli_exports_a_chat_run(trained_home, tiny_model, tokenizer, ollama_render):
     done = export_cli(trained_home, "chatty")
     assert done.returncode == 0, done.stderr
@@ -287,13 +295,16 @@ def test_cli_exports_a_chat_run(trained_home, tiny_model, tokenizer, ollama_rend
         assert rendered == jinja(tokenizer, CHATML, conversation, None)
 
 
-def test_cli_exports_a_format_run_and_follows_prompt_json(trained_home, ollama_render):
-    done = export_cli(trained_home, "alpacas")
-    assert done.returncode == 0, done.stderr
+def test_cli_exports_a_format_run_and_follows_prompt_json(trained_home, ollama_render, capsys):
+    from loratune.data.instructions import load_format
+
+    code, _, err = export_in_process(trained_home, "alpacas", capsys)
+    assert code == 0, err
     modelfile = trained_home / "loras" / "alpacas" / "ollama" / "Modelfile"
     rendered = ollama_render(modelfile, [[msg("user", "Name a sea.")]])["renders"][0]
+    alpaca = load_format("alpaca", Workspace.resolve(trained_home))
+    assert rendered == format_segments({"instruction": "Name a sea.", "output": "x"}, alpaca, "test")[0][0]
     assert rendered.endswith("### Instruction:\nName a sea.\n\n### Response:\n")
-    assert rendered.startswith("Below is an instruction that describes a task. Write a response")
 
     # A run whose prompt.json says otherwise (a system prompt, one more stop string) is exported by it.
     contract = {
@@ -313,8 +324,8 @@ def test_cli_exports_a_format_run_and_follows_prompt_json(trained_home, ollama_r
     }
     (trained_home / "loras" / "alpacas" / "prompt.json").write_text(json.dumps(contract))
     try:
-        done = export_cli(trained_home, "alpacas")
-        assert done.returncode == 0, done.stderr
+        code, _, err = export_in_process(trained_home, "alpacas", capsys)
+        assert code == 0, err
         result = ollama_render(modelfile, [[msg("user", "Hi")], [msg("system", "Be kind."), msg("user", "Hi")]])
         assert result["renders"] == ["[Talk like a pirate.] Hi => ", "[Be kind.] Hi => "]
         commands = result["commands"]
@@ -324,12 +335,12 @@ def test_cli_exports_a_format_run_and_follows_prompt_json(trained_home, ollama_r
         (trained_home / "loras" / "alpacas" / "prompt.json").unlink()
 
 
-def test_cli_refuses_a_broken_prompt_json_in_one_line(trained_home):
+def test_cli_refuses_a_broken_prompt_json_in_one_line(trained_home, capsys):
     path = trained_home / "loras" / "chatty" / "prompt.json"
     path.write_text("{not json")
     try:
-        done = export_cli(trained_home, "chatty")
+        code, _, err = export_in_process(trained_home, "chatty", capsys)
     finally:
         path.unlink()
-    assert done.returncode == 1 and "prompt.json: not valid JSON" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    assert code == 1 and "prompt.json: not valid JSON" in err
+    assert len(err.strip().splitlines()) == 1
