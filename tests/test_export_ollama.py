@@ -19,6 +19,7 @@ from loratune.adapters.export_ollama import (
     chat_pieces,
     format_go_template,
     modelfile_text,
+    ollama_template,
 )
 from loratune.cli import main
 from loratune.config import AdapterSpec, DataSpec, ModelSpec, TrainSpec
@@ -145,6 +146,17 @@ def test_chat_templates_render_like_jinja_in_go(name, tokenizer, tmp_path, ollam
     assert (pieces.system_before is None) == (name in ("mistral", "gemma"))
     if name == "alpaca-chat":  # its built-in preamble is the default system prompt, replaced by a given one
         assert pieces.default_system == "Below is an instruction that describes a task."
+
+
+def test_contract_system_prompt_goes_first_where_the_template_has_a_place(tokenizer, tmp_path, ollama_render):
+    contract = {"kind": "chat", "chat_template": CHATML, "system": "Be a pirate.", "stop": [], "eos_token": None}
+    template, system, _ = ollama_template(contract, tokenizer)
+    assert system == "Be a pirate."
+    modelfile = write_modelfile(tmp_path, template, system)
+    conversation = [msg("user", "Hi"), msg("assistant", "Arr"), msg("user", "Bye")]
+    rendered = ollama_render(modelfile, [conversation])["renders"][0]
+    assert rendered == jinja(tokenizer, CHATML, [msg("system", "Be a pirate."), *conversation], None)
+    assert ollama_template({**contract, "chat_template": GEMMA}, tokenizer)[1] is None  # Gemma takes no system
 
 
 @pytest.mark.slow

@@ -61,8 +61,6 @@ def export_ollama(
     contract = read_prompt_contract(folder, ws, tokenizer)
     template, system, notes = ollama_template(contract, tokenizer)  # a refusal comes before any file is written
     stops = list(dict.fromkeys(s for s in [*(contract.get("stop") or []), contract.get("eos_token")] if s))
-    if contract.get("system"):
-        system = contract["system"]
 
     target.mkdir(parents=True, exist_ok=True)
     base_config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
@@ -93,6 +91,10 @@ def read_prompt_contract(adapter: Path, ws: Workspace, tokenizer) -> dict:
                 raise LoratuneError(f"{path}: not valid JSON; train the run again to rewrite it") from None
             if not isinstance(contract, dict) or contract.get("kind") not in KINDS:
                 raise LoratuneError(f"{path}: 'kind' must be one of {', '.join(KINDS)}")
+            if contract["kind"] == "format" and not contract.get("format") and contract.get("format_name"):
+                from loratune.data.instructions import load_format
+
+                contract["format"] = load_format(contract["format_name"], ws)
             return contract
     config = next((f / "loratune.yaml" for f in folders if (f / "loratune.yaml").is_file()), None)
     if config is None:
@@ -128,12 +130,16 @@ def _contract_from_config(config: Path, ws: Workspace, tokenizer) -> dict:
 
 
 def ollama_template(contract: dict, tokenizer) -> tuple[str, str | None, list[str]]:
-    """(Go TEMPLATE, default system prompt or None, notes for the Modelfile) for a prompt contract."""
+    """(Go TEMPLATE, default system prompt or None, notes for the Modelfile) for a prompt contract.
+
+    The system prompt is the contract's, else the chat template's built-in one; None where the TEMPLATE has no place
+    for one (a system prompt Ollama would silently drop is not written)."""
     if contract["kind"] == "raw":
         return "{{ .Prompt }}", None, ["raw-text adapter: the prompt is sent as it is"]
     if contract["kind"] == "format":
         where = f"format '{contract.get('format_name') or 'format file'}'"
-        return format_go_template(contract.get("format") or {}, where)
+        template, _, notes = format_go_template(contract.get("format") or {}, where)
+        return template, contract.get("system") if "{{ .System }}" in template else None, notes
     template = contract.get("chat_template")
     if not template:
         raise LoratuneError("the prompt contract says 'chat' but holds no chat_template; train the run again")
@@ -141,7 +147,8 @@ def ollama_template(contract: dict, tokenizer) -> tuple[str, str | None, list[st
     notes = ["TEMPLATE reproduces the run's chat template (checked on sample conversations when exported)"]
     if pieces.bos:
         notes.append(f"the chat template starts with BOS {pieces.bos}: llama.cpp adds it from the base GGUF")
-    return chat_go_template(pieces), pieces.default_system, notes
+    system = (contract.get("system") or pieces.default_system) if pieces.system_before is not None else None
+    return chat_go_template(pieces), system, notes
 
 
 # ---- format files -------------------------------------------------------------------------------------------------
