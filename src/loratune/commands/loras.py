@@ -30,19 +30,24 @@ def add(sub) -> None:
     merge.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
     merge.set_defaults(run=run_merge)
 
-    export = actions.add_parser("export", help="export an adapter for other programs (GGUF for llama.cpp)")
+    export = actions.add_parser("export", help="export an adapter for other programs (llama.cpp, Ollama)")
     export.add_argument("name", help="'name' or 'name/checkpoint-000200'")
     export.add_argument(
         "--format",
-        choices=["gguf", "gguf-model"],
+        choices=["gguf", "gguf-model", "ollama"],
         default="gguf",
-        help="gguf: a LoRA adapter for llama.cpp --lora; gguf-model: base + adapter merged into one GGUF model file",
+        help="gguf: a LoRA adapter for llama.cpp --lora; gguf-model: base + adapter merged into one GGUF model file; "
+        "ollama: a folder with the GGUF adapter and a Modelfile",
     )
     export.add_argument("--quant", choices=QUANTS, default="q8_0", help="gguf-model: the weights' type (default q8_0)")
     export.add_argument(
         "--llama-cpp", help="gguf-model: a llama.cpp checkout to take the converter from (default: fetched once)"
     )
-    export.add_argument("--out", help="file name inside the adapter folder (default adapter.gguf / model-<quant>.gguf)")
+    export.add_argument(
+        "--out",
+        help="inside the adapter folder: the file name (gguf: adapter.gguf, gguf-model: model-<quant>.gguf) "
+        "or folder (ollama: ollama)",
+    )
     export.set_defaults(run=run_export)
 
 
@@ -99,6 +104,16 @@ def run_export(args, extra) -> int:
         print(f"wrote {path}; use it with: llama-cli -m {path} -cnv")
         return 0
     from loratune.adapters.export_gguf import export_gguf
+
+    if args.format == "ollama":
+        from loratune.adapters.export_ollama import export_ollama
+
+        done = export_ollama(args.name, args.home, out=args.out)
+        print(f"wrote {done.modelfile} and {done.folder / 'adapter.gguf'}")
+        if done.convert_command:
+            print(f"the base is not a GGUF file; convert it once with llama.cpp: {done.convert_command}")
+        print(f"then: ollama create {done.model_name} -f {done.modelfile} && ollama run {done.model_name}")
+        return 0
 
     path = export_gguf(args.name, args.home, out=args.out)
     print(f"wrote {path}; use it with: llama-cli -m <base model>.gguf --lora {path}")
