@@ -56,7 +56,8 @@ def test_list_shows_the_adapter_its_checkpoints_and_losses(ws, tiny_model):
     assert info.step == 4 and info.loss == logged[4] and info.promoted_from is None
     assert info.base_model == str(tiny_model)
     assert [(c.name, c.step, c.loss, c.complete) for c in info.checkpoints] == [
-        ("checkpoint-000002", 2, logged[2], True)
+        ("checkpoint-000002", 2, logged[2], True),
+        ("checkpoint-000004", 4, logged[4], True),  # the final step is a checkpoint too
     ]
     assert {"q_proj", "v_proj", "gate_proj"} <= set(info.targets)
 
@@ -79,7 +80,7 @@ def test_promote_refuses_incomplete_or_missing_checkpoints(ws):
     (ws / "loras/sums/checkpoint-000002/COMPLETE").unlink()
     with pytest.raises(LoratuneError, match="not a complete checkpoint"):
         promote("sums", "checkpoint-000002", ws)
-    with pytest.raises(LoratuneError, match="no checkpoint 'checkpoint-000009'.*have: checkpoint-000002"):
+    with pytest.raises(LoratuneError, match="no checkpoint 'checkpoint-000009'.*have: checkpoint-000002, checkpoint-000004"):
         promote("sums", "9", ws)
 
 
@@ -98,7 +99,7 @@ def test_names_stay_inside_their_folders(ws):
 
 def test_delete_a_checkpoint_then_the_run(ws):
     assert delete("sums", ws, checkpoint="checkpoint-000002").name == "checkpoint-000002"
-    assert get_adapter("sums", ws).checkpoints == []
+    assert [c.name for c in get_adapter("sums", ws).checkpoints] == ["checkpoint-000004"]
     delete("sums", ws)
     assert list_adapters(ws) == []
 
