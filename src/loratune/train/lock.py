@@ -90,9 +90,17 @@ def hold(run_dir: Path, doing: str) -> Iterator[None]:
 
 
 def is_training(run_dir: Path) -> bool:
-    """Whether a live process holds the run folder's lock (checked by trying it, so a dead run's lock reads free)."""
-    if not (run_dir / LOCK_FILE).is_file():
-        return False
+    """Whether a live process holds the run folder's lock (checked by trying it, so a dead run's lock reads free).
+
+    An empty lock file (the state a run leaves when it ends) is not tried: listing runs, which the UI does often,
+    must not hold the lock at the moment a new run starts and so refuse it.
+    """
+    try:
+        if not (run_dir / LOCK_FILE).read_text(errors="replace").strip():
+            return False
+    except OSError:  # no lock file (never trained here), or Windows refusing to read a locked byte
+        if not (run_dir / LOCK_FILE).is_file():
+            return False
     lock = RunLock()
     busy = lock.try_acquire(run_dir) is not None
     lock.release()
