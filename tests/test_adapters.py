@@ -1,7 +1,10 @@
 """Adapters library and `loratune loras`: list with losses, promote, delete, merge (merged logits = base + adapter)."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loratune import LoratuneError, RunConfig, train
-from loratune.adapters import delete, get_adapter, list_adapters, merge, promote
+from loratune.adapters import delete, get_adapter, list_adapters, merge, promote, undo_promote
 from loratune.cli import main
 from loratune.config import AdapterSpec, DataSpec, ModelSpec, TrainSpec
 
@@ -56,7 +59,8 @@ def test_list_shows_the_adapter_its_checkpoints_and_losses(ws, tiny_model):
     assert info.step == 4 and info.loss == logged[4] and info.promoted_from is None
     assert info.base_model == str(tiny_model)
     assert [(c.name, c.step, c.loss, c.complete) for c in info.checkpoints] == [
-        ("checkpoint-000002", 2, logged[2], True)
+        ("checkpoint-000002", 2, logged[2], True),
+        ("checkpoint-000004", 4, logged[4], True),  # the final step is a checkpoint too
     ]
     assert {"q_proj", "v_proj", "gate_proj"} <= set(info.targets)
 
@@ -79,7 +83,9 @@ def test_promote_refuses_incomplete_or_missing_checkpoints(ws):
     (ws / "loras/sums/checkpoint-000002/COMPLETE").unlink()
     with pytest.raises(LoratuneError, match="not a complete checkpoint"):
         promote("sums", "checkpoint-000002", ws)
-    with pytest.raises(LoratuneError, match="no checkpoint 'checkpoint-000009'.*have: checkpoint-000002"):
+    with pytest.raises(
+        LoratuneError, match="no checkpoint 'checkpoint-000009'.*have: checkpoint-000002, checkpoint-000004"
+    ):
         promote("sums", "9", ws)
 
 
@@ -98,7 +104,7 @@ def test_names_stay_inside_their_folders(ws):
 
 def test_delete_a_checkpoint_then_the_run(ws):
     assert delete("sums", ws, checkpoint="checkpoint-000002").name == "checkpoint-000002"
-    assert get_adapter("sums", ws).checkpoints == []
+    assert [c.name for c in get_adapter("sums", ws).checkpoints] == ["checkpoint-000004"]
     delete("sums", ws)
     assert list_adapters(ws) == []
 
@@ -147,3 +153,94 @@ def test_training_writes_a_model_card(ws, tiny_model):
         "sums.jsonl",
     ):
         assert expected in card, expected
+
+
+def weights(folder):
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_final_adapter_is_also_a_checkpoint_and_promote_can_be_undone(ws, capsys):
+    run = ws / "loras" / "sums"
+    final = weights(run)
+    assert (run / "checkpoint-000004" / "COMPLETE").is_file() and same(final, weights(run / "checkpoint-000004"))
+    assert json.loads((run / "adapter_step.json").read_text())["step"] == 4
+    assert main(["--home", str(ws), "loras", "promote", "sums", "2"]) == 0
+    assert "undo with: loratune loras promote sums --undo" in capsys.readouterr().out
+    promote("sums", "2", ws)  # promoting twice keeps the way back to the trained adapter
+    assert get_adapter("sums", ws).step == 2
+    assert main(["--home", str(ws), "loras", "promote", "sums", "--undo"]) == 0
+    assert "back to the one of step 4" in capsys.readouterr().out
+    info = get_adapter("sums", ws)
+    assert info.step == 4 and info.promoted_from is None and info.loss == losses(ws)[4]
+    assert same(weights(run), final)
+    assert main(["--home", str(ws), "loras", "promote", "sums", "--undo"]) == 1
+    assert "nothing to undo" in capsys.readouterr().err
+
+
+def test_promote_on_a_run_without_a_final_checkpoint_keeps_a_copy_to_undo(ws):
+    """Runs trained before the final step became a checkpoint: promote first copies the adapter aside."""
+    run = ws / "loras" / "sums"
+    shutil.rmtree(run / "checkpoint-000004")
+    final = weights(run)
+    promote("sums", "2", ws)
+    assert same(weights(run / "adapter-before-promote"), final)
+    assert get_adapter("sums", ws).step == 2
+    promote("sums", "2", ws)
+    info = undo_promote("sums", ws)
+    assert same(weights(run), final) and info.step == 4
+    assert not (run / "adapter-before-promote").exists(), "the copy is removed once it is back in place"
+
+
+def test_the_list_shows_the_step_the_adapter_was_saved_at_not_the_last_logged(ws):
+    """A resumed run logs steps past its adapter's: the recorded step wins (was max(metrics) = 6 here)."""
+    run = ws / "loras" / "sums"
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 0.5}\n{"step": 6, "loss": 0.4}\n')
+    assert get_adapter("sums", ws).step == 4
+    (run / "adapter_step.json").unlink()  # an older run: the checkpoint with the same weights tells the step
+    assert get_adapter("sums", ws).step == 4
+
+
+def test_written_files_get_the_permissions_of_the_umask(ws):
+    from loratune.adapters.export_gguf import export_gguf
+
+    mask = os.umask(0o022)
+    try:
+        merged = merge("sums", "sums-merged", ws)
+        export_gguf("sums", ws)
+        promote("sums", "2", ws)
+    finally:
+        os.umask(mask)
+    run = ws / "loras" / "sums"
+    expected = 0o666 & ~mask  # what training wrote (under the test's umask) as well
+    files = [*run.rglob("*.safetensors"), *run.rglob("*.json"), *merged.rglob("*"), run / "adapter.gguf"]
+    files = [f for f in files if f.is_file()]
+    assert {oct(f.stat().st_mode & 0o777) for f in files if f.parent != merged} == {oct(expected)}
+    assert {oct(f.stat().st_mode & 0o777) for f in files if f.parent == merged} == {"0o644"}
+    assert len(files) > 10
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_leftovers_of_killed_commands_are_never_listed_and_the_next_command_cleans_them(ws, capsys):
+    run, models = ws / "loras" / "sums", ws / "models"
+    pid = dead_pid()
+    shutil.copytree(run, models / f".sums-merged.merging-{pid}")  # holds a config.json, like a killed merge's
+    (run / f".adapter_model.safetensors.promote-{pid}").write_bytes(b"half")
+    (run / "checkpoint-000002" / f".adapter.gguf.tmp-{pid}").write_bytes(b"half")
+    shutil.copytree(run / "checkpoint-000002", ws / "loras" / f".gone.deleting-{pid}")
+    live = run / f".adapter.gguf.tmp-{os.getpid()}"  # a command still writing it: kept
+    live.write_bytes(b"being written")
+    assert main(["--home", str(ws), "models", "list"]) == 0
+    assert "merging" not in capsys.readouterr().out
+    assert [a.name for a in list_adapters(ws)] == ["sums"]
+    left = [p.name for p in ws.rglob(".*") if p.name != ".lock"]
+    assert left == [live.name]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,7 @@ def test_resume_picks_up_the_saved_config(tiny_model, data_file, home):
     # Pretend the run was stopped after checkpoint 2: drop the later history, resume by name only.
     metrics = home / "loras" / "r" / "metrics.jsonl"
     metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:2]))
+    shutil.rmtree(home / "loras" / "r" / "checkpoint-000004")  # the final step's checkpoint
     again = loratune("train", "--name", "r", "--resume", home=home)
     assert again.returncode == 0, again.stderr
     assert "resuming from checkpoint-000002" in again.stdout

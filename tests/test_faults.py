@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,7 +118,8 @@ CHAIN = [
     ("step@3", [signal.SIGINT], 0, 5, "Ctrl-C during step 5: finish it, save checkpoint-5, exit 0"),
     ("checkpoint-write@1", [signal.SIGTERM], 0, 6, "SIGTERM while checkpoint-6 is written: finish it, exit 0"),
     ("checkpoint-write@1", [signal.SIGINT] * 2, 130, 6, "Ctrl-C twice while checkpoint-8 is written: abort"),
-    ("final-save@1", [signal.SIGKILL], -9, 10, "kill -9 during the final save"),
+    # the final step is written as a complete checkpoint before the adapter files, so it survives this kill
+    ("final-save@1", [signal.SIGKILL], -9, 12, "kill -9 during the final save"),
 ]
 
 
@@ -165,3 +167,152 @@ def test_kills_at_every_point_then_resume_exactly(tiny_model, data_file, home, t
     print(
         f"\nfault injection: {len(CHAIN)} kill points tried, {exact} resumed with the same losses, final adapter equal"
     )
+
+
+# ---------------------------------------------------------------- kills during promote, merge, export and delete
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_model):
+    """A finished 4-step run 'run' (checkpoint-2 and the final checkpoint-4) and models/merged (a merge of step 2)."""
+    from loratune import train
+    from loratune.adapters import merge
+
+    root = tmp_path_factory.mktemp("finished")
+    data = root / "sums.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    options = {**OPTIONS, "train.max_steps": 4}
+    train(model=str(tiny_model), data=str(data), name="run", home=root / "home", show_progress=False, **options)
+    merge("run/checkpoint-000002", "merged", root / "home")
+    return root / "home"
+
+
+def killed_at(home: Path, point: str, *args: str) -> None:
+    """Run `loratune --home home <args>` in a subprocess, kill -9 it at `point`."""
+    flag = home.parent / f"paused-{time.monotonic_ns()}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LORATUNE_PAUSE_AT": point, "LORATUNE_PAUSE_FILE": str(flag)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loratune.cli", "--home", str(home), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not flag.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"{args} ended before {point}:\n{proc.stderr.read()}")
+        assert time.monotonic() < deadline, f"{args} never reached {point}"
+        time.sleep(0.02)
+    proc.kill()
+    assert proc.wait(timeout=60) == -9
+    flag.unlink()
+
+
+def assert_everything_loads(home: Path) -> None:
+    """Every file a user or a program would open in loras/ and models/ (not the hidden temporaries) loads whole."""
+    import gguf
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    def visible(path: Path) -> bool:
+        return not any(part.startswith(".") for part in path.relative_to(home).parts)
+
+    files = [f for f in home.rglob("*") if f.is_file() and visible(f)]
+    for file in files:
+        if file.suffix == ".safetensors":
+            assert load_file(file), file
+        elif file.suffix == ".json":
+            json.loads(file.read_text())
+        elif file.suffix == ".gguf":
+            assert gguf.GGUFReader(file).tensors, file
+    for model in (home / "models").glob("[!.]*"):
+        AutoModelForCausalLM.from_pretrained(model)
+
+
+def hidden_leftovers(home: Path) -> list[str]:
+    return sorted(str(p.relative_to(home)) for p in home.rglob(".*") if p.name != ".lock")
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    x, y = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+KILLS = {
+    # the checkpoint's adapter_config.json is in, its weights copied beside but not yet renamed in
+    "promote": ("promote-copy@2", "loras", "promote", "run", "2"),
+    # the old models/merged moved aside, the new one complete under its hidden name, not yet renamed in
+    "merge --overwrite": ("merge-swap@1", "loras", "merge", "run", "--out", "merged", "--overwrite"),
+    "merge": ("merge-written@1", "loras", "merge", "run", "--out", "fresh"),
+    "export": ("export-written@1", "loras", "export", "run"),
+    "delete": ("delete@1", "loras", "delete", "run", "--yes"),
+}
+
+
+@pytest.mark.parametrize("what", list(KILLS))
+def test_a_kill_during_an_adapter_command_leaves_old_or_new_and_no_litter(what, finished, tmp_path, capsys):
+    from loratune.adapters import get_adapter, list_adapters, promote, undo_promote
+    from loratune.cli import main
+
+    home = tmp_path / "home"
+    shutil.copytree(finished, home)
+    point, *args = KILLS[what]
+    killed_at(home, point, *args)
+    assert_everything_loads(home)
+    assert hidden_leftovers(home), "the kill should have left a temporary (else the pause point is misplaced)"
+    assert main(["--home", str(home), "models", "list"]) == 0
+    assert "." not in "".join(line.split()[0][0] for line in capsys.readouterr().out.splitlines())
+    assert main(["--home", str(home), "loras", "list"]) == 0  # the next command cleans what the kill left
+    assert hidden_leftovers(home) == []
+    assert_everything_loads(home)
+
+    run, models = home / "loras" / "run", home / "models"
+    if what == "promote":  # the old adapter (step 4), still promotable, and undoable after
+        assert same_weights(run, run / "checkpoint-000004") and get_adapter("run", home).step == 4
+        promote("run", "2", home)
+        assert undo_promote("run", home).step == 4 and same_weights(run, run / "checkpoint-000004")
+    elif what == "merge --overwrite":  # rolled back to the old merged model
+        assert "checkpoint-000002" in (models / "merged" / "MERGED_FROM.txt").read_text()
+    elif what == "merge":  # nothing left behind
+        assert not (models / "fresh").exists()
+    elif what == "export":
+        assert not (run / "adapter.gguf").exists()
+    else:  # the whole run went, in one rename
+        assert not run.exists() and list_adapters(home) == []
+
+
+def test_a_run_being_trained_cannot_be_deleted_and_the_list_shows_its_adapters_step(
+    tiny_model, data_file, home, capsys
+):
+    """While run 'run' resumes (at step 5, 4 logged), its adapter is the one saved when it stopped at step 3."""
+    from loratune.adapters import get_adapter
+    from loratune.cli import main
+
+    first = Run(home, tiny_model, data_file, pause="step@3")
+    first.wait_paused()
+    first.signal(signal.SIGINT)
+    assert first.finish()[0] == 0
+    resumed = Run(home, tiny_model, data_file, "--resume", pause="step@2")
+    resumed.wait_paused()
+    try:
+        run = home / "loras" / "run"
+        assert max(r["step"] for r in metrics(run)) == 4
+        info = get_adapter("run", home)
+        assert info.training and info.step == 3 and info.loss == metrics(run)[2]["loss"]
+        before = sorted(p.name for p in run.rglob("*"))
+        # In this process (the CLI's main): the run waits at its pause point for at most 60 s.
+        for command in (["loras", "delete", "run", "--yes"], ["loras", "promote", "run", "3"]):
+            assert main(["--home", str(home), *command]) == 1
+            [line] = capsys.readouterr().err.splitlines()
+            assert f"is being trained (pid {resumed.proc.pid})" in line, line
+        assert sorted(p.name for p in run.rglob("*")) == before
+        assert main(["--home", str(home), "loras", "list"]) == 0
+        assert "run: rank 4, alpha 64, step 3, training now" in capsys.readouterr().out
+        assert resumed.proc.poll() is None, "the run went on before the checks were done"
+    finally:
+        resumed.proc.kill()
+        resumed.proc.wait()
+        resumed.flag.unlink(missing_ok=True)

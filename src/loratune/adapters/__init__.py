@@ -1,4 +1,4 @@
-"""Adapters in loras/: list, promote, delete, merge into a model, export to GGUF, and their model cards."""
+"""Adapters in loras/: list, promote (and undo), delete, merge into a model, export to GGUF, and their model cards."""
 
 from loratune.adapters.catalog import (
     AdapterInfo,
@@ -8,6 +8,7 @@ from loratune.adapters.catalog import (
     get_adapter,
     list_adapters,
     promote,
+    undo_promote,
 )
 from loratune.adapters.merge import merge
 
@@ -20,4 +21,5 @@ __all__ = [
     "list_adapters",
     "merge",
     "promote",
+    "undo_promote",
 ]

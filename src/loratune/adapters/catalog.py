@@ -1,13 +1,15 @@
-"""The adapters in loras/: list them with their checkpoints and losses, promote a checkpoint, delete.
+"""The adapters in loras/: list them with their checkpoints and losses, promote a checkpoint (and undo it), delete.
 
-A run folder's own adapter files are what `generate --lora name`, merge and export use. Promoting copies a checkpoint's
-adapter files over them (each file replaced atomically) and records which checkpoint it was in `promoted.json`, with
-the file's hash, so a later training run that rewrites the adapter is never mistaken for the promoted checkpoint.
+A run folder's own adapter files are what `generate --lora name`, merge and export use. Training writes them together
+with `adapter_step.json` (the step they come from and the weights' SHA-256), and writes the same weights as a complete
+checkpoint of that step, so the final adapter is never the only copy. Promoting copies a checkpoint's adapter files
+over the run's (each replaced atomically) and records the checkpoint, and the way back, in `promoted.json`; the hashes
+make a record that no longer matches the weights (a later training run rewrote them) count for nothing.
+`promote --undo` puts back the adapter the run had before its first promote (the one training ended with).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -17,11 +19,23 @@ from pathlib import Path
 
 import yaml
 
+from loratune.adapters.files import (
+    ADAPTER_STEP,
+    clean_stale,
+    fsync_dir,
+    read_record,
+    sha256,
+    temporary,
+    write_json,
+)
 from loratune.errors import LoratuneError
+from loratune.train.lock import hold, is_training
 from loratune.workspace import Workspace, check_name, inside
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+WEIGHTS = "adapter_model.safetensors"
 PROMOTED = "promoted.json"
+BEFORE_PROMOTE = "adapter-before-promote"  # a copy of the adapter promote replaced, when no checkpoint holds it
 _CHECKPOINT_PREFIX = "checkpoint-"
 
 
@@ -47,11 +61,16 @@ class AdapterInfo:
     promoted_from: str | None  # checkpoint name, when a checkpoint was promoted to be the adapter
     has_adapter: bool  # False while the first run is still training (only checkpoints so far)
     checkpoints: list[CheckpointInfo] = field(default_factory=list)
+    training: bool = False  # a live training run holds the folder's lock
 
 
 def list_adapters(home: str | Path | Workspace | None = None) -> list[AdapterInfo]:
-    """Every run folder in loras/ (sorted by name) that holds an adapter, a checkpoint or a config."""
+    """Every run folder in loras/ (sorted by name) that holds an adapter, a checkpoint or a config.
+
+    Also cleans what killed commands left (hidden temporaries of dead processes) in loras/ and models/.
+    """
     ws = _workspace(home)
+    clean_workspace(ws)
     if not ws.loras.is_dir():
         return []
     found = []
@@ -69,22 +88,37 @@ def get_adapter(name: str, home: str | Path | Workspace | None = None) -> Adapte
     return adapter_info(folder)
 
 
+def clean_workspace(ws: Workspace) -> list[str]:
+    """Remove the hidden temporaries killed commands left in loras/, each run folder, its checkpoints and models/.
+
+    A run folder a live training run holds is left alone: its temporaries may be the ones it is writing.
+    """
+    cleaned = clean_stale(ws.loras) + clean_stale(ws.models)
+    for run in sorted(ws.loras.iterdir()) if ws.loras.is_dir() else []:
+        if run.name.startswith(".") or not run.is_dir() or run.is_symlink() or is_training(run):
+            continue
+        cleaned += clean_stale(run)
+        for checkpoint in run.glob(_CHECKPOINT_PREFIX + "*"):
+            if checkpoint.is_dir() and not checkpoint.is_symlink():
+                cleaned += clean_stale(checkpoint)
+    return cleaned
+
+
 def adapter_info(folder: Path) -> AdapterInfo:
     losses = read_losses(folder / "metrics.jsonl")
-    checkpoints = []
-    for path in sorted(folder.glob(_CHECKPOINT_PREFIX + "*")):
-        step = _checkpoint_step(path.name)
-        if path.is_dir() and step is not None:
-            checkpoints.append(CheckpointInfo(path.name, path, step, losses.get(step), (path / "COMPLETE").is_file()))
+    checkpoints = _checkpoints(folder, losses)
     config = _read_json(folder / "adapter_config.json")
     has_adapter = all((folder / f).is_file() for f in ADAPTER_FILES)
-    promoted = promoted_checkpoint(folder) if has_adapter else None
-    if promoted is not None:
-        step = _checkpoint_step(promoted)
-    elif has_adapter and losses:
-        step = max(losses)  # the final adapter is written after the last step
-    else:
-        step = None
+    training = is_training(folder)
+    promoted, step = None, None
+    if has_adapter:
+        digest = sha256(folder / WEIGHTS)
+        record = read_record(folder / PROMOTED, digest)
+        if record is not None:
+            promoted = str(record["checkpoint"])
+            step = record.get("step", _checkpoint_step(promoted))
+        else:
+            step = _adapter_step(folder, digest, checkpoints, losses, training)
     targets = config.get("target_modules") or []
     return AdapterInfo(
         name=folder.name,
@@ -98,7 +132,34 @@ def adapter_info(folder: Path) -> AdapterInfo:
         promoted_from=promoted,
         has_adapter=has_adapter,
         checkpoints=checkpoints,
+        training=training,
     )
+
+
+def _checkpoints(folder: Path, losses: dict[int, float]) -> list[CheckpointInfo]:
+    found = []
+    for path in sorted(folder.glob(_CHECKPOINT_PREFIX + "*")):
+        step = _checkpoint_step(path.name)
+        if path.is_dir() and step is not None:
+            found.append(CheckpointInfo(path.name, path, step, losses.get(step), (path / "COMPLETE").is_file()))
+    return found
+
+
+def _adapter_step(folder: Path, digest: str, checkpoints: list, losses: dict, training: bool) -> int | None:
+    """The step the run folder's adapter comes from: its record, else the complete checkpoint with the same weights.
+
+    Runs trained before `adapter_step.json` existed fall back to the last logged step, but never while a run trains:
+    a resumed run logs steps past the adapter's (the adapter was written when the run before ended).
+    """
+    record = read_record(folder / ADAPTER_STEP, digest)
+    if record is not None and isinstance(record.get("step"), int):
+        return record["step"]
+    for c in reversed(checkpoints):
+        if c.complete and (c.path / WEIGHTS).is_file() and sha256(c.path / WEIGHTS) == digest:
+            return c.step
+    if training or not losses or (folder / ADAPTER_STEP).exists():
+        return None
+    return max(losses)
 
 
 def read_losses(metrics: Path) -> dict[int, float]:
@@ -117,43 +178,144 @@ def read_losses(metrics: Path) -> dict[int, float]:
 
 
 def promote(name: str, checkpoint: str, home: str | Path | Workspace | None = None) -> AdapterInfo:
-    """Make `checkpoint` (e.g. 'checkpoint-000200' or '200') the run's adapter; returns the updated info."""
-    ws = _workspace(home)
-    folder = ws.lora_dir(name)
+    """Make `checkpoint` (e.g. 'checkpoint-000200' or '200') the run's adapter; returns the updated info.
+
+    Undo it with `undo_promote`: the adapter it replaces stays in a complete checkpoint (training writes the final
+    step as one), or is copied to `adapter-before-promote/` first when no checkpoint holds it (older runs).
+    """
+    folder = _run_folder(name, home)
     source = checkpoint_path(folder, checkpoint)
     if not (source / "COMPLETE").is_file():
         raise LoratuneError(f"{source} is not a complete checkpoint (it was interrupted while being written)")
     missing = [f for f in ADAPTER_FILES if not (source / f).is_file()]
     if missing:
         raise LoratuneError(f"{source} has no {', '.join(missing)}")
-    for file in ADAPTER_FILES:  # copy beside, then rename: the run folder never holds a half-written file
-        tmp = folder / f".{file}.promote-{os.getpid()}"
-        shutil.copyfile(source / file, tmp)
-        os.replace(tmp, folder / file)
-    record = {"checkpoint": source.name, "sha256": _sha256(folder / "adapter_model.safetensors")}
-    tmp = folder / f".{PROMOTED}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / PROMOTED)
+    with hold(folder, f"promote {source.name}"):
+        clean_stale(folder)
+        way_back = _way_back(folder)
+        # The record first, naming the weights it describes: until they are copied it matches nothing, and a kill
+        # at any point leaves the old adapter or the new one, with the way back already written down.
+        record = {"checkpoint": source.name, "step": _checkpoint_step(source.name), "sha256": sha256(source / WEIGHTS)}
+        write_json(folder / PROMOTED, {**record, "undo": way_back})
+        _copy_adapter(source, folder, "promote")
     return adapter_info(folder)
+
+
+def undo_promote(name: str, home: str | Path | Workspace | None = None) -> AdapterInfo:
+    """Put back the adapter the run had before it was first promoted (the one its training ended with)."""
+    folder = _run_folder(name, home)
+    with hold(folder, "undo the promote"):
+        clean_stale(folder)
+        weights = folder / WEIGHTS
+        record = read_record(folder / PROMOTED, sha256(weights)) if weights.is_file() else None
+        if record is None:
+            raise LoratuneError(f"nothing to undo: the adapter in {folder} is not a promoted checkpoint")
+        back = record.get("undo")
+        if not isinstance(back, dict) or not back.get("folder"):
+            raise LoratuneError(f"nothing to undo: {folder} had no adapter before {record['checkpoint']} was promoted")
+        source = inside(folder, check_name(str(back["folder"]), "folder in promoted.json"))
+        if not (source / WEIGHTS).is_file() or sha256(source / WEIGHTS) != back.get("sha256"):
+            raise LoratuneError(
+                f"cannot undo: {source}, which held the adapter before the promote, is gone or changed; "
+                "promote another checkpoint instead (loratune loras list shows them)"
+            )
+        _copy_adapter(source, folder, "promote")
+        write_json(folder / ADAPTER_STEP, {"step": back.get("step"), "sha256": back["sha256"]})
+        (folder / PROMOTED).unlink(missing_ok=True)
+        if source.name == BEFORE_PROMOTE:
+            _remove_atomically(source)
+    return adapter_info(folder)
+
+
+def _way_back(folder: Path) -> dict | None:
+    """Where the adapter about to be replaced can be found again: {'folder', 'step', 'sha256'} (None: no adapter)."""
+    weights = folder / WEIGHTS
+    if not all((folder / f).is_file() for f in ADAPTER_FILES):
+        return None
+    digest = sha256(weights)
+    promoted = read_record(folder / PROMOTED, digest)
+    if promoted is not None:  # promoted already: the way back stays the one to the adapter before the first promote
+        return promoted.get("undo")
+    losses = read_losses(folder / "metrics.jsonl")
+    checkpoints = _checkpoints(folder, losses)
+    for c in reversed(checkpoints):
+        if c.complete and (c.path / WEIGHTS).is_file() and sha256(c.path / WEIGHTS) == digest:
+            return {"folder": c.name, "step": c.step, "sha256": digest}
+    step = _adapter_step(folder, digest, checkpoints, losses, training=False)  # we hold the lock: nobody trains
+    backup = folder / BEFORE_PROMOTE
+    tmp = temporary(backup, "tmp")
+    tmp.mkdir()
+    for file in (*ADAPTER_FILES, ADAPTER_STEP):
+        if (folder / file).is_file():
+            shutil.copyfile(folder / file, tmp / file)
+    _sync_files(tmp)
+    if backup.exists():
+        _remove_atomically(backup)
+    tmp.rename(backup)
+    fsync_dir(folder)
+    return {"folder": BEFORE_PROMOTE, "step": step, "sha256": digest}
+
+
+def _copy_adapter(source: Path, folder: Path, tag: str) -> None:
+    """Copy the adapter files of `source` over `folder`'s: each beside, synced, then renamed in; the weights last."""
+    from loratune.train.pause import pause_point
+
+    for file in ADAPTER_FILES:
+        tmp = temporary(folder / file, tag)
+        shutil.copyfile(source / file, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        pause_point("promote-copy")
+        os.replace(tmp, folder / file)
+    fsync_dir(folder)
 
 
 def promoted_checkpoint(folder: Path) -> str | None:
     """The checkpoint the run's adapter was promoted from, if the adapter file is still that one."""
-    record = _read_json(folder / PROMOTED)
-    if not record.get("checkpoint") or record.get("sha256") != _sha256(folder / "adapter_model.safetensors"):
-        return None
-    return str(record["checkpoint"])
+    weights = folder / WEIGHTS
+    record = read_record(folder / PROMOTED, sha256(weights)) if weights.is_file() else None
+    return str(record["checkpoint"]) if record else None
 
 
 def delete(name: str, home: str | Path | Workspace | None = None, checkpoint: str | None = None) -> Path:
-    """Delete a whole run folder, or only one of its checkpoints; returns what was deleted."""
+    """Delete a whole run folder, or only one of its checkpoints; returns what was deleted.
+
+    Refused while a training run holds the folder. The target is first renamed to a hidden name beside it, then
+    removed: a kill leaves either all of it or a hidden leftover that the next command removes.
+    """
     ws = _workspace(home)
     folder = ws.lora_dir(name)
     if not folder.is_dir():
         raise LoratuneError(f"no adapter named {name!r} in {ws.loras}")
     target = checkpoint_path(folder, checkpoint) if checkpoint else folder
-    shutil.rmtree(target)
+    with hold(folder, f"delete {'it' if target == folder else target.name}"):
+        _remove_atomically(target)
     return target
+
+
+def _remove_atomically(target: Path) -> None:
+    from loratune.train.pause import pause_point
+
+    aside = temporary(target, "deleting")
+    target.rename(aside)
+    fsync_dir(target.parent)
+    pause_point("delete")
+    (aside / "COMPLETE").unlink(missing_ok=True)  # a half-removed checkpoint must never look complete
+    shutil.rmtree(aside)
+
+
+def _run_folder(name: str, home) -> Path:
+    folder = _workspace(home).lora_dir(name)
+    if not folder.is_dir() or not _looks_like_run(folder):
+        raise LoratuneError(f"no adapter named {name!r} in {folder.parent}")
+    return folder
+
+
+def _sync_files(folder: Path) -> None:
+    for file in folder.iterdir():
+        with open(file, "rb+") as f:
+            os.fsync(f.fileno())
+    fsync_dir(folder)
 
 
 def checkpoint_path(folder: Path, checkpoint: str) -> Path:
@@ -217,14 +379,6 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _workspace(home: str | Path | Workspace | None) -> Workspace:

@@ -16,7 +16,9 @@ import os
 from pathlib import Path
 
 from loratune.adapters.catalog import adapter_path, base_model_path
+from loratune.adapters.files import clean_stale, fsync_dir, normal_permissions, temporary
 from loratune.errors import LoratuneError
+from loratune.train.pause import pause_point
 from loratune.workspace import Workspace, check_name, inside
 
 # transformers model_type -> (llama.cpp architecture, whether llama.cpp permutes q/k rows). Others are refused.
@@ -36,6 +38,7 @@ def export_gguf(
     ws = home if isinstance(home, Workspace) else Workspace.resolve(home)
     folder = adapter_path(lora, ws)
     target = inside(folder, check_name(out or "adapter.gguf", "output file name"))
+    clean_stale(folder)
     if target.exists() and not overwrite:
         raise LoratuneError(f"{target} already exists")
     base_config = json.loads((base_model_path(folder, ws) / "config.json").read_text(encoding="utf-8"))
@@ -96,7 +99,21 @@ def write_lora_gguf(adapter: Path, base_config: dict, target: Path) -> None:
     import gguf
 
     arch, alpha, tensors = gguf_tensors(adapter, base_config)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp = temporary(target, "tmp")
+    try:
+        _write(gguf, tmp, arch, alpha, adapter, tensors)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    normal_permissions(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    pause_point("export-written")
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
+def _write(gguf, tmp: Path, arch: str, alpha: float, adapter: Path, tensors: dict) -> None:
     writer = gguf.GGUFWriter(tmp, arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
@@ -109,4 +126,3 @@ def write_lora_gguf(adapter: Path, base_config: dict, target: Path) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    os.replace(tmp, target)

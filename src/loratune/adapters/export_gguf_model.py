@@ -17,6 +17,7 @@ import tarfile
 from pathlib import Path
 
 from loratune.adapters.catalog import adapter_path, base_model_path
+from loratune.adapters.files import normal_permissions, temporary
 from loratune.adapters.merge import write_merged
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace, check_name, inside
@@ -43,7 +44,7 @@ def export_gguf_model(
     target = inside(adapter, check_name(out or f"model-{quant}.gguf", "output file name"))
     converter = find_converter(ws, llama_cpp)
     quantize = find_quantize(llama_cpp) if quant in QUANTIZE_TYPES else None
-    work = adapter / f".export-gguf.tmp-{os.getpid()}"  # beside the target: the final rename stays on one disk
+    work = temporary(target, "tmp")  # beside the target (one disk for the final rename); cleaned if we are killed
     shutil.rmtree(work, ignore_errors=True)
     try:
         write_merged(adapter, base_model_path(adapter, ws), work / "merged")
@@ -59,7 +60,7 @@ def export_gguf_model(
             quantized = work / f"model-{quant}.gguf"
             _run([str(quantize), str(made), str(quantized), QUANTIZE_TYPES[quant]], "llama-quantize", {})
             made = quantized
-        os.chmod(made, 0o666 & ~_umask())
+        normal_permissions(made)
         os.replace(made, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -123,9 +124,3 @@ def _run(command: list[str], what: str, env: dict[str, str]) -> None:
         lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
         last = lines[-1] if lines else f"exit status {result.returncode}"
         raise LoratuneError(f"{what} failed: {last}")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

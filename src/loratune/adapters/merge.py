@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from loratune.adapters.catalog import adapter_path, base_model_path
+from loratune.adapters.files import clean_stale, fsync_dir, normal_permissions, temporary
 from loratune.errors import LoratuneError
+from loratune.train.pause import pause_point
 from loratune.workspace import Workspace, check_name, inside
 
 
@@ -25,14 +28,26 @@ def merge(
     ws = home if isinstance(home, Workspace) else Workspace.resolve(home)
     adapter = adapter_path(lora, ws)
     target = merged_model_dir(out, ws)
+    clean_stale(ws.models)
     if target.exists() and not overwrite:
         raise LoratuneError(f"{target} already exists; choose another --out or pass --overwrite")
-    tmp = target.with_name(f".{target.name}.merging")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_merged(adapter, base_model_path(adapter, ws), tmp, trust_remote_code)
+    # Written under a hidden name, then swapped in: a kill leaves the old model (or none) plus hidden temporaries,
+    # which the next command removes (or, for the old model moved aside, puts back), never a half-written model.
+    tmp = temporary(target, "merging")
+    try:
+        write_merged(adapter, base_model_path(adapter, ws), tmp, trust_remote_code)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    pause_point("merge-written")
+    old = temporary(target, "old")
     if target.exists():
-        shutil.rmtree(target)
+        target.rename(old)  # aside, not deleted: until the new one is in, the old one can still be put back
+        pause_point("merge-swap")
     tmp.rename(target)
+    fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
     return target
 
 
@@ -49,6 +64,15 @@ def write_merged(adapter: Path, base: Path, folder: Path, trust_remote_code: boo
     merged.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     (folder / "MERGED_FROM.txt").write_text(f"base: {base}\nadapter: {adapter}\n", encoding="utf-8")
+    normal_permissions(folder)  # safetensors writes 0600 whatever the umask
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(folder)
 
 
 def merged_model_dir(out: str, ws: Workspace) -> Path:

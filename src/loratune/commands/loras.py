@@ -14,12 +14,24 @@ def add(sub) -> None:
 
     actions.add_parser("list", help="adapters with their checkpoints and losses").set_defaults(run=run_list)
 
-    promote = actions.add_parser("promote", help="make a checkpoint the run's adapter")
+    promote = actions.add_parser(
+        "promote",
+        help="make a checkpoint the run's adapter (--undo puts back the one training ended with)",
+        description="Copy a complete checkpoint's adapter over the run's own. Nothing is lost: the adapter it "
+        "replaces stays in the checkpoint of its step (or in adapter-before-promote/), and --undo puts back the "
+        "adapter the run had before its first promote.",
+    )
     promote.add_argument("name", help="adapter name in loras/")
-    promote.add_argument("checkpoint", help="checkpoint-000200, or just 200")
+    promote.add_argument("checkpoint", nargs="?", help="checkpoint-000200, or just 200")
+    promote.add_argument("--undo", action="store_true", help="put back the adapter the run had before promoting")
     promote.set_defaults(run=run_promote)
 
-    delete = actions.add_parser("delete", help="delete an adapter (its whole folder) or one checkpoint")
+    delete = actions.add_parser(
+        "delete",
+        help="delete an adapter (its whole folder) or one checkpoint",
+        description="Refused while the run trains. The folder is renamed aside first, then removed, so an "
+        "interrupted delete leaves the whole run or a hidden leftover that the next command removes.",
+    )
     delete.add_argument("name", help="'name' or 'name/checkpoint-000200'")
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     delete.set_defaults(run=run_delete)
@@ -58,7 +70,9 @@ def run_list(args, extra) -> int:
     if not adapters:
         print("no adapters in loras/")
     for a in adapters:
-        where = f"step {a.step}" if a.step is not None else "not finished"
+        where = f"step {a.step}" if a.step is not None else ("no adapter yet" if not a.has_adapter else "step unknown")
+        if a.training:
+            where += ", training now"
         if a.promoted_from:
             where += f" (promoted from {a.promoted_from})"
         print(f"{a.name}: rank {a.rank}, alpha {a.alpha}, {where}, loss {_loss(a.loss)}, base {a.base_model}")
@@ -68,15 +82,30 @@ def run_list(args, extra) -> int:
 
 
 def run_promote(args, extra) -> int:
-    from loratune.adapters import promote
+    from loratune.adapters import promote, undo_promote
 
+    _clean(args.home)
+
+    if args.undo:
+        if args.checkpoint:
+            raise LoratuneError("loras promote --undo takes no checkpoint: it puts back the adapter before the promote")
+        info = undo_promote(args.name, args.home)
+        print(f"{info.name}: adapter is back to the one of step {info.step} (loss {_loss(info.loss)})")
+        return 0
+    if not args.checkpoint:
+        raise LoratuneError("loras promote needs a checkpoint (e.g. 200 or checkpoint-000200), or --undo")
     info = promote(args.name, args.checkpoint, args.home)
-    print(f"{info.name}: adapter is now {info.promoted_from} (loss {_loss(info.loss)})")
+    print(
+        f"{info.name}: adapter is now {info.promoted_from} (loss {_loss(info.loss)}); "
+        f"undo with: loratune loras promote {info.name} --undo"
+    )
     return 0
 
 
 def run_delete(args, extra) -> int:
     from loratune.adapters import delete
+
+    _clean(args.home)
 
     name, _, checkpoint = args.name.partition("/")
     if not args.yes:
@@ -92,11 +121,14 @@ def run_delete(args, extra) -> int:
 def run_merge(args, extra) -> int:
     from loratune.adapters import merge
 
+    _clean(args.home)
+
     print(f"merged model written to {merge(args.name, args.out, args.home, overwrite=args.overwrite)}")
     return 0
 
 
 def run_export(args, extra) -> int:
+    _clean(args.home)
     if args.format == "gguf-model":
         from loratune.adapters.export_gguf_model import export_gguf_model
 
@@ -118,6 +150,14 @@ def run_export(args, extra) -> int:
     path = export_gguf(args.name, args.home, out=args.out)
     print(f"wrote {path}; use it with: llama-cli -m <base model>.gguf --lora {path}")
     return 0
+
+
+def _clean(home) -> None:
+    """Remove what killed commands left behind (hidden temporaries of dead processes) before doing anything."""
+    from loratune.adapters.catalog import clean_workspace
+    from loratune.workspace import Workspace
+
+    clean_workspace(Workspace.resolve(home))
 
 
 def _loss(value: float | None) -> str:

@@ -159,7 +159,8 @@ def installed(ws: Workspace) -> list[Installed]:
     from loratune.models.sources import _PARTIAL
 
     rows = []
-    for folder in sorted(p for p in ws.models.glob("*") if p.is_dir()) if ws.models.is_dir() else []:
+    # "[!.]*": hidden folders are temporaries (a merge being written, or one a kill left), never models.
+    for folder in sorted(p for p in ws.models.glob("[!.]*") if p.is_dir()) if ws.models.is_dir() else []:
         config = _read_config(folder)
         if config is None and not (folder / _PARTIAL).exists():
             continue  # not a model (a temporary conversion folder, an unrelated folder)

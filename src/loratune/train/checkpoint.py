@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from loratune.adapters.files import ADAPTER_STEP, clean_stale, normal_permissions, sha256, write_json
 from loratune.errors import LoratuneError
 from loratune.train.pause import pause_point
 
@@ -50,6 +51,7 @@ def save_checkpoint(
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
         write_state(tmp, state)
+        normal_permissions(tmp)  # safetensors writes 0600 whatever the umask
         _fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full, Ctrl-C twice) leaves nothing half-done
@@ -62,7 +64,7 @@ def save_checkpoint(
     _write_synced(target / COMPLETE, f"{step}\n")
     _fsync_dir(run_dir)
     shutil.rmtree(old, ignore_errors=True)
-    prune(run_dir, keep)
+    prune(run_dir, keep, protect=target)
     return target
 
 
@@ -71,21 +73,30 @@ def _epoch_of(step: int, position: dict | None) -> dict:
     return {"epoch": step // per_epoch, "step_in_epoch": step % per_epoch} if per_epoch else {}
 
 
-def save_adapter(run_dir: Path, model) -> None:
-    """The final adapter into the run folder itself; each file replaced atomically, so none is ever truncated."""
+def save_adapter(run_dir: Path, model, step: int | None = None) -> None:
+    """The final adapter into the run folder itself; each file replaced atomically, so none is ever truncated.
+
+    With `step`, `adapter_step.json` records the step these weights come from (with their hash), so the LoRAs list
+    shows it, not the step a later resumed run has reached. The weights file is replaced last, after the config.
+    """
     tmp = run_dir / f".final.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
+        normal_permissions(tmp)
         _fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for file in tmp.iterdir():
+    for file in sorted(tmp.iterdir(), key=lambda f: f.name == "adapter_model.safetensors"):
         os.replace(file, run_dir / file.name)
         pause_point("final-save")
     tmp.rmdir()
     _fsync_dir(run_dir)
+    weights = run_dir / "adapter_model.safetensors"
+    if step is not None and weights.is_file():
+        write_json(run_dir / ADAPTER_STEP, {"step": step, "sha256": sha256(weights)})
+    (run_dir / "promoted.json").unlink(missing_ok=True)  # describes weights that are gone now
 
 
 def is_complete(checkpoint: Path) -> bool:
@@ -114,10 +125,14 @@ def incomplete_checkpoints(run_dir: Path) -> list[str]:
 
 
 def clean_leftovers(run_dir: Path) -> None:
-    """Remove temporary folders of interrupted saves (only ever called while holding the run's lock)."""
-    for tmp in [*run_dir.glob(f".{PREFIX}*"), *run_dir.glob(".final.tmp-*")]:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
+    """Remove what interrupted saves, promotes and exports left (only ever called while holding the run's lock).
+
+    A checkpoint moved aside to be replaced (`.checkpoint-N.old-PID`) is put back if its replacement never arrived.
+    """
+    clean_stale(run_dir, dead_prefixes=(f".{PREFIX}", ".final."))
+    for checkpoint in checkpoints(run_dir):
+        if not checkpoint.is_symlink():
+            clean_stale(checkpoint)
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -134,14 +149,19 @@ def clear_run_dir(run_dir: Path) -> None:
             entry.unlink()
 
 
-def prune(run_dir: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints (0: keep all), and incomplete ones before the newest."""
+def prune(run_dir: Path, keep: int, protect: Path | None = None) -> None:
+    """Delete all but the newest `keep` complete checkpoints (0: keep all), and incomplete ones before the newest.
+
+    `protect` (the checkpoint just written) is never deleted, whatever else the folder holds.
+    """
     found = checkpoints(run_dir)
     complete = [p for p in found if is_complete(p)]
     newest = step_of(complete[-1]) if complete else -1
     doomed = complete[:-keep] if keep > 0 else []
     doomed += [p for p in found if not is_complete(p) and step_of(p) < newest]
     for folder in doomed:
+        if protect is not None and folder.name == protect.name:
+            continue
         (folder / COMPLETE).unlink(missing_ok=True)  # first: a half-deleted folder must never look complete
         shutil.rmtree(folder, ignore_errors=True)
 

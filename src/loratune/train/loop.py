@@ -213,9 +213,9 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
 
     stopped = guard.stopped and step < total_steps
     if accelerator.is_main_process:
-        if stopped:
-            guard.save(step)  # resumable from exactly here
-        save_adapter(run_dir, accelerator.unwrap_model(model))
+        if step:  # a complete checkpoint of the final step too: resumable, and never the only copy of the weights
+            guard.save(step)
+        save_adapter(run_dir, accelerator.unwrap_model(model), step)
         write_card(run_dir, config, step, loss_value)
         plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
         say(f"adapter saved in {run_dir} (final loss {loss_value:.4f})")
