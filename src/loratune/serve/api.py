@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import io
 import json
+import socket
 import time
 import traceback
 import uuid
@@ -40,9 +41,11 @@ class Handler(BaseHTTPRequestHandler):
     pool: ModelPool
     limits: Limits
     api_key: str | None
+    generation: Generation | None = None  # the request's generation, once it has its turn at the model
     protocol_version = "HTTP/1.1"
     server_version = "loratune"
     _headers_sent = False
+    body_read = True  # False while a POST's body is still unread (then it is drained before closing)
 
     def setup(self):
         super().setup()
@@ -58,7 +61,28 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self._answer(lambda: self._models() if self.path.rstrip("/") == "/v1/models" else self._no_route())
 
+    def finish(self):
+        super().finish()
+        if getattr(self, "command", None) == "POST" and not self.body_read:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Read (and drop) what the client is still sending of a body we refused before closing: closing a socket
+        with unread input resets the connection, and the client might never see our answer."""
+        budget, end = max(self.limits.max_body, 1 << 20), time.monotonic() + 2
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            while budget > 0 and time.monotonic() < end:
+                self.connection.settimeout(max(0.01, end - time.monotonic()))
+                data = self.connection.recv(min(budget, 65536))
+                if not data:
+                    break
+                budget -= len(data)
+        except OSError:
+            pass
+
     def do_POST(self):
+        self.body_read = False
         routes = {"/v1/completions": self._completion, "/v1/chat/completions": self._chat}
         route = routes.get(self.path.rstrip("/"))
         self._answer(lambda: route(self._body()) if route else self._no_route())
@@ -123,7 +147,7 @@ class Handler(BaseHTTPRequestHandler):
         deadline = time.monotonic() + self.limits.request_timeout
         try:
             with self.pool.use(adapter, gone, deadline) as model:
-                generation = Generation(model, self.pool.tokenizer, ids, sampling, gone, deadline)
+                generation = self.generation = Generation(model, self.pool.tokenizer, ids, sampling, gone, deadline)
                 if not body.get("stream"):
                     text = "".join(generation.pieces())
                     choice = {"index": 0, "finish_reason": generation.finish_reason, "logprobs": None}
@@ -168,7 +192,7 @@ class Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ plumbing
 
     def _answer(self, work) -> None:
-        self._headers_sent = False
+        self._headers_sent, self.generation = False, None
         self.server.mark(self.connection, waiting=False)
         try:
             if not self._authorized():
@@ -184,6 +208,9 @@ class Handler(BaseHTTPRequestHandler):
             )
         except (ClientGone, ConnectionError, TimeoutError):
             self.close_connection = True  # the client went away, or stopped reading: nobody to answer
+            g = self.generation
+            done = f"its generation stopped after {g.completion_tokens} of {g.sampling.max_tokens} tokens" if g else ""
+            self.log_message("%s", f"the client left; {done or 'nothing was generated for it'}")
         except Exception as e:  # our bug: the traceback goes to the log, the client still gets a JSON answer
             traceback.print_exc()
             if not self._headers_sent:
@@ -216,6 +243,7 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         if len(raw) < length:
             raise ClientGone()
+        self.body_read = True
         self.reader.request_read()
         try:
             body = json.loads(raw)

@@ -114,6 +114,8 @@ class Generation:
             if worker.is_alive():
                 self.cancel()
             worker.join()
+            if "out" in result:
+                self.completion_tokens = int(result["out"].shape[1]) - len(self.input_ids)
         if "error" in result:
             raise result["error"]
         if self.cancel_reason == "client":
@@ -123,7 +125,6 @@ class Generation:
         if not stopped and len(text) > sent:
             yield text[sent:]
         generated = result["out"][0, len(self.input_ids) :]
-        self.completion_tokens = int(generated.numel())
         ended = stopped or (self.completion_tokens and int(generated[-1]) in _eos_ids(self.model, tok))
         self.finish_reason = "length" if self.completion_tokens >= s.max_tokens and not ended else "stop"
 
