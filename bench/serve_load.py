@@ -97,10 +97,7 @@ class Client(threading.Thread):
         body = {"model": self.model, "prompt": PROMPT, "max_tokens": self.args.max_tokens, "temperature": 0}
         started = time.monotonic()
         try:
-            if self.connection is None:
-                self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
-            self.connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
-            response = self.connection.getresponse()
+            response = self.send(json.dumps(body))
             data = response.read()
             if response.status != 200 or "choices" not in json.loads(data):
                 self.errors.append(f"{response.status}")
@@ -112,6 +109,22 @@ class Client(threading.Thread):
             self.connection = None
             return
         self.latencies.append(time.monotonic() - started)
+
+    def send(self, body: str) -> http.client.HTTPResponse:
+        """POST on the keep-alive connection; one that the server closed while idle is replaced, as HTTP clients do."""
+        for attempt in (1, 2):
+            reused = self.connection is not None
+            if self.connection is None:
+                self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+            try:
+                self.connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+                return self.connection.getresponse()
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                self.connection.close()
+                self.connection = None
+                if not reused or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def abuse(self, kind: str) -> str:
         """One abusive request on its own connection; returns the status line it got (or what happened)."""

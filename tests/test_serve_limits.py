@@ -162,6 +162,7 @@ def test_requests_without_the_key_get_401(served):
     [
         (small(max_tokens=10**9), "max_tokens", "--max-tokens"),
         (small(prompt="Arr " * 400), None, "--max-prompt-tokens"),
+        (small(prompt="Arr " * 800), None, "--max-prompt-tokens"),  # refused from its start, not tokenized whole
         (small(stop=["a", "b", "c"]), "stop", "--max-stop-strings"),
         (small(stop="x" * 11), "stop", "--max-stop-length"),
         (small(prompt="x" * 20001), None, "--max-body"),
@@ -182,6 +183,14 @@ def test_each_limit_and_bad_field_is_a_400_naming_it(served, body, param, names)
     assert status == 400, answer
     assert names in answer["error"]["message"] and answer["error"]["param"] == param
     assert answer["error"]["type"] == "invalid_request_error"
+
+
+def test_a_chat_over_the_prompt_limit_is_a_400(served):
+    url, *_ = served
+    for words in (400, 800):
+        chat = {"model": "tiny-long", "messages": [{"role": "user", "content": "Arr " * words}], "max_tokens": 2}
+        status, _, answer = post(url, chat, path="/chat/completions")
+        assert status == 400 and "--max-prompt-tokens" in answer["error"]["message"], answer
 
 
 def test_bad_content_lengths_are_400s_and_nothing_crashes(served):

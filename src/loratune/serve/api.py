@@ -101,6 +101,7 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(prompt, str):
             raise ApiError(400, "'prompt' must be a string (one prompt per request)", "prompt")
         adapter, sampling, given = self._common(body, default_max_tokens=16)
+        self._refuse_far_too_long(prompt)
         tok = self.pool.tokenizer
         ids = tok(prompt)["input_ids"]
         self._generate(body, adapter, ids, sampling, given, chat=False)
@@ -115,6 +116,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, f"messages[{i}] needs a 'role' and a 'content'", "messages")
             turns.append({"role": m["role"], "content": text_of(m.get("content"), f"messages[{i}].content")})
         adapter, sampling, given = self._common(body, default_max_tokens=256)
+        self._refuse_far_too_long("".join(t["content"] for t in turns))
         tok = self.pool.tokenizer
         if not getattr(tok, "chat_template", None):
             raise ApiError(400, f"{self.pool.base_name} has no chat template; use /v1/completions", "model")
@@ -135,11 +137,24 @@ class Handler(BaseHTTPRequestHandler):
         sampling, given = read_sampling(body, self.limits, default_max_tokens)
         return adapter, sampling, given
 
+    def _max_prompt_tokens(self) -> int:
+        return min(self.limits.max_prompt_tokens or self.pool.context, self.pool.context)
+
+    def _refuse_far_too_long(self, text: str) -> None:
+        """Refuse a text far over --max-prompt-tokens after tokenizing only its start: a 1 MB prompt costs ~45 MB
+        and seconds of CPU to tokenize whole, for an answer known from its first few thousand characters."""
+        limit = self._max_prompt_tokens()
+        head = 8 * limit  # characters; English runs ~4 per token
+        if len(text) > head and len(self.pool.tokenizer(text[:head])["input_ids"]) > limit:
+            raise ApiError(
+                400,
+                f"the prompt has more than {limit} tokens; this server allows at most {limit} (--max-prompt-tokens)",
+            )
+
     def _generate(
         self, body: dict, adapter: str | None, ids: list[int], sampling: Sampling, given: bool, chat: bool
     ) -> None:
-        context = self.pool.context
-        check_prompt(ids, sampling, given, min(self.limits.max_prompt_tokens or context, context), context)
+        check_prompt(ids, sampling, given, self._max_prompt_tokens(), self.pool.context)
         model_name, created = body["model"], int(time.time())
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         kind = "chat.completion" if chat else "text_completion"
