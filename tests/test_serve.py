@@ -162,3 +162,17 @@ def test_bad_requests_get_4xx_json_errors(served):
     assert code == 400 and body["error"]["param"] == "messages"
     code, body = post("/embeddings", b"{}")
     assert code == 404 and "no route" in body["error"]["message"]
+
+
+def test_an_unset_max_tokens_is_shortened_to_fit_the_context(served):
+    client, _, _, tiny_model = served
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = ""
+    while len(tok(prompt + "Arr ")["input_ids"]) <= 508:  # the tiny model's context is 512 positions
+        prompt += "Arr "
+    size = len(tok(prompt)["input_ids"])
+    answer = client.completions.create(model="tiny-llama0", prompt=prompt, temperature=0)  # 16 tokens by default
+    assert answer.usage.prompt_tokens == size and answer.usage.completion_tokens <= 512 - size
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.completions.create(model="tiny-llama0", prompt=prompt, temperature=0, max_tokens=16)
+    assert "context of 512 tokens" in too_long.value.body["message"]

@@ -1,46 +1,88 @@
-"""An OpenAI-compatible HTTP API on the standard library's ThreadingHTTPServer (no web framework to install).
+"""An OpenAI-compatible HTTP API on the standard library's http.server (no web framework to install).
 
 GET /v1/models, POST /v1/completions, POST /v1/chat/completions, with `"stream": true` as server-sent events.
 Errors are JSON in OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with a 4xx status for bad requests.
+A request is checked in the order that costs the server least: the API key, the body's size, its fields and limits,
+the prompt's length (tokenized, outside the model's queue); only then does it wait for its turn at the model.
 """
 
 from __future__ import annotations
 
+import hmac
+import io
 import json
+import socket
 import time
 import traceback
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
+from loratune.serve.connections import LimitedServer, RequestReader, client_gone
 from loratune.serve.generation import Generation, Sampling
-from loratune.serve.models import ModelPool, UnknownModel
-
-MAX_BODY = 16 * 1024 * 1024
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.param, self.code = status, param, code
+from loratune.serve.limits import ClientGone, Limits, TimedOut
+from loratune.serve.models import AdapterRefused, ModelPool, UnknownModel
+from loratune.serve.queue import QueueFull
+from loratune.serve.request import ApiError, check_prompt, read_sampling, text_of
 
 
-def make_server(pool: ModelPool, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
-    handler = type("Handler", (Handler,), {"pool": pool})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+def make_server(
+    pool: ModelPool,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits | None = None,
+    api_key: str | None = None,
+) -> LimitedServer:
+    limits = limits or Limits()
+    handler = type("Handler", (Handler,), {"pool": pool, "limits": limits, "api_key": api_key or None})
+    return LimitedServer((host, port), handler, limits)
 
 
 class Handler(BaseHTTPRequestHandler):
     pool: ModelPool
+    limits: Limits
+    api_key: str | None
+    generation: Generation | None = None  # the request's generation, once it has its turn at the model
     protocol_version = "HTTP/1.1"
     server_version = "loratune"
     _headers_sent = False
+    body_read = True  # False while a POST's body is still unread (then it is drained before closing)
+
+    def setup(self):
+        super().setup()
+        self.rfile.close()  # the standard reader: closed, or the socket's file descriptor would outlive it
+        self.reader = RequestReader(self.connection, self.limits, lambda: self.server.mark(self.connection, False))
+        self.rfile = io.BufferedReader(self.reader, 64 * 1024)
+
+    def handle_one_request(self):
+        self.reader.next_request()
+        self.server.mark(self.connection, waiting=True)
+        super().handle_one_request()
 
     def do_GET(self):
         self._answer(lambda: self._models() if self.path.rstrip("/") == "/v1/models" else self._no_route())
 
+    def finish(self):
+        super().finish()
+        if getattr(self, "command", None) == "POST" and not self.body_read:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Read (and drop) what the client is still sending of a body we refused before closing: closing a socket
+        with unread input resets the connection, and the client might never see our answer."""
+        budget, end = max(self.limits.max_body, 1 << 20), time.monotonic() + 2
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            while budget > 0 and time.monotonic() < end:
+                self.connection.settimeout(max(0.01, end - time.monotonic()))
+                data = self.connection.recv(min(budget, 65536))
+                if not data:
+                    break
+                budget -= len(data)
+        except OSError:
+            pass
+
     def do_POST(self):
+        self.body_read = False
         routes = {"/v1/completions": self._completion, "/v1/chat/completions": self._chat}
         route = routes.get(self.path.rstrip("/"))
         self._answer(lambda: route(self._body()) if route else self._no_route())
@@ -58,10 +100,11 @@ class Handler(BaseHTTPRequestHandler):
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise ApiError(400, "'prompt' must be a string (one prompt per request)", "prompt")
-        adapter, sampling = self._common(body, default_max_tokens=16)
+        adapter, sampling, given = self._common(body, default_max_tokens=16)
+        self._refuse_far_too_long(prompt)
         tok = self.pool.tokenizer
         ids = tok(prompt)["input_ids"]
-        self._generate(body, adapter, ids, sampling, chat=False)
+        self._generate(body, adapter, ids, sampling, given, chat=False)
 
     def _chat(self, body: dict) -> None:
         messages = body.get("messages")
@@ -71,16 +114,17 @@ class Handler(BaseHTTPRequestHandler):
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
                 raise ApiError(400, f"messages[{i}] needs a 'role' and a 'content'", "messages")
-            turns.append({"role": m["role"], "content": _text(m.get("content"), f"messages[{i}].content")})
-        adapter, sampling = self._common(body, default_max_tokens=256)
+            turns.append({"role": m["role"], "content": text_of(m.get("content"), f"messages[{i}].content")})
+        adapter, sampling, given = self._common(body, default_max_tokens=256)
+        self._refuse_far_too_long("".join(t["content"] for t in turns))
         tok = self.pool.tokenizer
         if not getattr(tok, "chat_template", None):
             raise ApiError(400, f"{self.pool.base_name} has no chat template; use /v1/completions", "model")
         ids = tok.apply_chat_template(turns, add_generation_prompt=True)
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-        self._generate(body, adapter, ids, sampling, chat=True)
+        self._generate(body, adapter, ids, sampling, given, chat=True)
 
-    def _common(self, body: dict, default_max_tokens: int) -> tuple[str | None, Sampling]:
+    def _common(self, body: dict, default_max_tokens: int) -> tuple[str | None, Sampling, bool]:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ApiError(400, "'model' is required (GET /v1/models lists them)", "model")
@@ -88,91 +132,149 @@ class Handler(BaseHTTPRequestHandler):
             adapter = self.pool.adapter_of(model)
         except UnknownModel as e:
             raise ApiError(404, str(e), "model", "model_not_found") from None
-        if body.get("n", 1) != 1:
-            raise ApiError(400, "only n=1 is supported", "n")
-        stop = body.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop):
-            raise ApiError(400, "'stop' must be a string or a list of strings", "stop")
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) or default_max_tokens
-        sampling = Sampling(
-            max_tokens=_number(max_tokens, "max_tokens", int, 1),
-            temperature=_number(body.get("temperature", 1.0), "temperature", float, 0.0, 2.0),
-            top_p=_number(body.get("top_p", 1.0), "top_p", float, 0.0, 1.0),
-            stop=stop,
-            seed=None if body.get("seed") is None else _number(body["seed"], "seed", int),
-        )
-        return adapter, sampling
+        except AdapterRefused as e:
+            raise ApiError(400, str(e), "model", "model_not_usable") from None
+        sampling, given = read_sampling(body, self.limits, default_max_tokens)
+        return adapter, sampling, given
 
-    def _generate(self, body: dict, adapter: str | None, ids: list[int], sampling: Sampling, chat: bool) -> None:
+    def _max_prompt_tokens(self) -> int:
+        return min(self.limits.max_prompt_tokens or self.pool.context, self.pool.context)
+
+    def _refuse_far_too_long(self, text: str) -> None:
+        """Refuse a text far over --max-prompt-tokens after tokenizing only its start: a 1 MB prompt costs ~45 MB
+        and seconds of CPU to tokenize whole, for an answer known from its first few thousand characters."""
+        limit = self._max_prompt_tokens()
+        head = 8 * limit  # characters; English runs ~4 per token
+        if len(text) > head and len(self.pool.tokenizer(text[:head])["input_ids"]) > limit:
+            raise ApiError(
+                400,
+                f"the prompt has more than {limit} tokens; this server allows at most {limit} (--max-prompt-tokens)",
+            )
+
+    def _generate(
+        self, body: dict, adapter: str | None, ids: list[int], sampling: Sampling, given: bool, chat: bool
+    ) -> None:
+        check_prompt(ids, sampling, given, self._max_prompt_tokens(), self.pool.context)
         model_name, created = body["model"], int(time.time())
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         kind = "chat.completion" if chat else "text_completion"
-        stream = bool(body.get("stream"))
-        with self.pool.use(adapter) as model:
-            generation = Generation(model, self.pool.tokenizer, ids, sampling)
-            if not stream:
-                text = "".join(generation.pieces())
-                choice = {"index": 0, "finish_reason": generation.finish_reason, "logprobs": None}
-                choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
-                usage = {
-                    "prompt_tokens": len(ids),
-                    "completion_tokens": generation.completion_tokens,
-                    "total_tokens": len(ids) + generation.completion_tokens,
-                }
-                payload = {"id": ident, "object": kind, "created": created, "model": model_name}
-                self._json(200, payload | {"choices": [choice], "usage": usage})
-                return
-            self._start_events()
-            chunk = {"id": ident, "object": kind + (".chunk" if chat else ""), "created": created, "model": model_name}
-            if chat:
-                self._event(chunk | {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
-            for piece in generation.pieces():
+        gone = lambda: client_gone(self.connection)  # noqa: E731
+        deadline = time.monotonic() + self.limits.request_timeout
+        try:
+            with self.pool.use(adapter, gone, deadline) as model:
+                generation = self.generation = Generation(model, self.pool.tokenizer, ids, sampling, gone, deadline)
+                if not body.get("stream"):
+                    text = "".join(generation.pieces())
+                    choice = {"index": 0, "finish_reason": generation.finish_reason, "logprobs": None}
+                    choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+                    usage = {
+                        "prompt_tokens": len(ids),
+                        "completion_tokens": generation.completion_tokens,
+                        "total_tokens": len(ids) + generation.completion_tokens,
+                    }
+                    payload = {"id": ident, "object": kind, "created": created, "model": model_name}
+                    self._json(200, payload | {"choices": [choice], "usage": usage})
+                    return
+                self._stream(generation, ident, kind, created, model_name, chat)
+        except QueueFull as e:
+            error = ApiError(503, str(e), None, "server_busy")
+            error.headers["Retry-After"] = str(e.retry_after)
+            raise error from None
+        except AdapterRefused as e:
+            raise ApiError(400, str(e), "model", "model_not_usable") from None
+        except TimedOut as e:
+            if not self._headers_sent:
+                raise ApiError(503, str(e), None, "timeout") from None
+            self._event({"error": {"message": str(e), "type": "server_error", "param": None, "code": "timeout"}})
+            self._end_stream()
+
+    def _stream(self, generation: Generation, ident: str, kind: str, created: int, model_name: str, chat: bool):
+        self._start_events()
+        chunk = {"id": ident, "object": kind + (".chunk" if chat else ""), "created": created, "model": model_name}
+        if chat:
+            self._event(chunk | {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
+        pieces = generation.pieces()
+        try:
+            for piece in pieces:
                 part = {"delta": {"content": piece}} if chat else {"text": piece, "logprobs": None}
                 self._event(chunk | {"choices": [{"index": 0, "finish_reason": None} | part]})
-            last = {"delta": {}} if chat else {"text": "", "logprobs": None}
-            self._event(chunk | {"choices": [{"index": 0, "finish_reason": generation.finish_reason} | last]})
-            self._send_chunk(b"data: [DONE]\n\n")
-            self._send_chunk(b"")
+        finally:
+            pieces.close()  # a failed write ends the loop: stop the generation now, not when it is collected
+        last = {"delta": {}} if chat else {"text": "", "logprobs": None}
+        self._event(chunk | {"choices": [{"index": 0, "finish_reason": generation.finish_reason} | last]})
+        self._end_stream()
 
     # ------------------------------------------------------------------ plumbing
 
     def _answer(self, work) -> None:
-        self._headers_sent = False
+        self._headers_sent, self.generation = False, None
+        self.server.mark(self.connection, waiting=False)
         try:
+            if not self._authorized():
+                error = ApiError(401, "a valid API key is required: send 'Authorization: Bearer <key>'", None)
+                error.code = "invalid_api_key"
+                error.headers["WWW-Authenticate"] = "Bearer"
+                raise error
             work()
         except ApiError as e:
             kind = "invalid_request_error" if e.status < 500 else "server_error"
-            self._json(e.status, {"error": {"message": str(e), "type": kind, "param": e.param, "code": e.code}})
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away (e.g. stopped reading a stream)
+            self._json(
+                e.status, {"error": {"message": str(e), "type": kind, "param": e.param, "code": e.code}}, e.headers
+            )
+        except (ClientGone, ConnectionError, TimeoutError):
+            self.close_connection = True  # the client went away, or stopped reading: nobody to answer
+            g = self.generation
+            done = f"its generation stopped after {g.completion_tokens} of {g.sampling.max_tokens} tokens" if g else ""
+            self.log_message("%s", f"the client left; {done or 'nothing was generated for it'}")
         except Exception as e:  # our bug: the traceback goes to the log, the client still gets a JSON answer
             traceback.print_exc()
             if not self._headers_sent:
                 self._json(500, {"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error"}})
+            self.close_connection = True
+
+    def _authorized(self) -> bool:
+        if not self.api_key:
+            return True
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        # header values arrive decoded as latin-1: encoding back gives the client's bytes; compared in constant time
+        given = token.strip().encode("latin-1", "replace")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given, self.api_key.encode())
 
     def _no_route(self) -> None:
         routes = "GET /v1/models, POST /v1/completions, POST /v1/chat/completions"
         raise ApiError(404, f"no route {self.command} {self.path} (there are {routes})")
 
     def _body(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length <= 0 or length > MAX_BODY:
-            raise ApiError(400, "the request needs a JSON body (at most 16 MB)")
+        text = (self.headers.get("Content-Length") or "").strip()
+        if not text.isdigit():
+            raise ApiError(400, f"the request needs a JSON body with a Content-Length in bytes (got {text[:20]!r})")
+        length = int(text)
+        if length == 0:
+            raise ApiError(400, "the request needs a JSON body")
+        if length > self.limits.max_body:
+            raise ApiError(
+                400, f"the body has {length} bytes; this server takes at most {self.limits.max_body} (--max-body)"
+            )
         raw = self.rfile.read(length)
+        if len(raw) < length:
+            raise ClientGone()
+        self.body_read = True
+        self.reader.request_read()
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"the body is not valid JSON: {e}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise ApiError(400, f"the body is not valid JSON: {str(e)[:200]}") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
         return body
 
-    def _json(self, status: int, payload: dict) -> None:
+    def _json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         if status >= 400:  # the request body may be unread: do not reuse this connection
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -190,23 +292,10 @@ class Handler(BaseHTTPRequestHandler):
     def _event(self, payload: dict) -> None:
         self._send_chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
 
+    def _end_stream(self) -> None:
+        self._send_chunk(b"data: [DONE]\n\n")
+        self._send_chunk(b"")
+
     def _send_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
-
-
-def _text(content, where: str) -> str:
-    """A message's content: a string, or OpenAI's list of parts (the text parts are joined)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
-        return "".join(p.get("text", "") for p in content if p.get("type") == "text")
-    raise ApiError(400, f"{where} must be a string or a list of text parts", "messages")
-
-
-def _number(value, name: str, kind: type, low: float | None = None, high: float | None = None):
-    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
-        raise ApiError(400, f"'{name}' must be a {'whole ' if kind is int else ''}number", name)
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ApiError(400, f"'{name}' must be between {low} and {high}", name)
-    return kind(value)
