@@ -177,8 +177,8 @@ def test_out_of_memory_saves_the_finished_steps_and_resumes_with_a_smaller_micro
         train(config(tiny_model, data_file, save_every=0), home=home, show_progress=False, **unpacked)
     assert str(info.value) == (
         "out of memory at step 3 with train.micro_batch 2; saved the 2 finished steps as checkpoint-000002; "
-        "continue with a smaller micro-batch: loratune train --name run --resume --train.micro_batch 1 "
-        "(the batch size stays the same)"
+        f"continue with a smaller micro-batch: loratune --home {home.resolve()} train --name run --resume "
+        "--train.micro_batch 1 (the batch size stays the same)"
     )
     monkeypatch.setattr(loop, "token_loss_sum", real)
     run = home / "loras" / "run"
