@@ -44,6 +44,18 @@ class Workspace:
     def lora_dir(self, name: str) -> Path:
         return inside(self.loras, check_name(name, "adapter name"))
 
+    def has_run(self, name: str) -> bool:
+        """A run folder with something in it besides hidden files (its lock, temporaries a kill left)."""
+        folder = self.lora_dir(name)
+        return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
+
+    def check_resumable(self, name: str) -> None:
+        """Before anything else on a resume: a run of that name must exist."""
+        if not name:
+            raise LoratuneError("--resume needs the name of the run to continue: --name NAME")
+        if not self.has_run(name):
+            raise LoratuneError(f"no run named {name} in {self.loras} (nothing to resume)")
+
 
 def check_name(name: str, what: str = "name") -> str:
     """A user-given name that becomes one file or folder: letters, digits, '.', '_' and '-' only.

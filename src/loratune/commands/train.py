@@ -8,6 +8,7 @@ import os
 
 from loratune.config import RunConfig, field_help, from_dict, load_yaml, merge_options
 from loratune.errors import LoratuneError
+from loratune.workspace import Workspace
 
 
 def add(sub) -> None:
@@ -55,8 +56,6 @@ def train_config(args, extra: list[str]) -> RunConfig:
     data = load_yaml(args.config) if args.config else {}
     given = from_dict(RunConfig, merge_options(copy.deepcopy(data), overrides))
     if given.train.resume and given.name:  # --resume or train.resume auto: the saved run's options come first
-        from loratune.workspace import Workspace
-
         saved = Workspace.resolve(args.home).lora_dir(given.name) / "loratune.yaml"
         if saved.is_file():
             options = load_yaml(saved)
@@ -64,7 +63,15 @@ def train_config(args, extra: list[str]) -> RunConfig:
                 (options.get("train") or {}).pop(what_that_command_did, None)
             data = merge_options(options, data)
     merge_options(data, overrides)
-    return from_dict(RunConfig, data)
+    config = from_dict(RunConfig, data)
+    # The cheap checks here, before train() imports torch: a bad option or name is refused in a second, not in ten.
+    config.validate()
+    ws = Workspace.resolve(args.home)
+    if config.name:
+        ws.lora_dir(config.name)
+    if config.train.resume is True:
+        ws.check_resumable(config.name)
+    return config
 
 
 def parse_overrides(extra: list[str]) -> dict[str, str]:

@@ -86,10 +86,7 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     ws = Workspace.resolve(home)
     tc = config.train
     if tc.resume is True:  # before looking for data: a resume by name alone gets its data from the saved run
-        if not config.name:
-            raise LoratuneError("--resume needs the name of the run to continue: --name NAME")
-        if not has_run(ws.lora_dir(config.name)):
-            raise LoratuneError(f"no run named {config.name} in {ws.loras} (nothing to resume)")
+        ws.check_resumable(config.name)
     # Saved absolute in loratune.yaml, so a resume from another folder finds the same data (and fails fast if none).
     config.data.path = str(find_data(config.data.path, ws).resolve())
     config.name = config.name or Path(config.data.path).stem  # the adapter is named after its data by default
