@@ -176,6 +176,7 @@ def test_resume_picks_up_the_saved_config(tiny_model, data_file, home):
     # Pretend the run was stopped after checkpoint 2: drop the later history, resume by name only.
     metrics = home / "loras" / "r" / "metrics.jsonl"
     metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:2]))
+    (home / "loras" / "r" / "finished.json").unlink()  # a stopped run has no record of having finished
     again = loratune("train", "--name", "r", "--resume", home=home)
     assert again.returncode == 0, again.stderr
     assert "resuming from checkpoint-000002" in again.stdout

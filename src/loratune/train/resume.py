@@ -101,12 +101,12 @@ def read_finished(run_dir: Path) -> dict | None:
 def already_finished(run_dir: Path, config: RunConfig) -> dict | None:
     """The finished record if resuming with these options would train nothing new, else None.
 
-    Finished means: it reached the (possibly new) total of steps, or it reached train.stop_at_loss and the target is
+    Finished means: its adapter is there, and it reached the (possibly new) total of steps, or it reached train.stop_at_loss and the target is
     not lowered (a lower target, or 0, trains on).
     """
     record = read_finished(run_dir)
-    if record is None:
-        return None
+    if record is None or not (run_dir / "adapter_model.safetensors").is_file():
+        return None  # no record, or its adapter is gone: resuming rebuilds it from the newest checkpoint
     if int(record["step"]) >= total_steps(config, int(record["steps_per_epoch"])):
         return record
     reached = float(record.get("reached_stop_at_loss") or 0.0)
