@@ -101,8 +101,8 @@ def read_finished(run_dir: Path) -> dict | None:
 def already_finished(run_dir: Path, config: RunConfig) -> dict | None:
     """The finished record if resuming with these options would train nothing new, else None.
 
-    Finished means: its adapter is there, and it reached the (possibly new) total of steps, or it reached train.stop_at_loss and the target is
-    not lowered (a lower target, or 0, trains on).
+    Finished means: its adapter is there, and it reached the (possibly new) total of steps, or it reached
+    train.stop_at_loss and the target is not lowered (a lower target, or 0, trains on).
     """
     record = read_finished(run_dir)
     if record is None or not (run_dir / "adapter_model.safetensors").is_file():
