@@ -201,8 +201,25 @@ def test_an_unexpected_exception_saves_the_finished_steps(tiny_model, data_file,
 
     with pytest.raises(RuntimeError, match="a callback broke"):
         train(config(tiny_model, data_file, save_every=0), home=home, on_step=fails_at_step_5)
-    assert "training failed at step 6: saved the 5 finished steps as checkpoint-000005" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "training failed at step 6: saved the 5 finished steps as checkpoint-000005" in err
+    assert f"after fixing the cause: loratune --home {home.resolve()} train --name run --resume" in err
     assert (home / "loras" / "run" / "checkpoint-000005" / "COMPLETE").is_file()
+
+
+def test_a_failure_before_the_first_step_offers_no_resume(tiny_model, data_file, home, capsys, monkeypatch):
+    """It used to print 'after fixing the cause: loratune train --name  --resume': an empty name, nothing to resume."""
+    from loratune.train import loop
+
+    def broken_model(*args, **kwargs):
+        raise RuntimeError("a driver error")
+
+    monkeypatch.setattr(loop, "load_base", broken_model)
+    with pytest.raises(RuntimeError, match="a driver error"):
+        train(config(tiny_model, data_file), home=home)
+    err = capsys.readouterr().err
+    assert "loratune: training failed before the first step: nothing was trained yet\n" in err
+    assert "--resume" not in err
 
 
 def test_a_second_run_on_the_same_name_is_refused(tiny_model, data_file, home):
