@@ -403,3 +403,64 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_complete_checkpoints(tiny
     finally:
         if how == "tmpfs":
             subprocess.run(["umount", str(home)])
+
+
+# ---------------------------------------------------------------- issue 22 (resume helper): numbers and names up front
+# Each used to fail late (an OverflowError, a ValueError from torch, peft's NoMatchingPeftModule, a ZeroDivisionError
+# at step 4) or to be accepted (weight decay inf trained non-finite weights). Now validate() refuses them first.
+
+NUMBERS = [
+    ({"train.epochs": "inf"}, "option 'train.epochs' must be a finite number; got inf"),
+    ({"train.epochs": 1e308}, "train.epochs must be at most 1,000,000 (use train.max_steps)"),
+    ({"train.seed": 2**70}, "train.seed must be a whole number from 0 to 4294967295"),
+    ({"train.seed": -1}, "train.seed must be a whole number from 0 to 4294967295"),
+    ({"adapter.targets": ""}, "adapter.targets is empty: use attention+mlp, attention, all-linear or module names"),
+    ({"adapter.targets": ",,,"}, "adapter.targets is empty"),
+    ({"train.lr_power": -3, "train.scheduler": "polynomial"}, "train.lr_power must be > 0"),
+    ({"train.weight_decay": "inf"}, "option 'train.weight_decay' must be a finite number; got inf"),
+    ({"train.weight_decay": 1e4}, "train.weight_decay 10000 x train.lr 0.0003 must be below 1"),
+    ({"train.max_grad_norm": "nan"}, "option 'train.max_grad_norm' must be a finite number; got nan"),
+    ({"train.stop_at_loss": "inf"}, "option 'train.stop_at_loss' must be a finite number; got inf"),
+    ({"adapter.dropout": "-inf"}, "option 'adapter.dropout' must be a finite number; got -inf"),
+]
+
+
+@pytest.mark.parametrize(
+    "options, expected", NUMBERS, ids=[f"{k}={v}" for o, _ in NUMBERS for k, v in [*o.items()][:1]]
+)
+def test_non_finite_or_out_of_range_numbers_are_refused_up_front(tiny_model, home, tmp_path, options, expected):
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(jsonl(GOOD, GOOD))
+    assert expected in refused(tiny_model, home, data, **options)
+
+
+@pytest.mark.parametrize("name", ["abc\n", "CON", "nul.txt", "com1", "Lpt9", "trailing."])
+def test_names_a_filesystem_would_mangle_are_refused(tiny_model, home, tmp_path, name):
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(jsonl(GOOD, GOOD))
+    with pytest.raises(LoratuneError, match="invalid adapter name") as info:
+        train(model=str(tiny_model), data=str(data), name=name, home=home, show_progress=False, **FAST)
+    assert "\n" not in str(info.value).replace(repr(name), "")  # one line (the name itself shown escaped)
+    assert not (home / "loras").exists()
+
+
+def test_numbers_and_names_through_the_cli_fail_in_one_line_before_anything_loads(home, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(jsonl(GOOD, GOOD))
+    cases = [
+        (["--train.epochs", "1e308"], "train.epochs must be at most 1,000,000"),
+        (["--train.seed", str(2**70)], "train.seed must be a whole number from 0 to 4294967295"),
+        (["--name", "abc\n"], "invalid adapter name 'abc\\n'"),
+    ]
+    for args, expected in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "loratune.cli", "--home", str(home), "train", "--data", str(data), *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("loratune: error:")]
+        assert expected in line
+        assert not (home / "loras").exists() and not (home / "models").exists()  # refused before the model

@@ -178,6 +178,7 @@ def test_resume_picks_up_the_saved_config(tiny_model, data_file, home):
     metrics = home / "loras" / "r" / "metrics.jsonl"
     metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:2]))
     shutil.rmtree(home / "loras" / "r" / "checkpoint-000004")  # the final step's checkpoint
+    (home / "loras" / "r" / "finished.json").unlink()  # a stopped run has no record of having finished
     again = loratune("train", "--name", "r", "--resume", home=home)
     assert again.returncode == 0, again.stderr
     assert "resuming from checkpoint-000002" in again.stdout

@@ -392,3 +392,43 @@ def test_inside_refuses_symlink_out(tmp_path):
     (folder / "link").symlink_to(outside, target_is_directory=True)
     with pytest.raises(LoratuneError, match="points outside"):
         inside(folder, "link/secret.json")
+
+
+@pytest.mark.parametrize("name", ["abc\n", "a\nb", "CON", "con.txt", "NUL", "com1", "LPT9.log", "aux", "a.", "x.."])
+def test_check_name_refuses_newlines_device_names_and_a_final_dot(name):
+    with pytest.raises(LoratuneError, match="invalid adapter name"):
+        check_name(name, "adapter name")
+
+
+@pytest.mark.parametrize("name", ["a..b", "checkpoint-000001", "console", "con-x", "COM10", "nul_set", "v1.2"])
+def test_check_name_accepts_names_that_only_look_odd(name):
+    """'..' inside a name is no path step; a run named like a checkpoint cannot collide with its own checkpoints."""
+    assert check_name(name, "adapter name") == name
+
+
+@pytest.mark.parametrize(
+    "train, fragment",
+    [
+        ({"epochs": float("inf")}, "option 'train.epochs' must be a finite number; got inf"),
+        ({"epochs": 1e308}, "train.epochs must be at most"),
+        ({"seed": 2**32}, "train.seed must be a whole number from 0 to 4294967295"),
+        ({"lr_power": 0.0}, "train.lr_power must be > 0"),
+        ({"weight_decay": float("nan")}, "option 'train.weight_decay' must be a finite number; got nan"),
+        ({"weight_decay": 5000.0, "lr": 2e-4}, "train.weight_decay 5000 x train.lr 0.0002 must be below 1"),
+    ],
+)
+def test_validate_refuses_non_finite_and_out_of_range_numbers(train, fragment):
+    with pytest.raises(LoratuneError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+        RunConfig(train=TrainSpec(**train)).validate()
+
+
+def test_validate_accepts_the_edges():
+    RunConfig(train=TrainSpec(seed=2**32 - 1, epochs=1_000_000, weight_decay=0.1, lr_power=0.5)).validate()
+
+
+def test_what_a_resume_may_change_names_real_options():
+    """A typo in the list would let nothing through under that name and refuse the real one: check every entry."""
+    from loratune.train.resume import RESUME_MAY_CHANGE
+
+    assert RESUME_MAY_CHANGE <= {name for name, _, _ in field_help()}
+    assert not RESUME_MAY_CHANGE & {"train.lr", "train.seed", "adapter.rank", "data.path", "model.source"}

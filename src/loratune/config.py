@@ -155,6 +155,7 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         t = self.train
+        _check_finite(self)  # first: inf / nan pass comparisons like 'x >= 0' below, then overflow much later
         checks = [  # (test, message); lambdas so a failed test never divides by zero further down
             (lambda: self.adapter.rank > 0, "adapter.rank must be > 0"),
             (lambda: self.adapter.alpha > 0, "adapter.alpha must be > 0"),
@@ -163,6 +164,13 @@ class RunConfig:
             (lambda: self.data.overlap >= 0, "data.overlap must be >= 0"),
             (lambda: 0 < t.lr < float("inf"), "train.lr must be a number > 0"),
             (lambda: t.epochs >= 0 and t.max_steps >= 0, "train.epochs and train.max_steps must not be negative"),
+            (lambda: t.epochs <= MAX_EPOCHS, f"train.epochs must be at most {MAX_EPOCHS:,} (use train.max_steps)"),
+            (lambda: 0 <= t.seed <= MAX_SEED, f"train.seed must be a whole number from 0 to {MAX_SEED}"),
+            (
+                lambda: any(name.strip() for name in self.adapter.targets.split(",")),
+                "adapter.targets is empty: use attention+mlp, attention, all-linear or module names like q_proj,v_proj",
+            ),
+            (lambda: t.lr_power > 0, "train.lr_power must be > 0 (the polynomial decay's power; 1.0 is linear)"),
             (lambda: t.save_every >= 0, "train.save_every must be >= 0 (0: save only at the end)"),
             (lambda: t.log_every > 0, "train.log_every must be > 0"),
             (
@@ -182,6 +190,11 @@ class RunConfig:
             (lambda: t.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
             (lambda: t.lr_cycles >= 1, "train.lr_cycles must be >= 1"),
             (lambda: t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+            (  # each step multiplies the weights by (1 - lr x weight_decay): at 1 or more they vanish or flip sign
+                lambda: t.lr * t.weight_decay < 1,
+                f"train.weight_decay {t.weight_decay:g} x train.lr {t.lr:g} must be below 1 (each step shrinks the "
+                "weights by that fraction); lower train.weight_decay",
+            ),
             (lambda: 0 <= self.data.eval_split < 1, "data.eval_split must be in [0, 1), e.g. 0.05"),
             (lambda: self.data.newline_cut >= 0, "data.newline_cut must be >= 0"),
         ]
@@ -189,6 +202,22 @@ class RunConfig:
             if not ok():
                 raise LoratuneError(message)
         return self
+
+
+MAX_EPOCHS = 1_000_000  # far beyond any real run, and small enough that epochs x steps per epoch stays finite
+MAX_SEED = 2**32 - 1  # as numpy and transformers' set_seed; torch takes it, and seed + epoch stays in range
+
+
+def _check_finite(cfg: Any, prefix: str = "") -> None:
+    """Every float option must be a finite number (YAML's .inf / .nan and '--train.x inf' parse as floats)."""
+    import math
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise LoratuneError(f"option '{prefix}{f.name}' must be a finite number; got {value}")
 
 
 # ---------------------------------------------------------------- dict / YAML / dotted overrides

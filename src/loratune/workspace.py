@@ -9,7 +9,11 @@ from pathlib import Path
 
 from loratune.errors import LoratuneError
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Matched whole with fullmatch: '$' alone also matches before a final newline, which let 'abc\n' through.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# Windows device names (also with an extension): no such file or folder can exist there, so a workspace copied to
+# Windows, or a run folder copied into text-generation-webui on Windows, would break.
+_DEVICE_NAME = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -40,13 +44,34 @@ class Workspace:
     def lora_dir(self, name: str) -> Path:
         return inside(self.loras, check_name(name, "adapter name"))
 
+    def has_run(self, name: str) -> bool:
+        """A run folder with something in it besides hidden files (its lock, temporaries a kill left)."""
+        folder = self.lora_dir(name)
+        return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
+
+    def check_resumable(self, name: str) -> None:
+        """Before anything else on a resume: a run of that name must exist."""
+        if not name:
+            raise LoratuneError("--resume needs the name of the run to continue: --name NAME")
+        if not self.has_run(name):
+            raise LoratuneError(f"no run named {name} in {self.loras} (nothing to resume)")
+
 
 def check_name(name: str, what: str = "name") -> str:
-    """A user-given name that becomes one folder: letters, digits, '.', '_' and '-' only."""
-    if not name or not _SAFE_NAME.match(name) or name in (".", ".."):
+    """A user-given name that becomes one file or folder: letters, digits, '.', '_' and '-' only.
+
+    It starts with a letter or digit (so never '.', '..' or a hidden file) and does not end with '.' (Windows drops
+    it: 'a.' and 'a' would be one folder). Windows device names (CON, NUL, COM1, ...) are refused. A '..' inside a
+    name ('a..b') is only a name: it is not a path step, and `inside` checks every path anyway. A run may be called
+    like a checkpoint ('checkpoint-000001'): its own checkpoints live inside its folder, so they cannot collide.
+    """
+    if not name or not _SAFE_NAME.fullmatch(name) or name.endswith("."):
         raise LoratuneError(
-            f"invalid {what} {name!r}: use letters, digits, '.', '_' or '-' (at most 100 characters, no '/')"
+            f"invalid {what} {name!r}: use letters, digits, '.', '_' or '-', starting with a letter or digit and "
+            "not ending with '.' (at most 100 characters, no '/')"
         )
+    if _DEVICE_NAME.fullmatch(name):
+        raise LoratuneError(f"invalid {what} {name!r}: a Windows device name (CON, PRN, AUX, NUL, COM1, LPT1, ...)")
     return name
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 
 from loratune.config import RunConfig, field_help, from_dict, load_yaml, merge_options
 from loratune.errors import LoratuneError
+from loratune.workspace import Workspace
 
 
 def add(sub) -> None:
@@ -31,6 +33,8 @@ def run_train(args, extra: list[str]) -> int:
 
     config = train_config(args, extra)
     result = train(config, home=args.home)
+    if result.already_finished:
+        return 0  # train() said so; nothing was changed
     if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, one line, not one per process
         print(
             f"{'stopped' if result.stopped else 'done'}: {result.steps} steps in {result.seconds:.0f}s, "
@@ -50,15 +54,24 @@ def train_config(args, extra: list[str]) -> RunConfig:
     if args.overwrite:
         overrides["train.overwrite"] = True
     data = load_yaml(args.config) if args.config else {}
-    name = overrides.get("name", data.get("name"))
-    if args.resume and name:
-        from loratune.workspace import Workspace
-
-        saved = Workspace.resolve(args.home).lora_dir(name) / "loratune.yaml"
+    given = from_dict(RunConfig, merge_options(copy.deepcopy(data), overrides))
+    if given.train.resume and given.name:  # --resume or train.resume auto: the saved run's options come first
+        saved = Workspace.resolve(args.home).lora_dir(given.name) / "loratune.yaml"
         if saved.is_file():
-            data = merge_options(load_yaml(saved), data)
+            options = load_yaml(saved)
+            for what_that_command_did in ("resume", "overwrite"):  # never inherit an --overwrite
+                (options.get("train") or {}).pop(what_that_command_did, None)
+            data = merge_options(options, data)
     merge_options(data, overrides)
-    return from_dict(RunConfig, data)
+    config = from_dict(RunConfig, data)
+    # The cheap checks here, before train() imports torch: a bad option or name is refused in a second, not in ten.
+    config.validate()
+    ws = Workspace.resolve(args.home)
+    if config.name:
+        ws.lora_dir(config.name)
+    if config.train.resume is True:
+        ws.check_resumable(config.name)
+    return config
 
 
 def parse_overrides(extra: list[str]) -> dict[str, str]:

@@ -74,7 +74,10 @@ def convert_gguf(gguf: Path, ws: Workspace, name: str) -> Path:
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # from_config draws random initial weights (then overwritten): in a forked RNG, so converting leaves the
+    # caller's seeded random state as it was and a first run on a new .gguf equals the later ones.
+    with torch.random.fork_rng(devices=[]):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     tmp = target.with_name(target.name + ".converting")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from loratune.errors import LoratuneError
-from loratune.train.checkpoint import checkpoint_dir, is_complete, save_checkpoint
+from loratune.train.checkpoint import checkpoint_dir, is_complete, latest_checkpoint, save_checkpoint
 from loratune.train.lock import RunLock
+from loratune.train.resume import resume_command
 from loratune.train.stop import StopRequest, StopSource
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -33,6 +34,7 @@ class RunGuard:
         self.step = 0
         self.micro_batch = 0
         self.name = ""
+        self.home: Path | None = None  # the workspace, for a resume hint that works from any folder
         self.stop_at_loss = 0.0
         self.reached_loss = False
         self.progress = None
@@ -41,16 +43,17 @@ class RunGuard:
         self.stop.__enter__()
         return self
 
-    def claim(self, run_dir: Path, is_main_process: bool = True) -> None:
+    def claim(self, run_dir: Path, is_main_process: bool = True, home: Path | None = None) -> None:
         """Lock the run folder for this run (a no-op until the folder exists; only the main process writes)."""
-        self.run_dir = run_dir
+        self.run_dir, self.name = run_dir, run_dir.name
+        self.home = home or self.home
         if is_main_process:
             self.lock.acquire(run_dir)
 
     def watch(self, config, model, optimizer, scheduler, step: int, position: dict) -> None:
         """From here on, an unexpected failure saves `step` (the last finished one) as a checkpoint."""
         self.saving = (model, optimizer, scheduler, config.train.keep_checkpoints, position)
-        self.step, self.micro_batch, self.name = step, config.train.micro_batch, config.name
+        self.step, self.micro_batch = step, config.train.micro_batch
         self.stop_at_loss = config.train.stop_at_loss
 
     def after_step(self, step: int, loss: float, accelerator) -> bool:
@@ -92,28 +95,38 @@ class RunGuard:
             # The scheduler counts the optimizer steps taken, even when the failure came after an optimizer step but
             # before the loop reported it (in a callback, a metrics write): the weights belong to that step.
             self.step = getattr(self.saving[2], "last_epoch", self.step)
-        where = f"at step {self.step + 1}"
+        where = f"at step {self.step + 1}" if self.saving is not None else "before the first step"
         if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) met more than tensors
             raise LoratuneError(
                 "refused to load a pickle weights file (.bin/.pt) that holds Python objects besides tensors: loading "
                 f"it could run code ({str(error).splitlines()[-1][:120]}); use a model saved as safetensors"
             ) from None
         if is_disk_full(error):
+            then = f"continue with: {self.resume_hint()}" if self.resumable() else "start again"
             raise LoratuneError(
                 f"disk full after step {self.step} while writing in {self.run_dir} ({reason(error)}); nothing "
-                "half-written was kept; free some space, then continue with --resume (or start again if no "
-                "checkpoint is complete)"
+                f"half-written was kept; free some space, then {then}"
             ) from error
         saved = self._rescue()
-        resume = f"loratune train --name {self.name} --resume"
         if is_out_of_memory(error):
             smaller = max(1, self.micro_batch // 2)
+            again = (
+                f"continue with a smaller micro-batch: {self.resume_hint('--train.micro_batch', str(smaller))}"
+                if self.resumable()
+                else f"start again with a smaller micro-batch: --train.micro_batch {smaller}"
+            )
             raise LoratuneError(
-                f"out of memory {where} with train.micro_batch {self.micro_batch}; {saved}; continue with a smaller "
-                f"micro-batch: {resume} --train.micro_batch {smaller} (the batch size stays the same)"
+                f"out of memory {where} with train.micro_batch {self.micro_batch}; {saved}; {again} "
+                "(the batch size stays the same)"
             ) from error
-        if saved:
-            print(f"loratune: training failed {where}: {saved}; after fixing the cause: {resume}", file=sys.stderr)
+        after = f"; after fixing the cause: {self.resume_hint()}" if self.resumable() else ""
+        print(f"loratune: training failed {where}: {saved}{after}", file=sys.stderr)
+
+    def resumable(self) -> bool:
+        return self.run_dir is not None and self.run_dir.is_dir() and latest_checkpoint(self.run_dir) is not None
+
+    def resume_hint(self, *extra: str) -> str:
+        return resume_command(self.home or self.run_dir.parent.parent, self.name, *extra)
 
     def _rescue(self) -> str:
         """Save the last finished step if that is new work; say what was saved (or why not)."""

@@ -38,6 +38,7 @@ from loratune.train.packing import use_packed_attention
 from loratune.train.pause import pause_point
 from loratune.train.plot import plot_loss
 from loratune.train.progress import Progress
+from loratune.train.resume import FINISHED, already_finished, check_resume_options, mark_finished, resume_command
 from loratune.train.stop import StopSource
 from loratune.workspace import Workspace
 
@@ -51,6 +52,7 @@ class TrainResult:
     model: object  # the trained PeftModel, still in memory
     tokenizer: object
     stopped: bool = False  # ended early by a signal or the caller's stop; resumable from its last checkpoint
+    already_finished: bool = False  # a resume of a finished run: nothing trained or changed (model is None then)
 
 
 def train(
@@ -82,18 +84,24 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     # A copy (the caller's config is never changed), with the options layered on top.
     config = from_dict(RunConfig, merge_options(to_dict(config or RunConfig()), options)).validate()
     ws = Workspace.resolve(home)
+    tc = config.train
+    if tc.resume is True:  # before looking for data: a resume by name alone gets its data from the saved run
+        ws.check_resumable(config.name)
     # Saved absolute in loratune.yaml, so a resume from another folder finds the same data (and fails fast if none).
     config.data.path = str(find_data(config.data.path, ws).resolve())
     config.name = config.name or Path(config.data.path).stem  # the adapter is named after its data by default
     run_dir = ws.lora_dir(config.name)
-    tc = config.train
     if config.adapter.copy_from:  # the adapter's shape comes from an earlier run (text-generation-webui's "copy from")
         config.adapter = adapter_from_run(ws.lora_dir(config.adapter.copy_from) / "loratune.yaml", config.adapter)
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    guard.claim(run_dir, accelerator.is_main_process)  # a second run on the same name is refused here
-    resume_from = check_run_dir(run_dir, tc.resume, tc.overwrite)
-    torch.manual_seed(tc.seed)
+    guard.claim(run_dir, accelerator.is_main_process, ws.home)  # a second run on the same name is refused here
+    finished = already_finished(run_dir, config) if tc.resume else None
+    resume_from, clear_first = check_run_dir(run_dir, tc.resume, tc.overwrite) if finished is None else (None, False)
+    if resume_from is not None or finished is not None:  # continuing: the options must describe the same run
+        check_resume_options(run_dir / "loratune.yaml", config)
+    if finished is not None:
+        return finished_result(run_dir, finished, config, accelerator.is_main_process and show_progress)
     with accelerator.main_process_first():  # one process converts or downloads the model; the others then reuse it
         model_path = resolve_model_path(config.model.source, ws, config.model.trust_remote_code)
     model, tokenizer = load_base(model_path, accelerator.device, config.model.trust_remote_code, config.model.quant)
@@ -115,6 +123,9 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
         use_dora=config.adapter.dora,
         task_type="CAUSAL_LM",
     )
+    # Seeded here, right before the LoRA weights are drawn: whatever ran before (a GGUF conversion, a download) can
+    # never change them, so the same seed gives the same run the first time too.
+    torch.manual_seed(tc.seed)
     model = get_peft_model(model, lora)
     if tc.packing:
         use_packed_attention(model)
@@ -130,16 +141,23 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     step = 0
     position = data_position(samples, steps_per_epoch, tc.seed)
     if resume_from is not None:
+        resumed = int(resume_from.name.rsplit("-", 1)[1])
+        if total_steps <= resumed:
+            raise LoratuneError(
+                f"train.max_steps / train.epochs now end the run at step {total_steps}, but {resume_from.name} is "
+                f"already at step {resumed}: nothing is left to train; give more steps to resume"
+            )
         step = load_state(resume_from, model, optimizer, scheduler, position)
         if accelerator.is_main_process:
             trim_metrics(run_dir / "metrics.jsonl", step)
         say(f"resuming from {resume_from.name} (step {step} of {total_steps})")
     model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.is_main_process:  # model, data and options are good: only now is anything written
-        if tc.overwrite and resume_from is None:
-            clear_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        guard.claim(run_dir)
+        guard.claim(run_dir)  # before anything is cleared: a run that started meanwhile on this name keeps its files
+        if clear_first:
+            clear_run_dir(run_dir)
+        (run_dir / FINISHED).unlink(missing_ok=True)  # training on: the run is no longer finished
         clean_leftovers(run_dir)
         save_yaml(config, run_dir / "loratune.yaml")
     guard.watch(config, accelerator.unwrap_model(model), optimizer, scheduler, step, position)
@@ -218,9 +236,11 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
         save_adapter(run_dir, accelerator.unwrap_model(model), step)
         write_card(run_dir, config, step, loss_value)
         plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        if not stopped:  # last: a resume of this run then says "already finished" instead of training again
+            mark_finished(run_dir, step, steps_per_epoch, loss_value, tc.stop_at_loss if guard.reached_loss else 0.0)
         say(f"adapter saved in {run_dir} (final loss {loss_value:.4f})")
         if stopped:
-            say(f"stopped at step {step} of {total_steps}; continue with: loratune train --name {config.name} --resume")
+            say(f"stopped at step {step} of {total_steps}; continue with: {resume_command(ws.home, config.name)}")
         if guard.reached_loss:
             say(f"reached train.stop_at_loss {tc.stop_at_loss} at step {step}")
     accelerator.wait_for_everyone()
@@ -230,10 +250,12 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     )
 
 
-def check_run_dir(run_dir: Path, resume: bool | str, overwrite: bool) -> Path | None:
-    """Refuse to clobber an existing run unless asked (nothing is deleted here); return the checkpoint to resume.
+def check_run_dir(run_dir: Path, resume: bool | str, overwrite: bool) -> tuple[Path | None, bool]:
+    """Refuse to clobber an existing run unless asked (nothing is deleted here).
 
-    `resume` True needs a complete checkpoint; 'auto' takes one if there is one, else starts like a new run.
+    Returns (the checkpoint to resume from, whether to empty the folder before writing). `resume` True needs a
+    complete checkpoint; 'auto' takes one if there is one, else starts like a new run, over the leftovers of a run
+    killed before its first checkpoint too (no weights of it survive, so nothing is lost).
     """
     if resume:
         checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
@@ -241,15 +263,46 @@ def check_run_dir(run_dir: Path, resume: bool | str, overwrite: bool) -> Path | 
         if skipped:
             print(f"ignoring incomplete checkpoint(s) (interrupted while saving): {', '.join(skipped)}")
         if checkpoint is not None:
-            return checkpoint
+            return checkpoint, False
+        trained = holds_weights(run_dir)
         if resume != "auto":
-            raise LoratuneError(f"nothing to resume: {run_dir} has no complete checkpoint")
-    if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-        if not overwrite:
             raise LoratuneError(
-                f"{run_dir} already exists; choose another name, continue it with --resume, or pass --overwrite"
+                f"nothing to resume: {run_dir} has no complete checkpoint; "
+                + (
+                    "its adapter is the only copy of its weights: train a new run (another --name), or replace it "
+                    "with --overwrite"
+                    if trained
+                    else "it was stopped before its first one, so start it again with --train.resume auto"
+                )
             )
-    return None
+        if not trained:
+            return None, True
+    if has_run(run_dir) and not overwrite:
+        raise LoratuneError(
+            f"{run_dir} already exists; choose another name, continue it with --resume, or pass --overwrite"
+        )
+    return None, overwrite
+
+
+def has_run(run_dir: Path) -> bool:
+    """Anything besides a lock file in the run folder."""
+    return run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
+
+
+def holds_weights(run_dir: Path) -> bool:
+    """Trained weights that a fresh start would delete: the run's adapter or a complete checkpoint."""
+    return (run_dir / "adapter_model.safetensors").exists() or latest_checkpoint(run_dir) is not None
+
+
+def finished_result(run_dir: Path, record: dict, config: RunConfig, show: bool) -> TrainResult:
+    """A resume of a finished run: say so, change nothing."""
+    if show:
+        print(
+            f"{config.name} already finished at step {record['step']}; nothing changed (to train on, resume with "
+            "a larger --train.max_steps or --train.epochs, or a lower --train.stop_at_loss)"
+        )
+    loss = float(record.get("loss", float("nan")))
+    return TrainResult(run_dir, int(record["step"]), loss, 0.0, None, None, already_finished=True)
 
 
 def step_samples(samples: list[Sample], step: int, steps_per_epoch: int, batch_size: int, seed: int) -> list[Sample]:
