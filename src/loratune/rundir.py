@@ -6,6 +6,7 @@ after a kill cut its last line short: readers never raise on a torn or missing f
 
     loratune.yaml              the fully resolved config of the run
     metrics.jsonl              one JSON row per logged step {step, epoch, loss, lr, ...} and per evaluation {eval_loss}
+    finished.json              written last by a run that ended by design (not stopped): its step and why
     best.json                  the step with the lowest eval loss
     promoted.json              which checkpoint was promoted to be the run's adapter
     loss.png, README.md        the loss curve and the model card
@@ -21,6 +22,7 @@ from pathlib import Path
 
 CONFIG = "loratune.yaml"
 METRICS = "metrics.jsonl"
+FINISHED = "finished.json"
 BEST = "best.json"
 PROMOTED = "promoted.json"
 LOSS_PLOT = "loss.png"
@@ -88,3 +90,14 @@ def read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def read_finished(run_dir: Path) -> dict | None:
+    """finished.json ({step, steps_per_epoch, loss, reached_stop_at_loss}); None when absent or damaged, in which
+    case the run is not known to be finished and a resume continues from its newest checkpoint."""
+    record = read_json(run_dir / FINISHED)
+    try:
+        int(record["step"]), int(record["steps_per_epoch"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return record

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from loratune.config import RunConfig, from_dict, load_yaml
 from loratune.errors import LoratuneError
+from loratune.rundir import FINISHED, read_finished
 
 RESUME_MAY_CHANGE = {
     # how long the run is (the learning-rate schedule stretches or shrinks to the new total from the resumed step)
@@ -40,8 +41,6 @@ RESUME_MAY_CHANGE = {
     "train.resume",
     "train.overwrite",
 }
-
-FINISHED = "finished.json"  # written last by a run that ended by design (not stopped): its step and why it ended
 
 
 def check_resume_options(saved_yaml: Path, config: RunConfig) -> None:
@@ -87,15 +86,6 @@ def mark_finished(run_dir: Path, step: int, steps_per_epoch: int, loss: float, r
     tmp = run_dir / f".{FINISHED}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
     os.replace(tmp, run_dir / FINISHED)
-
-
-def read_finished(run_dir: Path) -> dict | None:
-    try:
-        record = json.loads((run_dir / FINISHED).read_text(encoding="utf-8"))
-        int(record["step"]), int(record["steps_per_epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # none, or damaged: then the run is not known to be finished and resumes from its checkpoint
-    return record
 
 
 def already_finished(run_dir: Path, config: RunConfig) -> dict | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from loratune.adapters.catalog import adapter_info, read_losses
 from loratune.errors import LoratuneError
+from loratune.rundir import read_finished
 from loratune.train.lock import LOCK_FILE
 from loratune.workspace import Workspace, check_name, inside
 
@@ -131,8 +132,11 @@ def check_run_name(ws: Workspace, name: str, resume: bool, overwrite: bool, last
     info = adapter_info(folder)
     saved = [c.step for c in info.checkpoints if c.complete]
     reached = max(read_losses(folder / "metrics.jsonl"), default=saved[-1] if saved else 0)
-    # A stop writes a checkpoint of its last step; a finished run's last checkpoint (if any) is older than its end.
-    finished = info.has_adapter and (last_job == "finished" or not saved or saved[-1] < reached)
+    # finished.json is written last by a run that ended by design; older runs: a stop checkpoints its last step.
+    done = read_finished(folder)
+    if done is not None:
+        reached = int(done["step"])
+    finished = info.has_adapter and (done is not None or last_job == "finished" or not saved or saved[-1] < reached)
     if resume:
         if finished:
             raise NameTaken(f"'{name}' already finished at step {reached}: nothing to resume")
