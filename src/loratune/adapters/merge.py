@@ -7,6 +7,7 @@ from pathlib import Path
 
 from loratune.adapters.catalog import adapter_path, base_model_path
 from loratune.errors import LoratuneError
+from loratune.models.checks import check_model_folder, load_adapter
 from loratune.workspace import Workspace, check_name, inside
 
 
@@ -23,7 +24,6 @@ def merge(
     twice). `out` may be given as 'models/<name>' or '<name>'.
     """
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ws = home if isinstance(home, Workspace) else Workspace.resolve(home)
@@ -32,10 +32,11 @@ def merge(
     if target.exists() and not overwrite:
         raise LoratuneError(f"{target} already exists; choose another --out or pass --overwrite")
     base = base_model_path(adapter, ws)
+    check_model_folder(base)  # pickled or broken weights: one line, as for train and generate
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code)
     with torch.no_grad():
-        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        merged = load_adapter(model, adapter).merge_and_unload()
     tmp = target.with_name(f".{target.name}.merging")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
