@@ -83,8 +83,9 @@ def check_model_folder(path: Path) -> None:
         pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in path.glob(pattern))
         if pickled:
             raise LoratuneError(
-                f"{path} holds only pickled weights ({', '.join(pickled[:3])}); loratune loads safetensors only "
-                "(unpickling can run code): convert them once with safetensors, or use a safetensors copy of the model"
+                f"{path} holds only pickled weights ({', '.join(pickled[:3])}): refused to load a pickle weights file, "
+                "as unpickling could run code; loratune loads models from safetensors only: convert them once, or "
+                "use a safetensors copy of the model"
             )
         raise LoratuneError(f"{path} has no weights (no *.safetensors file); download or copy the model again")
     for file in weights:
@@ -102,7 +103,7 @@ def check_tokenizer_files(path: Path) -> None:
 def check_chat_template(tokenizer, path: Path) -> None:
     """Render a two-turn chat once: a template that reaches for Python internals (template injection) is stopped by
     Jinja's sandbox with a SecurityError; say so in one line rather than at the first record or prompt."""
-    from jinja2.exceptions import SecurityError, TemplateError
+    from jinja2.exceptions import SecurityError
 
     if not getattr(tokenizer, "chat_template", None):
         return
@@ -114,8 +115,8 @@ def check_chat_template(tokenizer, path: Path) -> None:
             f"{path}: the chat template tries something Jinja's sandbox forbids ({first_line(e)}); "
             "it is refused: replace chat_template in the model folder with a trusted one"
         ) from None
-    except TemplateError:
-        pass  # e.g. a template that refuses some role order: the record or prompt that meets it says so
+    except Exception:  # noqa: BLE001 - e.g. a template that refuses some role order: the record
+        pass  # or prompt that meets it says so; only a sandbox violation is refused here
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
