@@ -355,7 +355,7 @@ def test_raw_text_on_one_line_takes_bounded_memory(tiny_model, home, tmp_path):
     assert "records 1, samples" in big.out
     per_char = (big.peak_rss - small.peak_rss) / size
     print(f"\none 3 MB line: peak RSS {big.peak_rss / 1e6:.0f} MB, {per_char:.0f} bytes per character over the base")
-    assert per_char < 60  # main: 185
+    assert per_char < 100  # main: 185; here about 50 at 3 MB, 28 at 10 MB, 21 at 30 MB (fixed costs amortized)
 
 
 def test_one_huge_record_is_dropped_without_tokenizing_it(tiny_model, home, tmp_path):
@@ -398,7 +398,20 @@ def test_folder_of_10000_tiny_files(tiny_model, home, tmp_path):
     corpus.mkdir()
     for n in range(10_000):
         (corpus / f"{n:05d}.txt").write_text(f"Note {n}: the quick brown fox jumps over the lazy dog, matey.\n")
-    run = cli(home, "data", "check", str(corpus), "--model", str(tiny_model), "--cutoff", "64")
+    run = cli(
+        home,
+        "data",
+        "check",
+        str(corpus),
+        "--model",
+        str(tiny_model),
+        "--cutoff",
+        "64",
+        "--data.overlap",
+        "16",
+        "--data.min_chunk",
+        "1",
+    )
     assert run.rc == 0, run.out + run.err
     assert "records 10000, samples 10000" in run.out
 
@@ -411,16 +424,17 @@ def test_resume_never_follows_a_checkpoint_symlink_out_of_the_run(tiny_model, ho
     data.write_bytes(jsonl(*[GOOD] * 4))
     first = cli(home, *train_args(tiny_model, data, "--train.max_steps", "2", "--train.save_every", "1"))
     assert first.rc == 0, first.err
+    newest = sorted((home / "loras" / "x").glob("checkpoint-*"))[-1]
     elsewhere = tmp_path / "elsewhere"
-    shutil.copytree(home / "loras" / "x" / "checkpoint-000002", elsewhere)  # looks like a newer, complete one
+    shutil.copytree(newest, elsewhere)  # looks like a newer, complete checkpoint
     (home / "loras" / "x" / "checkpoint-000009").symlink_to(elsewhere)
     resumed = cli(
         home,
-        *train_args(tiny_model, data, "--train.max_steps", "4", "--train.save_every", "1"),
+        *train_args(tiny_model, data, "--train.max_steps", "3", "--train.save_every", "1"),
         "--resume",
         "--train.keep_checkpoints",
         "1",
     )
     assert resumed.rc == 0, resumed.err
-    assert "resuming from checkpoint-000002" in resumed.out  # not from the link's step 9
+    assert f"resuming from {newest.name}" in resumed.out  # not from the link's step 9
     assert (elsewhere / "COMPLETE").is_file() and (elsewhere / "adapter_model.safetensors").is_file()

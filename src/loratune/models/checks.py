@@ -83,8 +83,8 @@ def check_model_folder(path: Path) -> None:
         pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in path.glob(pattern))
         if pickled:
             raise LoratuneError(
-                f"{path} holds only pickled weights ({', '.join(pickled[:3])}): refused to load a pickle weights file, "
-                "as unpickling could run code; loratune loads models from safetensors only: convert them once, or "
+                f"{path} holds only pickled weights ({', '.join(pickled[:3])}): refused to load a pickle weights file "
+                "(unpickling could run code); loratune loads models from safetensors only: convert them once, or "
                 "use a safetensors copy of the model"
             )
         raise LoratuneError(f"{path} has no weights (no *.safetensors file); download or copy the model again")
