@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 from loratune.commands import COMMANDS
@@ -40,6 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("loratune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `loratune data check ... | head -1`: the reader left; stop quietly, as Unix tools do
+        _silence_stdout()
+        return 128 + signal.SIGPIPE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what is still buffered cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

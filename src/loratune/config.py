@@ -246,14 +246,36 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     return cls(**kwargs)
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a run config is a few kB; a bigger file is not one
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without anchors and aliases: a config never needs them, and an alias bomb ("billion laughs")
+    expands a few hundred bytes into gigabytes once its values are converted."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.YAMLError(
+                f"line {event.start_mark.line + 1}: anchors and aliases (&name / *name) are not allowed in a config"
+            )
+        return super().compose_node(parent, index)
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise LoratuneError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise LoratuneError(f"{path}: {path.stat().st_size:,} bytes is too big for a config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_bytes().decode("utf-8-sig"), Loader=_NoAliasLoader) or {}
+    except UnicodeDecodeError:
+        raise LoratuneError(f"{path}: not UTF-8 text, so not a YAML config; give a .yaml file") from None
     except yaml.YAMLError as e:
         raise LoratuneError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise LoratuneError(f"{path}: YAML nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise LoratuneError(f"{path}: expected a mapping of options at the top level")
     return data

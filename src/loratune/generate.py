@@ -13,6 +13,7 @@ from loratune.config import GenerateSpec
 from loratune.data.build import is_raw_text
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path
+from loratune.models.checks import check_adapter_folder, load_adapter
 from loratune.workspace import Workspace, inside
 
 
@@ -33,9 +34,7 @@ class Generator:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         base, self.tokenizer = load_base(resolve_model_path(model, ws, trust_remote_code), device, trust_remote_code)
         if self.lora_path is not None:
-            from peft import PeftModel
-
-            base = PeftModel.from_pretrained(base, self.lora_path)
+            base = load_adapter(base, self.lora_path)  # an adapter of another model's shape: one line
         self.model = base.eval()
         self.raw_text_lora = self.lora_path is not None and trained_on_raw_text(self.lora_path)
 
@@ -109,11 +108,7 @@ def resolve_lora(lora: str, ws: Workspace) -> Path:
         path = inside(ws.loras, lora)
     if not (path / "adapter_config.json").is_file():
         raise LoratuneError(f"no adapter at '{lora}' (looked for adapter_config.json as given and in {ws.loras})")
-    if not (path / "adapter_model.safetensors").is_file():  # a pickled adapter_model.bin is never loaded
-        raise LoratuneError(
-            f"{path} has no adapter_model.safetensors; loratune loads adapter weights only from safetensors "
-            "(a .bin file is a pickle that could run code): re-save the adapter with safetensors"
-        )
+    check_adapter_folder(path)  # safetensors only: a pickled adapter_model.bin is never loaded
     return path
 
 

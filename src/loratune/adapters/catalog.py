@@ -338,6 +338,9 @@ def adapter_path(spec: str, home: str | Path | Workspace | None = None) -> Path:
     path = checkpoint_path(folder, checkpoint) if checkpoint else folder
     if not (path / "adapter_config.json").is_file():
         raise LoratuneError(f"no adapter at {spec!r} (no adapter_config.json in {path})")
+    from loratune.models.checks import check_adapter_folder
+
+    check_adapter_folder(path)  # one rule everywhere (serve, merge, export): safetensors only, never a pickle
     return path
 
 

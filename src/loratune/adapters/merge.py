@@ -9,6 +9,7 @@ from pathlib import Path
 from loratune.adapters.catalog import adapter_path, base_model_path
 from loratune.adapters.files import clean_stale, fsync_dir, normal_permissions, temporary
 from loratune.errors import LoratuneError
+from loratune.models.checks import check_model_folder, load_adapter
 from loratune.train.pause import pause_point
 from loratune.workspace import Workspace, check_name, inside
 
@@ -54,13 +55,13 @@ def merge(
 def write_merged(adapter: Path, base: Path, folder: Path, trust_remote_code: bool = False) -> None:
     """Write base + adapter, merged on the CPU in the base's stored dtype, as a transformers folder `folder`."""
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_model_folder(base)  # pickled or broken weights: one line, as for train and generate
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code)
     with torch.no_grad():
-        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        merged = load_adapter(model, adapter).merge_and_unload()
     merged.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     (folder / "MERGED_FROM.txt").write_text(f"base: {base}\nadapter: {adapter}\n", encoding="utf-8")

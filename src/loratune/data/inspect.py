@@ -18,7 +18,9 @@ from loratune.errors import LoratuneError
 from loratune.workspace import Workspace
 
 HISTOGRAM_BINS = 8  # equal bins from 0 to the cutoff, plus one for the samples over it
-UNCAPPED = 1 << 30  # a cutoff no sample reaches: how long the samples are before the cutoff acts
+# How long samples are before the cutoff acts, up to this many cutoffs: measuring a 50 MB record exactly would
+# tokenize all of it (gigabytes) only to draw one bar; longer ones show at this length.
+UNCAPPED_FACTOR = 16
 
 
 @dataclass
@@ -107,8 +109,7 @@ def check_data(spec: DataSpec, tokenizer, ws: Workspace | None = None, examples:
     lengths = [len(s.input_ids) for s in uncapped]
     check.over_cutoff = sum(n > spec.cutoff for n in lengths)
     # Whatever rule data options set for long samples, a sample either survives (cut) or does not (dropped).
-    check.dropped_too_long = max(0, len(uncapped) - len(samples))
-    check.truncated = max(0, check.over_cutoff - check.dropped_too_long)
+    check.dropped_too_long, check.truncated = report.too_long, report.truncated
     check.histogram = histogram(lengths, spec.cutoff)
     check.examples = [segments(s, tokenizer) for s in samples[:examples]]
     eos = tokenizer.eos_token_id
@@ -118,7 +119,11 @@ def check_data(spec: DataSpec, tokenizer, ws: Workspace | None = None, examples:
 
 
 def _uncapped(spec: DataSpec, tokenizer, ws: Workspace) -> list[Sample]:
-    return read_samples(dataclasses.replace(spec, cutoff=UNCAPPED), tokenizer, ws)[0]
+    longer = dataclasses.replace(spec, cutoff=spec.cutoff * UNCAPPED_FACTOR, too_long="truncate")
+    try:
+        return read_samples(longer, tokenizer, ws)[0]
+    except LoratuneError:  # e.g. a chat too long to render in full, though its part within the cutoff renders
+        return read_samples(spec, tokenizer, ws)[0]
 
 
 def _warn(check: DataCheck, spec: DataSpec, tokenizer, samples: list[Sample]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_right
 from importlib import resources
 from pathlib import Path
 
@@ -29,7 +30,8 @@ _PLACEHOLDER = re.compile(r"%([A-Za-z0-9_]+)%")
 def build(path: Path, tokenizer, spec: DataSpec, ws: Workspace) -> tuple[list[Sample], DataReport]:
     records = read_records(path)
     report = DataReport(kind="instruction", path=str(path), records=len(records))
-    render = make_renderer(spec.format, tokenizer, ws)
+    budget = char_budget(tokenizer, spec.cutoff)
+    render = make_renderer(spec.format, tokenizer, ws, budget)
     samples, unmatched, bos = [], {}, wants_bos(tokenizer, spec.add_bos)
     for number, record in enumerate(records, 1):
         where = f"{path} record {number}"
@@ -42,7 +44,13 @@ def build(path: Path, tokenizer, spec: DataSpec, ws: Workspace) -> tuple[list[Sa
             segments.append((tokenizer.eos_token, True))
         if spec.train_only_after:
             segments = only_after(segments, spec.train_only_after)
-        sample = tokenize_segments(segments, tokenizer, bos)
+        check_text(segments, where)
+        # Text past the budget cannot reach the cutoff's tokens: tokenize only up to it (a 50 MB record costs
+        # milliseconds to drop or cut, not gigabytes), unless this tokenizer made fewer tokens of it than that.
+        clipped = clip(segments, budget)
+        sample = tokenize_segments(clipped, tokenizer, bos)
+        if clipped is not segments and len(sample.input_ids) <= spec.cutoff:
+            sample = tokenize_segments(segments, tokenizer, bos)
         if len(sample.input_ids) > spec.cutoff:
             if spec.too_long == "drop":
                 report.too_long += 1
@@ -70,6 +78,41 @@ class NoKeySet(LoratuneError):
         self.keys = keys
 
 
+def char_budget(tokenizer, cutoff: int) -> int:
+    """Characters that surely hold more than `cutoff` tokens: no token spells more characters than the longest
+    vocabulary entry (twice that, for margin at the cut)."""
+    longest = getattr(tokenizer, "_loratune_longest_entry", None)
+    if longest is None:
+        longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
+        tokenizer._loratune_longest_entry = longest  # get_vocab() builds a dict of the whole vocabulary: once
+    return 2 * cutoff * max(1, longest)
+
+
+def clip(segments: Segments, budget: int) -> Segments:
+    """The first `budget` characters of the segments (the same list when they are shorter)."""
+    if sum(len(piece) for piece, _ in segments) <= budget:
+        return segments
+    kept, left = [], budget
+    for piece, trained in segments:
+        if left <= 0:
+            break
+        kept.append((piece[:left], trained))
+        left -= len(piece)
+    return kept
+
+
+def check_text(segments: Segments, where: str) -> None:
+    """Refuse text no tokenizer can take: a lone surrogate (\\ud800 in JSON) is not a character of any encoding."""
+    for piece, _ in segments:
+        try:
+            piece.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise LoratuneError(
+                f"{where}: holds a lone surrogate ({piece[e.start]!r}), which is not text; fix the record "
+                "(an emoji split in two halves?)"
+            ) from None
+
+
 def _records(numbers: list[int]) -> str:
     if len(numbers) == 1:
         return f"record {numbers[0]}"
@@ -91,6 +134,8 @@ def read_records(path: Path) -> list[dict]:
             records = json.loads(text)
         except json.JSONDecodeError as e:
             raise LoratuneError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        except RecursionError:
+            raise LoratuneError(f"{path}: JSON nested too deeply to be records") from None
         if isinstance(records, dict):
             records = [records]
         if not isinstance(records, list):
@@ -103,6 +148,8 @@ def read_records(path: Path) -> list[dict]:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise LoratuneError(f"{path}: invalid JSON on line {number}, column {e.colno}: {e.msg}") from None
+                except RecursionError:
+                    raise LoratuneError(f"{path}: line {number} is JSON nested too deeply to be a record") from None
     for number, record in enumerate(records, 1):
         if not isinstance(record, dict):
             raise LoratuneError(f"{path} record {number}: expected an object with keys, got {type(record).__name__}")
@@ -114,12 +161,13 @@ def _looks_like_jsonl(text: str) -> bool:
     first, _, rest = text.strip().partition("\n")
     try:
         return isinstance(json.loads(first), dict) and bool(rest.strip())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False
 
 
-def make_renderer(fmt: str, tokenizer, ws: Workspace):
-    """A function (record, where) -> Segments for the chosen format."""
+def make_renderer(fmt: str, tokenizer, ws: Workspace, budget: int | None = None):
+    """A function (record, where) -> Segments for the chosen format; a chat stops rendering past `budget`
+    characters (the rest is beyond the cutoff)."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if fmt == "chat" and not has_template:
         raise LoratuneError("data.format 'chat' needs a model with a chat template; use 'alpaca' or a format file")
@@ -130,10 +178,10 @@ def make_renderer(fmt: str, tokenizer, ws: Workspace):
         if "messages" in record:
             if not has_template:
                 raise LoratuneError(f"{where}: 'messages' needs a model with a chat template")
-            return chat_segments(check_messages(record["messages"], where), tokenizer, where)
+            return chat_segments(check_messages(record["messages"], where), tokenizer, where, budget)
         if templates is not None or fallback is not None:
             return format_segments(record, templates or fallback, where)
-        return chat_segments(alpaca_to_messages(record, where), tokenizer, where)
+        return chat_segments(alpaca_to_messages(record, where), tokenizer, where, budget)
 
     return render
 
@@ -154,11 +202,16 @@ def load_format(fmt: str, ws: Workspace) -> dict[str, str]:
                 )
             path = Path(str(shipped))
     try:
-        templates = json.loads(path.read_text(encoding="utf-8-sig"))
+        templates = json.loads(read_text(path))  # UTF-8 only: a UTF-16 file is refused naming the line
     except json.JSONDecodeError as e:
         raise LoratuneError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise LoratuneError(f"{path}: JSON nested too deeply to be a format file") from None
+    example = '{"instruction,output": "..."}'
     if not isinstance(templates, dict) or not all(isinstance(v, str) for v in templates.values()):
-        raise LoratuneError(f'{path}: a format file maps key sets to templates, e.g. {{"instruction,output": "..."}}')
+        raise LoratuneError(f"{path}: a format file maps key sets to templates, e.g. {example}")
+    if not templates:
+        raise LoratuneError(f"{path}: the format file has no templates; add one, e.g. {example}")
     return templates
 
 
@@ -215,16 +268,36 @@ def check_messages(messages, where: str) -> list[dict]:
     return messages
 
 
-def chat_segments(messages: list[dict], tokenizer, where: str) -> Segments:
-    """Render progressively: what each assistant turn adds to the prompt before it is the trained text."""
+MAX_CHAT_TURNS = 128  # each assistant turn re-renders the chat before it: cost grows with the square of the turns
+
+
+def chat_segments(messages: list[dict], tokenizer, where: str, budget: int | None = None) -> Segments:
+    """Render progressively: what each assistant turn adds to the prompt before it is the trained text.
+
+    Rendering stops once `budget` characters are rendered (an append-only template makes the rest a suffix beyond
+    the cutoff); a chat needing more than MAX_CHAT_TURNS renders is refused rather than taking minutes.
+    """
+    from jinja2.exceptions import TemplateError
 
     def render(upto: int, prompt: bool) -> str:
-        return tokenizer.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=prompt)
+        try:
+            return tokenizer.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=prompt)
+        except TemplateError as e:  # the template's own raise_exception, or the sandbox's SecurityError
+            raise LoratuneError(f"{where}: the model's chat template refuses this chat ({e})") from None
 
-    segments, done = [], ""
+    segments, done, turns = [], "", 0
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
+        if budget is not None and len(done) > budget:
+            break
+        turns += 1
+        if turns > MAX_CHAT_TURNS:
+            total = sum(m["role"] == "assistant" for m in messages)
+            raise LoratuneError(
+                f"{where}: a chat of {total} assistant turns; loratune renders at most {MAX_CHAT_TURNS} per chat "
+                "(each turn re-renders the whole chat before it): split it into shorter chats"
+            )
         prompt, full = render(i, True), render(i + 1, False)
         if not prompt.startswith(done) or not full.startswith(prompt):
             raise LoratuneError(
@@ -255,8 +328,10 @@ def tokenize_segments(segments: Segments, tokenizer, bos: bool | None = None) ->
         pos += len(piece)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
+    ends = [hi for _, hi, _ in bounds]
     labels = [
-        tok if _trained(span, bounds) else IGNORE for tok, span in zip(ids, encoded["offset_mapping"], strict=True)
+        tok if _trained(span, bounds, ends) else IGNORE
+        for tok, span in zip(ids, encoded["offset_mapping"], strict=True)
     ]
     bos = adds_bos(tokenizer) if bos is None else bos
     if bos and not text.startswith(tokenizer.bos_token or "\0"):
@@ -264,10 +339,20 @@ def tokenize_segments(segments: Segments, tokenizer, bos: bool | None = None) ->
     return Sample(ids, labels)
 
 
-def _trained(span: tuple[int, int], bounds) -> bool:
-    """A token is trained when any of its characters is response text (' the' after 'A:' holds a response word)."""
+def _trained(span: tuple[int, int], bounds, ends: list[int]) -> bool:
+    """A token is trained when any of its characters is response text (' the' after 'A:' holds a response word).
+
+    `bounds` are in text order and `ends` their end offsets: bisect finds the first segment the token can touch, so
+    a chat of many turns costs no more per token than one of few."""
     start, end = span
-    return any(trained and start < hi and max(end, start + 1) > lo for lo, hi, trained in bounds)
+    end = max(end, start + 1)
+    for n in range(bisect_right(ends, start), len(bounds)):
+        lo, hi, trained = bounds[n]
+        if lo >= end:
+            return False
+        if trained and hi > start:
+            return True
+    return False
 
 
 def _value(record: dict, key: str, where: str) -> str:

@@ -9,12 +9,16 @@ first N characters, and its end back to just after a newline found within its la
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from pathlib import Path
 
 from loratune.config import DataSpec
 from loratune.data.build import DataReport, Sample, read_text, wants_bos
 from loratune.errors import LoratuneError
+
+PIECE_CHARS = 1 << 16  # long text is tokenized in pieces of about this many characters (see tokenize_text)
+PIECES_PER_CALL = 16
 
 
 def build(path: Path, tokenizer, spec: DataSpec) -> tuple[list[Sample], DataReport]:
@@ -31,27 +35,73 @@ def build(path: Path, tokenizer, spec: DataSpec) -> tuple[list[Sample], DataRepo
         )
     samples = []
     for file in files:
-        if not path.is_dir() and not read_text(file).strip():
+        text = read_text(file)
+        if not path.is_dir() and (not text or text.isspace()):
             raise LoratuneError(f"{file}: file is empty")
-        sections = (
-            [s for s in read_text(file).split(spec.hard_cut) if s.strip()] if spec.hard_cut else [read_text(file)]
-        )
+        sections = [s for s in text.split(spec.hard_cut) if s.strip()] if spec.hard_cut else [text]
+        del text  # a section is its own copy; the whole file need not stay in memory beside it
         report.records += len(sections)
-        for i, section in enumerate(sections):
-            encoded = tokenizer(section, add_special_tokens=False, return_offsets_mapping=spec.newline_cut > 0)
-            tokens = encoded["input_ids"]
+        for i in range(len(sections)):
+            section = sections[i]
+            sections[i] = ""  # freed once tokenized
+            tokens, starts = tokenize_text(section, tokenizer, spec.newline_cut > 0)
             if i == len(sections) - 1:
-                tokens = tokens + eos
+                tokens += eos
+                if starts is not None:
+                    starts.extend([len(section)] * len(eos))
             for start, end in chunk_spans(len(tokens), length, spec.overlap):
                 if spec.newline_cut:
-                    starts = [a for a, _ in encoded["offset_mapping"]] + [len(section)] * len(eos)
                     start, end = snap_to_newlines(section, starts, start, end, spec.newline_cut)
                 chunk = tokens[start:end]
                 if len(chunk) >= spec.min_chunk:
-                    samples.append(Sample(bos + chunk, bos + chunk))
+                    ids = bos + chunk
+                    samples.append(Sample(ids, ids))  # one list: every token is trained, and nothing mutates it
                 else:
                     report.too_short += 1
     return samples, report
+
+
+def tokenize_text(text: str, tokenizer, offsets: bool) -> tuple[list[int], array | None]:
+    """Token ids of `text` (and each token's first character when `offsets`), tokenized in pieces.
+
+    One tokenizer call on a 200 MB line holds tens of GB of encodings; pieces of PIECE_CHARS, PIECES_PER_CALL at a
+    time, keep that bounded (and run faster). Pieces end just before a space that starts a word, so they tokenize as
+    the whole text does. For long text the ids are shared int objects (one per vocabulary entry), so the
+    overlapping windows cut from them cost a pointer per token.
+    """
+    if len(text) <= PIECE_CHARS:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=offsets)
+        starts = array("q", (a for a, _ in encoded["offset_mapping"])) if offsets else None
+        return list(encoded["input_ids"]), starts
+    shared = list(range(len(tokenizer)))
+    ids: list[int] = []
+    starts = array("q") if offsets else None
+    pos = 0
+    while pos < len(text):
+        bounds = []
+        while pos < len(text) and len(bounds) < PIECES_PER_CALL:
+            end = _piece_end(text, pos)
+            bounds.append((pos, end))
+            pos = end
+        encoded = tokenizer([text[a:b] for a, b in bounds], add_special_tokens=False, return_offsets_mapping=offsets)
+        for n, (first, _) in enumerate(bounds):
+            ids += [shared[t] if t < len(shared) else t for t in encoded["input_ids"][n]]
+            if starts is not None:
+                starts.extend(first + a for a, _ in encoded["offset_mapping"][n])
+    return ids, starts
+
+
+def _piece_end(text: str, pos: int) -> int:
+    """Where the piece starting at `pos` ends: at most PIECE_CHARS on, before a space between two words if there
+    is one in the piece's second half, else exactly there (text without spaces has no better place)."""
+    end = pos + PIECE_CHARS
+    if end >= len(text):
+        return len(text)
+    low, at = pos + PIECE_CHARS // 2, end
+    while (at := text.rfind(" ", low, at)) > low:
+        if not text[at - 1].isspace() and not text[at + 1].isspace():
+            return at
+    return end
 
 
 def chunk_tokens(tokens: list[int], length: int, overlap: int) -> list[list[int]]:

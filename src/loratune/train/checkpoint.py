@@ -108,9 +108,19 @@ def step_of(checkpoint: Path) -> int:
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
-    """checkpoint-<step> folders, oldest first (complete or not)."""
-    found = [p for p in run_dir.glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX) :].isdigit()]
+    """checkpoint-<step> folders, oldest first (complete or not); symlinks are never followed out of the run."""
+    found = [
+        p
+        for p in run_dir.glob(f"{PREFIX}*")
+        if p.is_dir() and p.name[len(PREFIX) :].isdigit() and _own_folder(p, run_dir)
+    ]
     return sorted(found, key=step_of)
+
+
+def _own_folder(path: Path, run_dir: Path) -> bool:
+    """A real folder of this run, not a link planted to elsewhere: resume must not read state from outside the
+    workspace, and prune must not delete through it (a link's target may be anyone's files)."""
+    return not path.is_symlink() and path.resolve().parent == run_dir.resolve()
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
