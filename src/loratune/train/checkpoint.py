@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from loratune.errors import LoratuneError
+from loratune.prompting import copy_contract
 from loratune.train.pause import pause_point
 
 COMPLETE = "COMPLETE"
@@ -40,6 +41,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
+        copy_contract(run_dir, tmp)  # prompt.json and tokenizer files: a checkpoint is prompted like its run
         pause_point("checkpoint-write")
         state = {
             "step": step,
