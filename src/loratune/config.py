@@ -54,7 +54,7 @@ class DataSpec:
     format: str = "auto"
     """'auto' (chat template if the model has one, else alpaca), 'alpaca', 'chat', or a format file / formats/ name."""
     chat_template: str = "auto"
-    """Chat template for chat data: 'auto' (the model's own), 'chatml', 'llama3', 'alpaca', 'vicuna' or a .jinja file."""
+    """Chat template for chat data: 'auto' (the model's own), 'chatml', 'llama3', 'alpaca', 'vicuna', a .jinja file."""
     cutoff: int = 256
     """Maximum tokens per sample. Longer instruction samples are dropped (and counted)."""
     overlap: int = 128

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from loratune.adapters.catalog import adapter_path, base_model_path
 from loratune.errors import LoratuneError
+from loratune.prompting import load_contract, save_contract
 from loratune.workspace import Workspace, check_name, inside
 
 
@@ -34,12 +35,15 @@ def merge(
     base = base_model_path(adapter, ws)
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code)
+    contract = load_contract(adapter, tokenizer, ws)  # the prompt it was trained with travels with the merged model
     with torch.no_grad():
         merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    if contract.stop_token_ids:  # plain generate() on the merged folder stops where the adapter learned to stop
+        merged.generation_config.eos_token_id = contract.stop_token_ids
     tmp = target.with_name(f".{target.name}.merging")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    save_contract(tmp, contract, tokenizer)  # tokenizer files with the contract's chat template and EOS, prompt.json
     (tmp / "MERGED_FROM.txt").write_text(f"base: {base}\nadapter: {adapter}\n", encoding="utf-8")
     if target.exists():
         shutil.rmtree(target)

@@ -19,6 +19,7 @@ def _literal(text: str) -> str:
     """A Jinja string literal (Jinja reads backslash escapes as Python does; non-ASCII text stays as it is)."""
     return json.dumps(text, ensure_ascii=False)
 
+
 # ChatML (Qwen, SmolLM, many fine-tunes): <|im_end|> ends every turn.
 CHATML = (
     "{%- for message in messages -%}"
@@ -39,7 +40,8 @@ _PREAMBLE_CHAT = (
     "{%- if messages and messages[0]['role'] == 'system' -%}{{ messages[0]['content'] + '\\n\\n' }}"
     "{%- set turns = messages[1:] -%}{%- else -%}{{ @PREAMBLE@ }}{%- set turns = messages -%}{%- endif -%}"
     "{%- for message in turns -%}"
-    "{%- if message['role'] == 'user' -%}{{ ('' if loop.first else '\\n\\n') + @USER@ + message['content'] + '\\n\\n' }}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{ ('' if loop.first else '\\n\\n') + @USER@ + message['content'] + '\\n\\n' }}"
     "{%- elif message['role'] == 'assistant' -%}{{ @ASSISTANT@ + message['content'] + (eos_token or '') }}"
     "{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ @ASSISTANT@ }}{%- endif -%}"
@@ -79,9 +81,7 @@ def resolve_chat_template(option: str, tokenizer) -> str | None:
         if not path.is_file():
             raise LoratuneError(f"data.chat_template: {path} not found")
         return path.read_text(encoding="utf-8")
-    raise LoratuneError(
-        f"data.chat_template {option!r}: use auto, {', '.join(NAMED)} or the path of a .jinja file"
-    )
+    raise LoratuneError(f"data.chat_template {option!r}: use auto, {', '.join(NAMED)} or the path of a .jinja file")
 
 
 def format_to_jinja(templates: dict[str, str], response_key: str, prompt_key: str, eos: str | None) -> str:
@@ -118,4 +118,3 @@ def format_to_jinja(templates: dict[str, str], response_key: str, prompt_key: st
 
 def _key_set(templates: dict[str, str], keys: set[str]) -> str | None:
     return next((t for k, t in templates.items() if {p.strip() for p in k.split(",")} == keys), None)
-
