@@ -265,3 +265,17 @@ def test_a_prompt_ending_in_a_space_is_cut_where_training_cut_it_on_the_real_tok
         if fmt == "vicuna":
             assert tokenizer.decode(ids).endswith("ASSISTANT:")
             assert tokenizer.convert_ids_to_tokens(samples[0].input_ids[len(ids)]) == "ĠArr"
+
+
+@pytest.mark.parametrize("name", ["alpaca", "vicuna"])
+def test_named_chat_templates_render_a_turn_like_their_format_files(tokenizer, tmp_path, name):
+    from loratune.data.chat_templates import NAMED
+    from loratune.data.instructions import chat_segments, format_segments, load_format
+
+    record = {"instruction": "What is the capital of France?", "output": "Paris."}
+    messages = [{"role": "user", "content": record["instruction"]}, {"role": "assistant", "content": "Paris."}]
+    templates = load_format(name, Workspace.resolve(tmp_path))
+    expected = format_segments(record, templates, "r")
+    got = chat_segments(messages, tokenizer, "r", NAMED[name])  # renders by appending turns, so it can be masked
+    assert "".join(s for s, _ in got) == "".join(s for s, _ in expected) + tokenizer.eos_token
+    assert got[0] == expected[0]  # the same prompt text

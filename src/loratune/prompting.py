@@ -314,7 +314,7 @@ def _format_chat(contract: PromptContract, messages: list[dict]) -> str:
 def sampling_options(temperature: float, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0) -> dict:
     """model.generate() keyword arguments for these sampling options (temperature 0: greedy, nothing sampled)."""
     if temperature > 0:
-        options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k or None}
+        options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}  # top_k 0: off
     else:  # None, not the model's generation_config values, so greedy decoding warns about nothing
         options = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     if repetition_penalty != 1.0:
