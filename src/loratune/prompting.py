@@ -97,7 +97,7 @@ def contract_for(spec: DataSpec, tokenizer, ws: Workspace, raw: bool) -> PromptC
         jinja = format_to_jinja(templates, response_key, prompt_key, eos)
     except LoratuneError:  # a format without a single-prompt key set: fine for training, no chat equivalent
         jinja = None
-    contract = PromptContract("format", jinja, None, templates, Path(fmt).stem.removesuffix("-format"), **common)
+    contract = PromptContract("format", jinja, None, templates, fmt, **common)  # the name or path, as given
     return with_stops(contract, tokenizer)
 
 
