@@ -332,10 +332,10 @@ def test_empty_instruction_file(tmp_path, tokenizer, home):
 
 def test_chat_needs_a_template(tmp_path, plain_tokenizer, home):
     ws = Workspace.resolve(home)
-    with pytest.raises(LoratuneError, match="needs a model with a chat template"):
+    with pytest.raises(LoratuneError, match="needs a chat template and this model has none; set data.chat_template"):
         make_renderer("chat", plain_tokenizer, ws)
     render = make_renderer("auto", plain_tokenizer, ws)
-    with pytest.raises(LoratuneError, match="'messages' needs a model with a chat template"):
+    with pytest.raises(LoratuneError, match="'messages' needs a chat template and this model has none; set data.chat"):
         render(CHAT, "r")
 
 

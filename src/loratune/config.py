@@ -53,6 +53,8 @@ class DataSpec:
     """A .txt file or folder of them (raw text), or a .json / .jsonl file of records (instruction data)."""
     format: str = "auto"
     """'auto' (chat template if the model has one, else alpaca), 'alpaca', 'chat', or a format file / formats/ name."""
+    chat_template: str = "auto"
+    """Chat template for chat data: 'auto' (the model's own), 'chatml', 'llama3', 'alpaca', 'vicuna', a .jinja file."""
     cutoff: int = 256
     """Maximum tokens per sample. Longer instruction samples are dropped (and counted)."""
     overlap: int = 128
@@ -139,9 +141,16 @@ class GenerateSpec:
     temperature: float = 0.0
     """0 means greedy decoding."""
     top_p: float = 0.9
+    top_k: int = 0
+    """Sample only from the k likeliest tokens (0: off)."""
     repetition_penalty: float = 1.0
+    seed: int = -1
+    """Seed for sampling, so a sampled answer can be repeated (-1: not seeded)."""
+    system: str = ""
+    """System prompt (empty: the adapter's default, or the chat template's own)."""
     chat: bool | None = None
-    """Wrap the prompt in the model's chat template (None: yes, unless the LoRA was trained on raw text)."""
+    """None: prompt as the adapter was trained (its prompt.json: chat template, format file or raw text); false: the
+    bare text; true: the model's chat template."""
 
 
 @dataclass

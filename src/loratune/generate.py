@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import yaml
 
 from loratune.config import GenerateSpec
-from loratune.data.build import is_raw_text
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path
 from loratune.models.checks import check_adapter_folder, load_adapter
+from loratune.prompting import (
+    PromptContract,
+    cut_at_stop,
+    load_contract,
+    model_contract,
+    render_chat,
+    render_completion,
+    render_prompt,
+    sampling_options,
+    stop_options,
+)
 from loratune.workspace import Workspace, inside
 
 
 class Generator:
-    """A loaded base model (+ optional adapter) that answers prompts; `use_lora=False` answers as the base model."""
+    """A loaded base model (+ optional adapter) that answers prompts; `use_lora=False` answers as the base model.
+
+    Prompts are built by the adapter's prompt contract (`self.contract`, from its prompt.json): the chat template,
+    format file or bare text it was trained with, and generation stops at the tokens it was trained to end with.
+    """
 
     def __init__(
         self,
@@ -32,11 +47,42 @@ class Generator:
         if model is None:
             model = base_of(self.lora_path) if self.lora_path else "default"
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        base, self.tokenizer = load_base(resolve_model_path(model, ws, trust_remote_code), device, trust_remote_code)
+        model_path = resolve_model_path(model, ws, trust_remote_code)
+        base, self.tokenizer = load_base(model_path, device, trust_remote_code)
         if self.lora_path is not None:
             base = load_adapter(base, self.lora_path)  # an adapter of another model's shape: one line
+            self.contract = load_contract(self.lora_path, self.tokenizer, ws)
+        else:
+            self.contract = model_contract(self.tokenizer, model_path)
         self.model = base.eval()
-        self.raw_text_lora = self.lora_path is not None and trained_on_raw_text(self.lora_path)
+
+    @property
+    def raw_text_lora(self) -> bool:
+        return self.lora_path is not None and self.contract.kind == "raw"
+
+    def prompt_ids(self, prompt: str, spec: GenerateSpec | None = None) -> list[int]:
+        """The token ids sent for `prompt`: through the contract, or bare with `spec.chat` False."""
+        spec = spec or GenerateSpec()
+        contract = self._contract(spec)
+        if spec.chat is False:
+            if spec.system:
+                raise LoratuneError("a system prompt needs the chat template or format (drop --no-chat or --system)")
+            return render_completion(contract, self.tokenizer, prompt)
+        return render_prompt(contract, self.tokenizer, prompt, spec.system or None)
+
+    def chat_ids(self, messages: list[dict], spec: GenerateSpec | None = None) -> list[int]:
+        """A conversation (ending with a user turn) as prompt ids; `spec.system` is put first when it has none."""
+        spec = spec or GenerateSpec()
+        if spec.system and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": spec.system}, *messages]
+        return render_chat(self._contract(spec), self.tokenizer, messages)
+
+    def _contract(self, spec: GenerateSpec) -> PromptContract:
+        if spec.chat is True and self.contract.kind != "chat":  # asked for the model's chat template explicitly
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise LoratuneError("chat is on but this model has no chat template; leave chat on auto")
+            return model_contract(self.tokenizer)
+        return self.contract
 
     def complete(self, prompt: str, spec: GenerateSpec | None = None, use_lora: bool = True) -> str:
         return self.complete_all([prompt], spec, use_lora)[0]
@@ -47,39 +93,74 @@ class Generator:
     ) -> list[str]:
         """One answer per prompt, in order; prompts of similar length are generated together, left-padded."""
         spec = spec or GenerateSpec()
+        return self.answer_ids([self.prompt_ids(p, spec) for p in prompts], spec, use_lora, batch_size)
+
+    @torch.no_grad()
+    def answer_ids(
+        self, encoded: list[list[int]], spec: GenerateSpec, use_lora: bool = True, batch_size: int = 16
+    ) -> list[str]:
         tok = self.tokenizer
-        chat = spec.chat if spec.chat is not None else not self.raw_text_lora
-        if chat and getattr(tok, "chat_template", None):
-            texts = [
-                tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                for p in prompts
-            ]
-            encoded = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-        else:
-            encoded = [tok(p)["input_ids"] for p in prompts]
-        sampling = (
-            {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p}
-            if spec.temperature > 0
-            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        )
+        options = self._options(spec)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         answers = [""] * len(encoded)
-        adapter_off = self.model.disable_adapter() if (self.lora_path and not use_lora) else nullcontext()
-        with adapter_off:
+        with self._adapter(use_lora):
             for first in range(0, len(order), batch_size):
                 chunk = order[first : first + batch_size]
                 inputs = left_padded([encoded[i] for i in chunk], tok.pad_token_id, self.model.device)
-                out = self.model.generate(
-                    **inputs,
-                    max_new_tokens=spec.max_new_tokens,
-                    repetition_penalty=spec.repetition_penalty,
-                    pad_token_id=tok.pad_token_id,
-                    **sampling,
-                )
+                out = self.model.generate(**inputs, **options)
                 new_tokens = out[:, inputs["input_ids"].shape[1] :]
                 for i, row in zip(chunk, new_tokens, strict=True):
-                    answers[i] = tok.decode(row, skip_special_tokens=True).strip()
+                    answers[i] = cut_at_stop(tok.decode(row, skip_special_tokens=True), self.contract).strip()
         return answers
+
+    def stream(self, ids: list[int], spec: GenerateSpec | None = None, use_lora: bool = True) -> Iterator[str]:
+        """The answer to prompt ids as text pieces, as they are generated (transformers' TextIteratorStreamer)."""
+        from transformers import TextIteratorStreamer
+
+        spec = spec or GenerateSpec()
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        inputs = left_padded([ids], self.tokenizer.pad_token_id, self.model.device)
+        failed: list[BaseException] = []
+
+        def run() -> None:  # generate() in a thread feeds the streamer; an error is re-raised below
+            try:
+                with torch.no_grad(), self._adapter(use_lora):
+                    self.model.generate(**inputs, **self._options(spec), streamer=streamer)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                failed.append(e)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        text, sent = "", 0
+        hold = max((len(s) for s in self.contract.stop), default=1) - 1  # a stop text may arrive in pieces
+        for piece in streamer:
+            text += piece
+            cut = cut_at_stop(text, self.contract)
+            if len(cut) < len(text):
+                text = cut
+                break
+            if len(text) - hold > sent:
+                yield text[sent : len(text) - hold]
+                sent = len(text) - hold
+        worker.join()
+        if failed:
+            raise failed[0]
+        if len(text) > sent:
+            yield text[sent:]
+
+    def _options(self, spec: GenerateSpec) -> dict:
+        if spec.seed >= 0:
+            torch.manual_seed(spec.seed)
+        return {
+            "max_new_tokens": spec.max_new_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            **sampling_options(spec.temperature, spec.top_p, spec.top_k, spec.repetition_penalty),
+            **stop_options(self.contract, self.tokenizer),
+        }
+
+    def _adapter(self, use_lora: bool):
+        return self.model.disable_adapter() if (self.lora_path and not use_lora) else nullcontext()
 
 
 def left_padded(rows: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -110,16 +191,6 @@ def resolve_lora(lora: str, ws: Workspace) -> Path:
         raise LoratuneError(f"no adapter at '{lora}' (looked for adapter_config.json as given and in {ws.loras})")
     check_adapter_folder(path)  # safetensors only: a pickled adapter_model.bin is never loaded
     return path
-
-
-def trained_on_raw_text(adapter: Path) -> bool:
-    """Did the run that made this adapter (or checkpoint) train on a raw text corpus? Then prompts are not chats."""
-    for folder in (adapter, adapter.parent):
-        if (folder / "loratune.yaml").is_file():
-            saved = yaml.safe_load((folder / "loratune.yaml").read_text(encoding="utf-8")) or {}
-            data_path = str(saved.get("data", {}).get("path", ""))  # absolute: train() saves it resolved
-            return bool(data_path) and is_raw_text(Path(data_path))
-    return False
 
 
 def base_of(adapter: Path) -> str:

@@ -47,7 +47,7 @@ def export_gguf_model(
     work = temporary(target, "tmp")  # beside the target (one disk for the final rename); cleaned if we are killed
     shutil.rmtree(work, ignore_errors=True)
     try:
-        write_merged(adapter, base_model_path(adapter, ws), work / "merged")
+        write_merged(adapter, base_model_path(adapter, ws), work / "merged", ws=ws)
         made = work / "model.gguf"
         outtype = quant if quant in CONVERTER_OUTTYPES else "f16"
         _run(

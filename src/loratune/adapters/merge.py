@@ -10,6 +10,7 @@ from loratune.adapters.catalog import adapter_path, base_model_path
 from loratune.adapters.files import clean_stale, fsync_dir, normal_permissions, temporary
 from loratune.errors import LoratuneError
 from loratune.models.checks import check_model_folder, load_adapter
+from loratune.prompting import load_contract, save_contract
 from loratune.train.pause import pause_point
 from loratune.workspace import Workspace, check_name, inside
 
@@ -36,7 +37,7 @@ def merge(
     # which the next command removes (or, for the old model moved aside, puts back), never a half-written model.
     tmp = temporary(target, "merging")
     try:
-        write_merged(adapter, base_model_path(adapter, ws), tmp, trust_remote_code)
+        write_merged(adapter, base_model_path(adapter, ws), tmp, trust_remote_code, ws)
         _fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -52,18 +53,24 @@ def merge(
     return target
 
 
-def write_merged(adapter: Path, base: Path, folder: Path, trust_remote_code: bool = False) -> None:
-    """Write base + adapter, merged on the CPU in the base's stored dtype, as a transformers folder `folder`."""
+def write_merged(
+    adapter: Path, base: Path, folder: Path, trust_remote_code: bool = False, ws: Workspace | None = None
+) -> None:
+    """Write base + adapter, merged on the CPU in the base's stored dtype, as a transformers folder `folder`, with
+    the adapter's prompt contract (tokenizer files carrying its chat template and EOS, prompt.json)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_folder(base)  # pickled or broken weights: one line, as for train and generate
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code)
+    contract = load_contract(adapter, tokenizer, ws or Workspace.resolve(None))
     with torch.no_grad():
         merged = load_adapter(model, adapter).merge_and_unload()
+    if contract.stop_token_ids:  # plain generate() on the merged folder stops where the adapter learned to stop
+        merged.generation_config.eos_token_id = contract.stop_token_ids
     merged.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    save_contract(folder, contract, tokenizer)
     (folder / "MERGED_FROM.txt").write_text(f"base: {base}\nadapter: {adapter}\n", encoding="utf-8")
     normal_permissions(folder)  # safetensors writes 0600 whatever the umask
 

@@ -1,7 +1,8 @@
 """Instruction records (.json array or .jsonl) -> prompt/response token ids, loss on the response only.
 
 A record is rendered as text segments, each marked trained or not:
-- `messages` records (a chat) through the tokenizer's chat template; assistant turns are trained;
+- `messages` records (a chat) through the chat template (`data.chat_template`: the tokenizer's, or a named one);
+  assistant turns are trained;
 - alpaca records (instruction / input / output) through the chat template when the model has one (format 'auto' or
   'chat'), else through a text-generation-webui format file ('alpaca' ships with loratune);
 - a format file maps a comma-separated key set to a template with %key% placeholders; the text from the last
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from loratune.config import DataSpec
 from loratune.data.build import IGNORE, DataReport, Sample, adds_bos, read_text, wants_bos
+from loratune.data.chat_templates import NAMED, resolve_chat_template
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace, inside
 
@@ -31,7 +33,7 @@ def build(path: Path, tokenizer, spec: DataSpec, ws: Workspace) -> tuple[list[Sa
     records = read_records(path)
     report = DataReport(kind="instruction", path=str(path), records=len(records))
     budget = char_budget(tokenizer, spec.cutoff)
-    render = make_renderer(spec.format, tokenizer, ws, budget)
+    render = make_renderer(spec.format, tokenizer, ws, resolve_chat_template(spec.chat_template, tokenizer), budget)
     samples, unmatched, bos = [], {}, wants_bos(tokenizer, spec.add_bos)
     for number, record in enumerate(records, 1):
         where = f"{path} record {number}"
@@ -165,23 +167,34 @@ def _looks_like_jsonl(text: str) -> bool:
         return False
 
 
-def make_renderer(fmt: str, tokenizer, ws: Workspace, budget: int | None = None):
-    """A function (record, where) -> Segments for the chosen format; a chat stops rendering past `budget`
-    characters (the rest is beyond the cutoff)."""
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if fmt == "chat" and not has_template:
-        raise LoratuneError("data.format 'chat' needs a model with a chat template; use 'alpaca' or a format file")
+NO_TEMPLATE = f"set data.chat_template ({', '.join(NAMED)} or a .jinja file)"
+
+
+def make_renderer(
+    fmt: str, tokenizer, ws: Workspace, chat_template: str | None | bool = True, budget: int | None = None
+):
+    """A function (record, where) -> Segments for the chosen format.
+
+    `chat_template`: the Jinja text chats are rendered with (None: there is none; True: the tokenizer's own);
+    a chat stops rendering past `budget` characters (the rest is beyond the cutoff)."""
+    if chat_template is True:
+        chat_template = resolve_chat_template("auto", tokenizer)
+    if fmt == "chat" and not chat_template:
+        raise LoratuneError(
+            f"data.format 'chat' needs a chat template and this model has none; {NO_TEMPLATE}, "
+            "or use data.format alpaca or a format file"
+        )
     templates = None if fmt in ("auto", "chat") else load_format(fmt, ws)
-    fallback = load_format("alpaca", ws) if templates is None and not has_template else None
+    fallback = load_format("alpaca", ws) if templates is None and not chat_template else None
 
     def render(record: dict, where: str) -> Segments:
         if "messages" in record:
-            if not has_template:
-                raise LoratuneError(f"{where}: 'messages' needs a model with a chat template")
-            return chat_segments(check_messages(record["messages"], where), tokenizer, where, budget)
+            if not chat_template:
+                raise LoratuneError(f"{where}: 'messages' needs a chat template and this model has none; {NO_TEMPLATE}")
+            return chat_segments(check_messages(record["messages"], where), tokenizer, where, chat_template, budget)
         if templates is not None or fallback is not None:
             return format_segments(record, templates or fallback, where)
-        return chat_segments(alpaca_to_messages(record, where), tokenizer, where, budget)
+        return chat_segments(alpaca_to_messages(record, where), tokenizer, where, chat_template, budget)
 
     return render
 
@@ -218,21 +231,34 @@ def load_format(fmt: str, ws: Workspace) -> dict[str, str]:
 def format_segments(record: dict, templates: dict[str, str], where: str) -> Segments:
     """Render with the template whose key set equals the record's non-empty keys (text-generation-webui rules)."""
     present = {k for k, v in record.items() if isinstance(v, str) and v.strip()}
-    keys = next((k for k in templates if {part.strip() for part in k.split(",")} == present), None)
+    keys = find_key_set(templates, present)
     if keys is None:
         known = "; ".join(templates)
         found = ",".join(sorted(present))
         raise NoKeySet(f"{where}: its keys {found or '(none)'} match no key set of the format ({known})", found)
-    template = templates[keys]
+    prompt, response = split_template(templates[keys], keys, where)
+    return [(fill(prompt, record, where), False), (fill(response, record, where), True)]
+
+
+def find_key_set(templates: dict[str, str], keys: set[str]) -> str | None:
+    return next((k for k in templates if {part.strip() for part in k.split(",")} == keys), None)
+
+
+def split_template(template: str, keys: str, where: str) -> tuple[str, str]:
+    """(prompt, response): the response is the text from the last placeholder on."""
     holes = list(_PLACEHOLDER.finditer(template))
     if not holes:
         raise LoratuneError(f"{where}: template for '{keys}' has no %key% placeholder")
+    return template[: holes[-1].start()], template[holes[-1].start() :]
 
-    def fill(text: str) -> str:
-        return _PLACEHOLDER.sub(lambda m: _value(record, m.group(1), where), text)
 
-    response_start = holes[-1].start()
-    return [(fill(template[:response_start]), False), (fill(template[response_start:]), True)]
+def response_key(template: str) -> str:
+    """The key of a template's last placeholder: the one that holds the response."""
+    return _PLACEHOLDER.findall(template)[-1]
+
+
+def fill(text: str, record: dict, where: str) -> str:
+    return _PLACEHOLDER.sub(lambda m: _value(record, m.group(1), where), text)
 
 
 def alpaca_to_messages(record: dict, where: str) -> list[dict]:
@@ -271,19 +297,18 @@ def check_messages(messages, where: str) -> list[dict]:
 MAX_CHAT_TURNS = 128  # each assistant turn re-renders the chat before it: cost grows with the square of the turns
 
 
-def chat_segments(messages: list[dict], tokenizer, where: str, budget: int | None = None) -> Segments:
+def chat_segments(
+    messages: list[dict], tokenizer, where: str, chat_template: str | None = None, budget: int | None = None
+) -> Segments:
     """Render progressively: what each assistant turn adds to the prompt before it is the trained text.
 
-    Rendering stops once `budget` characters are rendered (an append-only template makes the rest a suffix beyond
-    the cutoff); a chat needing more than MAX_CHAT_TURNS renders is refused rather than taking minutes.
+    `chat_template`: the Jinja text to render with (None: the tokenizer's own). Rendering stops once `budget`
+    characters are rendered (an append-only template makes the rest a suffix beyond the cutoff); a chat needing more
+    than MAX_CHAT_TURNS renders is refused rather than taking minutes.
     """
-    from jinja2.exceptions import TemplateError
 
     def render(upto: int, prompt: bool) -> str:
-        try:
-            return tokenizer.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=prompt)
-        except TemplateError as e:  # the template's own raise_exception, or the sandbox's SecurityError
-            raise LoratuneError(f"{where}: the model's chat template refuses this chat ({e})") from None
+        return render_chat_text(messages[:upto], tokenizer, chat_template, prompt, where)
 
     segments, done, turns = [], "", 0
     for i, message in enumerate(messages):
@@ -307,6 +332,20 @@ def chat_segments(messages: list[dict], tokenizer, where: str, budget: int | Non
         segments += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
         done = full
     return [s for s in segments if s[0]]
+
+
+def render_chat_text(
+    messages: list[dict], tokenizer, chat_template: str | None, generation_prompt: bool, where: str = "this chat"
+) -> str:
+    """A chat as text through `chat_template`: what training masks and what generation sends."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=chat_template, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except TemplateError as e:  # the template's own raise_exception, or the sandbox's SecurityError
+        raise LoratuneError(f"{where}: the chat template refuses this chat ({e})") from None
 
 
 def only_after(segments: Segments, marker: str) -> Segments:

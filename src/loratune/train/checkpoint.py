@@ -19,6 +19,7 @@ import torch
 
 from loratune.adapters.files import ADAPTER_STEP, clean_stale, normal_permissions, sha256, write_json
 from loratune.errors import LoratuneError
+from loratune.prompting import copy_contract
 from loratune.train.pause import pause_point
 
 COMPLETE = "COMPLETE"
@@ -41,6 +42,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
+        copy_contract(run_dir, tmp)  # prompt.json and tokenizer files: a checkpoint is prompted like its run
         pause_point("checkpoint-write")
         state = {
             "step": step,

@@ -18,6 +18,7 @@ from loratune.data.build import IGNORE, find_data
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
 from loratune.models.quant import prepare_for_training
+from loratune.prompting import make_contract, save_contract
 from loratune.train.board import Board
 from loratune.train.checkpoint import (
     checkpoint_dir,
@@ -108,6 +109,7 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     if config.model.quant != "none":  # QLoRA: frozen k-bit base, fp32 norms, gradient checkpointing on
         model = prepare_for_training(model)
     samples, report = build_samples(config.data, tokenizer, ws)
+    contract = make_contract(config.data, tokenizer, ws)  # how prompts were built: generate/serve/merge reuse it
     samples, eval_samples = split_eval(config.data, samples, tokenizer, ws, tc.seed)
     say = print if accelerator.is_main_process and show_progress else (lambda *a, **k: None)
     say(report.summary() + (f"; {len(eval_samples)} samples for evaluation" if eval_samples else ""))
@@ -160,6 +162,7 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
         (run_dir / FINISHED).unlink(missing_ok=True)  # training on: the run is no longer finished
         clean_leftovers(run_dir)
         save_yaml(config, run_dir / "loratune.yaml")
+        save_contract(run_dir, contract, tokenizer)  # prompt.json + tokenizer files; checkpoints copy them
     guard.watch(config, accelerator.unwrap_model(model), optimizer, scheduler, step, position)
     say(
         f"{sum(p.numel() for p in trainable):,} trainable parameters; {total_steps} steps of {tc.batch_size} samples "

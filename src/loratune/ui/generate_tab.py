@@ -1,4 +1,7 @@
-"""Generate tab: one prompt, answered side by side by the base model and one or more LoRAs (or checkpoints)."""
+"""Generate tab: one prompt, answered side by side by the base model and one or more LoRAs (or checkpoints).
+
+Each prompt is built by the LoRA's prompt contract (its chat template, format file or bare text), as `generate` does.
+"""
 
 from __future__ import annotations
 
@@ -80,11 +83,13 @@ def build(ws: Workspace) -> GenerateTab:
             model_source = "default"
         columns = []
         if base_too or not paths:
-            # The base answer comes from the first LoRA's model with the adapter switched off: no second load.
+            # The base answer comes from the first LoRA's model with the adapter switched off: no second load. It
+            # gets the first LoRA's prompt, so the two columns differ only by the adapter.
             base = loaded.get(model_source, paths[0] if paths else None)
-            columns.append(("base model", base.complete(text, spec, use_lora=False)))
+            columns.append((titled("base model", base, spec), base.complete(text, spec, use_lora=False)))
         for choice, path in zip(chosen, paths, strict=True):
-            columns.append((choice, loaded.get(model_source, path).complete(text, spec)))
+            generator = loaded.get(model_source, path)
+            columns.append((titled(choice, generator, spec), generator.complete(text, spec)))
         return side_by_side(columns)
 
     go.click(on_generate, inputs=[loras, model, with_base, prompt, *form.values()], outputs=answers)
@@ -96,6 +101,11 @@ def build(ws: Workspace) -> GenerateTab:
 
     refresh.click(reload, inputs=loras, outputs=[loras, model])
     return GenerateTab(loras=loras, model=model, reload=reload)
+
+
+def titled(name: str, generator: Generator, spec: GenerateSpec) -> str:
+    """A column title that says how the prompt was built (the adapter's prompt contract, or bare text)."""
+    return f"{name} · {'bare text' if spec.chat is False else generator.contract.describe()}"
 
 
 def side_by_side(columns: list[tuple[str, str]]) -> str:
