@@ -17,6 +17,8 @@ import traceback
 import uuid
 from http.server import BaseHTTPRequestHandler
 
+from loratune.errors import LoratuneError
+from loratune.prompting import render_chat, render_completion
 from loratune.serve.connections import LimitedServer, RequestReader, client_gone
 from loratune.serve.generation import Generation, Sampling
 from loratune.serve.limits import ClientGone, Limits, TimedOut
@@ -102,8 +104,7 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "'prompt' must be a string (one prompt per request)", "prompt")
         adapter, sampling, given = self._common(body, default_max_tokens=16)
         self._refuse_far_too_long(prompt)
-        tok = self.pool.tokenizer
-        ids = tok(prompt)["input_ids"]
+        ids = render_completion(self.pool.contract(adapter), self.pool.tokenizer, prompt)  # bare text, BOS as trained
         self._generate(body, adapter, ids, sampling, given, chat=False)
 
     def _chat(self, body: dict) -> None:
@@ -117,11 +118,10 @@ class Handler(BaseHTTPRequestHandler):
             turns.append({"role": m["role"], "content": text_of(m.get("content"), f"messages[{i}].content")})
         adapter, sampling, given = self._common(body, default_max_tokens=256)
         self._refuse_far_too_long("".join(t["content"] for t in turns))
-        tok = self.pool.tokenizer
-        if not getattr(tok, "chat_template", None):
-            raise ApiError(400, f"{self.pool.base_name} has no chat template; use /v1/completions", "model")
-        ids = tok.apply_chat_template(turns, add_generation_prompt=True)
-        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        try:  # through the adapter's prompt contract: its chat template, or its format file, as it was trained
+            ids = render_chat(self.pool.contract(adapter), self.pool.tokenizer, turns)
+        except LoratuneError as e:  # a raw-text adapter, a model without a chat template, a turn the format lacks
+            raise ApiError(400, f"{e}; use /v1/completions", "messages") from None
         self._generate(body, adapter, ids, sampling, given, chat=True)
 
     def _common(self, body: dict, default_max_tokens: int) -> tuple[str | None, Sampling, bool]:
@@ -162,7 +162,9 @@ class Handler(BaseHTTPRequestHandler):
         deadline = time.monotonic() + self.limits.request_timeout
         try:
             with self.pool.use(adapter, gone, deadline) as model:
-                generation = self.generation = Generation(model, self.pool.tokenizer, ids, sampling, gone, deadline)
+                generation = self.generation = Generation(
+                    model, self.pool.tokenizer, ids, sampling, gone, deadline, self.pool.contract(adapter)
+                )
                 if not body.get("stream"):
                     text = "".join(generation.pieces())
                     choice = {"index": 0, "finish_reason": generation.finish_reason, "logprobs": None}

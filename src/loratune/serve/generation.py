@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from transformers import StoppingCriteria
 
+from loratune.prompting import PromptContract, sampling_options
 from loratune.serve.limits import ClientGone, TimedOut
 
 POLL_SECONDS = 0.2  # how often the generation asks whether its client is still there
@@ -44,8 +45,11 @@ class Generation:
         sampling: Sampling,
         client_gone: Callable[[], bool] | None = None,
         deadline: float | None = None,
+        contract: PromptContract | None = None,
     ):
         self.model, self.tokenizer, self.input_ids, self.sampling = model, tokenizer, input_ids, sampling
+        # The prompt contract's stop ids: where the adapter was trained to end its answer.
+        self.eos_ids = set(contract.stop_token_ids if contract else []) or _eos_ids(model, tokenizer)
         self.client_gone, self.deadline = client_gone, deadline
         self.finish_reason = "stop"
         self.completion_tokens = 0
@@ -66,11 +70,7 @@ class Generation:
             torch.manual_seed(s.seed)
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         ids = torch.tensor([self.input_ids], device=self.model.device)
-        sampling = (
-            {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p}
-            if s.temperature > 0
-            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        )
+        sampling = sampling_options(s.temperature, s.top_p)
         criteria = [_Cancelled(self)] + ([_StopText(tok, s.stop, len(self.input_ids))] if s.stop else [])
         result: dict = {}
 
@@ -82,6 +82,7 @@ class Generation:
                         attention_mask=torch.ones_like(ids),
                         max_new_tokens=s.max_tokens,
                         pad_token_id=tok.pad_token_id,
+                        eos_token_id=sorted(self.eos_ids),
                         streamer=streamer,
                         stopping_criteria=StoppingCriteriaList(criteria),
                         **sampling,
@@ -125,7 +126,7 @@ class Generation:
         if not stopped and len(text) > sent:
             yield text[sent:]
         generated = result["out"][0, len(self.input_ids) :]
-        ended = stopped or (self.completion_tokens and int(generated[-1]) in _eos_ids(self.model, tok))
+        ended = stopped or (self.completion_tokens and int(generated[-1]) in self.eos_ids)
         self.finish_reason = "length" if self.completion_tokens >= s.max_tokens and not ended else "stop"
 
 

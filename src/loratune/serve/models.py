@@ -21,6 +21,7 @@ from loratune.errors import LoratuneError
 from loratune.generate import resolve_lora
 from loratune.models import load_base, resolve_model_path
 from loratune.models.sources import DEFAULT_NAME
+from loratune.prompting import PromptContract, load_contract, model_contract
 from loratune.serve.limits import CONTEXT_WHEN_UNKNOWN, context_length
 from loratune.serve.queue import FairQueue
 from loratune.workspace import Workspace
@@ -48,7 +49,17 @@ class ModelPool:
         self.model.eval()
         self.context = context_length(self.model) or CONTEXT_WHEN_UNKNOWN
         self.loaded: dict[str, str] = {}  # 'pirate' or 'pirate/checkpoint-000010' -> peft adapter name
+        self.contracts: dict[str | None, PromptContract] = {}
         self.queue = FairQueue(max_queue)
+
+    def contract(self, adapter: str | None) -> PromptContract:
+        """How prompts for `adapter` (None: the base) are built: the prompt contract it was trained with."""
+        if adapter not in self.contracts:
+            if adapter is None:
+                self.contracts[None] = model_contract(self.tokenizer, self.base_path)
+            else:
+                self.contracts[adapter] = load_contract(adapter_path(adapter, self.ws), self.tokenizer, self.ws)
+        return self.contracts[adapter]
 
     def names(self) -> list[str]:
         """The base, then 'base+adapter' for every adapter in loras/ trained on this base."""
