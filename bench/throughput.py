@@ -179,7 +179,7 @@ def prepare_suite(suite: str) -> dict:
 
         from loratune.config import RunConfig, from_dict, merge_options, to_dict
         from loratune.data import build_samples
-        from loratune.train.loop import step_samples
+        from loratune.training.loop import step_samples
         from loratune.workspace import Workspace
 
         config = from_dict(RunConfig, merge_options(to_dict(RunConfig()), loratune_options(model, data, steps, "x")))

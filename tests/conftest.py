@@ -96,3 +96,11 @@ def default_model_home(tmp_path_factory) -> Path:
 
     resolve_model_path("default", Workspace.resolve(home))
     return home
+
+
+def pytest_runtest_logreport(report):
+    """LORATUNE_TEST_TIMES=<file>: append each test phase's duration as it ends (to find what makes the suite slow)."""
+    path = os.environ.get("LORATUNE_TEST_TIMES")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{report.duration:8.1f} {report.when:8} {report.outcome:7} {report.nodeid}\n")

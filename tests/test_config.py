@@ -428,7 +428,7 @@ def test_validate_accepts_the_edges():
 
 def test_what_a_resume_may_change_names_real_options():
     """A typo in the list would let nothing through under that name and refuse the real one: check every entry."""
-    from loratune.train.resume import RESUME_MAY_CHANGE
+    from loratune.training.resume import RESUME_MAY_CHANGE
 
     assert RESUME_MAY_CHANGE <= {name for name, _, _ in field_help()}
     assert not RESUME_MAY_CHANGE & {"train.lr", "train.seed", "adapter.rank", "data.path", "model.source"}

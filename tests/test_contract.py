@@ -16,7 +16,7 @@ from loratune import train
 from loratune.config import DataSpec, GenerateSpec, from_dict, load_yaml
 from loratune.data.build import IGNORE, build_samples
 from loratune.errors import LoratuneError
-from loratune.generate import Generator
+from loratune.generator import Generator
 from loratune.prompting import (
     CONTRACT_FILE,
     chat_text,

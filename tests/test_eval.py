@@ -10,7 +10,7 @@ import pytest
 from loratune import LoratuneError, train
 from loratune.config import DataSpec
 from loratune.data.build import build_samples
-from loratune.train.evaluate import eval_loss, split_eval
+from loratune.training.evaluate import eval_loss, split_eval
 from loratune.workspace import Workspace
 
 RECORDS = [
@@ -100,7 +100,7 @@ def test_eval_file_is_measured_not_trained(tiny_model, tmp_path, home):
 
 def test_resume_forgets_a_best_step_past_the_checkpoint(tmp_path):
     """After a resume metrics.jsonl ends at the checkpoint; best.json is rebuilt from the rows that are left."""
-    from loratune.train.evaluate import Evaluator
+    from loratune.training.evaluate import Evaluator
 
     run = tmp_path / "run"
     (run / "checkpoint-000002").mkdir(parents=True)

@@ -1,6 +1,6 @@
 """Fault injection: the real `loratune train` in a subprocess, stopped and killed with real signals at named points.
 
-A run waits at a named point (LORATUNE_PAUSE_AT, see loratune/train/pause.py) until the test has sent its signal, so
+A run waits at a named point (LORATUNE_PAUSE_AT, see loratune/training/pause.py) until the test has sent its signal, so
 each kill lands exactly there: during a step, while a checkpoint is written, between its rename and its COMPLETE
 marker, and during the final save. After each kill the run folder must hold no truncated adapter, and the resumed
 run must continue from the newest complete checkpoint and end exactly like an uninterrupted run.

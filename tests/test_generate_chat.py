@@ -14,7 +14,7 @@ import pytest
 from conftest import make_tiny_llama
 from loratune import train
 from loratune.config import GenerateSpec
-from loratune.generate import Generator
+from loratune.generator import Generator
 
 RECORDS = [
     {"instruction": "What is the capital of France?", "output": "Arr, matey! Paris."},

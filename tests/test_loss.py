@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 from loratune.config import DataSpec
 from loratune.data import build_samples, collate
 from loratune.data.build import IGNORE
-from loratune.train.loss import token_loss_sum
+from loratune.training.loss import token_loss_sum
 from loratune.workspace import Workspace
 
 
@@ -56,7 +56,7 @@ def test_loss_equals_full_logits_cross_entropy(tiny_model, tokenizer, tmp_path):
 
 def test_union_positions_path_gives_the_same_loss(tiny_model, tokenizer, tmp_path, monkeypatch):
     """The fallback for transformers versions without boolean `logits_to_keep` masks."""
-    from loratune.train import loss as loss_module
+    from loratune.training import loss as loss_module
 
     monkeypatch.setattr(loss_module, "decoder_and_frozen_head", lambda model: None)  # the logits_to_keep paths
     model = AutoModelForCausalLM.from_pretrained(tiny_model)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from loratune import train
 from loratune.data.batching import step_groups
 from loratune.data.build import Sample
-from loratune.train.checkpoint import read_state
+from loratune.training.checkpoint import read_state
 
 RECORDS = [
     {"instruction": f"What is {a} plus {b}?", "output": f"Arr, it be {a + b}." + " Yo ho!" * a}

@@ -21,7 +21,7 @@ from loratune import LoratuneError, train
 from loratune.config import DataSpec, TrainSpec, options_table
 from loratune.data.build import IGNORE, build_samples
 from loratune.data.raw_text import snap_to_newlines
-from loratune.train.optim import build_optimizer, lr_factor, warmup_steps
+from loratune.training.optim import build_optimizer, lr_factor, warmup_steps
 from loratune.workspace import Workspace
 
 RECORDS = [

@@ -14,8 +14,8 @@ from loratune.config import AdapterSpec, DataSpec, ModelSpec, RunConfig, TrainSp
 from loratune.data import build_samples
 from loratune.data.batching import collate, collate_packed, micro_batches, pack_rows
 from loratune.data.build import IGNORE
-from loratune.train.loss import token_loss_sum
-from loratune.train.packing import use_packed_attention
+from loratune.training.loss import token_loss_sum
+from loratune.training.packing import use_packed_attention
 from loratune.workspace import Workspace
 
 RECORDS = [
@@ -119,7 +119,7 @@ def test_chunked_head_loss_equals_full_logits(tiny_model, samples, tokenizer, mo
     """The chunked LM-head cross-entropy: same loss and LoRA gradients as full logits + cross_entropy."""
     from peft import LoraConfig, get_peft_model
 
-    from loratune.train import loss as loss_module
+    from loratune.training import loss as loss_module
 
     monkeypatch.setattr(loss_module, "CHUNK", 7)  # several chunks, the last one partial
     batch = collate_packed(samples)

@@ -124,7 +124,7 @@ def test_nan_loss_stops_and_keeps_the_good_checkpoints(tiny_model, data_file, ho
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from loratune import LoratuneError
-    from loratune.train.loop import step_samples
+    from loratune.training.loop import step_samples
 
     poisoned = tmp_path / "poisoned"
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -160,7 +160,7 @@ def test_out_of_memory_saves_the_finished_steps_and_resumes_with_a_smaller_micro
 ):
     """Fault injection: the 6th micro-batch (step 3's second) raises torch.OutOfMemoryError, as a GPU would."""
     from loratune import LoratuneError
-    from loratune.train import loop
+    from loratune.training import loop
 
     # Dropout off: other micro-batch shapes draw other dropout masks; everything else stays the same. Unpacked, so a
     # step is exactly 2 micro-batches of 2 samples.
@@ -210,7 +210,7 @@ def test_an_unexpected_exception_saves_the_finished_steps(tiny_model, data_file,
 
 def test_a_failure_before_the_first_step_offers_no_resume(tiny_model, data_file, home, capsys, monkeypatch):
     """It used to print 'after fixing the cause: loratune train --name  --resume': an empty name, nothing to resume."""
-    from loratune.train import loop
+    from loratune.training import loop
 
     def broken_model(*args, **kwargs):
         raise RuntimeError("a driver error")

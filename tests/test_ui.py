@@ -282,7 +282,7 @@ def test_start_checks_the_run_name_before_touching_anything(ui_home):
     """Issue 15.2: a start that `train` would refuse is refused before any job is spawned or any record written."""
     from loratune import train
     from loratune.config import RunConfig
-    from loratune.train.lock import RunLock
+    from loratune.training.lock import RunLock
     from loratune.ui import jobs, names
 
     ws = Workspace.resolve(ui_home)

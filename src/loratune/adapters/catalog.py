@@ -29,7 +29,7 @@ from loratune.adapters.files import (
     write_json,
 )
 from loratune.errors import LoratuneError
-from loratune.train.lock import hold, is_training
+from loratune.training.lock import hold, is_training
 from loratune.workspace import Workspace, check_name, inside
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -258,7 +258,7 @@ def _way_back(folder: Path) -> dict | None:
 
 def _copy_adapter(source: Path, folder: Path, tag: str) -> None:
     """Copy the adapter files of `source` over `folder`'s: each beside, synced, then renamed in; the weights last."""
-    from loratune.train.pause import pause_point
+    from loratune.training.pause import pause_point
 
     for file in ADAPTER_FILES:
         tmp = temporary(folder / file, tag)
@@ -294,7 +294,7 @@ def delete(name: str, home: str | Path | Workspace | None = None, checkpoint: st
 
 
 def _remove_atomically(target: Path) -> None:
-    from loratune.train.pause import pause_point
+    from loratune.training.pause import pause_point
 
     aside = temporary(target, "deleting")
     target.rename(aside)

@@ -18,7 +18,7 @@ from pathlib import Path
 from loratune.adapters.catalog import adapter_path, base_model_path
 from loratune.adapters.files import clean_stale, fsync_dir, normal_permissions, temporary
 from loratune.errors import LoratuneError
-from loratune.train.pause import pause_point
+from loratune.training.pause import pause_point
 from loratune.workspace import Workspace, check_name, inside
 
 # transformers model_type -> (llama.cpp architecture, whether llama.cpp permutes q/k rows). Others are refused.

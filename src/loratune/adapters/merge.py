@@ -11,7 +11,7 @@ from loratune.adapters.files import clean_stale, fsync_dir, normal_permissions, 
 from loratune.errors import LoratuneError
 from loratune.models.checks import check_model_folder, load_adapter
 from loratune.prompting import load_contract, save_contract
-from loratune.train.pause import pause_point
+from loratune.training.pause import pause_point
 from loratune.workspace import Workspace, check_name, inside
 
 

@@ -20,7 +20,7 @@ def add(sub) -> None:
 
 
 def run_chat(args, extra: list[str]) -> int:
-    from loratune.generate import Generator
+    from loratune.generator import Generator
 
     spec = spec_from_args(args)
     generator = Generator(args.model, args.lora, args.home)

@@ -58,7 +58,7 @@ def spec_from_args(args, chat: bool | None = None) -> GenerateSpec:
 
 
 def run_generate(args, extra: list[str]) -> int:
-    from loratune.generate import Generator
+    from loratune.generator import Generator
 
     prompts = list(args.prompt)
     if args.prompts_file:

@@ -29,7 +29,7 @@ def add(sub) -> None:
 
 
 def run_train(args, extra: list[str]) -> int:
-    from loratune.train import train
+    from loratune.training.loop import train
 
     config = train_config(args, extra)
     result = train(config, home=args.home)

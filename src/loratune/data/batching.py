@@ -3,7 +3,7 @@
 Padded: each micro-batch is a (samples, longest) matrix; short samples are padded to the longest one.
 Packed: the step's samples are laid end to end in one row (no padding at all), with position ids that restart at 0 for
 every sample and the sample bounds, so attention never crosses from one sample into another
-(see `loratune.train.packing`). A packed row holds at most `max_tokens` tokens (a long sample gets a row of its own).
+(see `loratune.training.packing`). A packed row holds at most `max_tokens` tokens (a long sample gets a row of its own).
 """
 
 from __future__ import annotations

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 from loratune.errors import LoratuneError
 
 
@@ -60,7 +58,7 @@ def family_of(model_type: str) -> Family | None:
     return FAMILIES.get(model_type)
 
 
-def resolve_targets(model: nn.Module, targets: str) -> list[str] | str:
+def resolve_targets(model, targets: str) -> list[str] | str:
     """Module-name suffixes for peft's `target_modules` (or 'all-linear'), checked against the model."""
     if targets == "all-linear":
         return "all-linear"
@@ -86,8 +84,9 @@ def resolve_targets(model: nn.Module, targets: str) -> list[str] | str:
     return names
 
 
-def linear_module_paths(model: nn.Module) -> list[str]:
+def linear_module_paths(model) -> list[str]:
     """Full names of the linear layers (nn.Linear and GPT-2's Conv1D), the LM head excluded."""
+    from torch import nn
     from transformers.pytorch_utils import Conv1D
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -98,7 +97,7 @@ def linear_module_paths(model: nn.Module) -> list[str]:
     ]
 
 
-def linear_module_names(model: nn.Module) -> list[str]:
+def linear_module_names(model) -> list[str]:
     """Distinct last name parts of the linear layers, the LM head excluded (e.g. q_proj, v_proj, ...)."""
     names = []
     for full in linear_module_paths(model):

@@ -11,8 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-
 from loratune.errors import LoratuneError
 from loratune.models.checks import (
     check_chat_template,
@@ -66,6 +64,7 @@ def default_gguf() -> Path:
 
 def convert_gguf(gguf: Path, ws: Workspace, name: str) -> Path:
     """De-quantize a GGUF file into models/<name>/ once (float32 safetensors + tokenizer with chat template)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = inside(ws.models, name)
@@ -127,8 +126,9 @@ def download(repo_id: str, ws: Workspace, trust_remote_code: bool = False) -> Pa
     return target
 
 
-def load_base(path: Path, device: torch.device | str = "cpu", trust_remote_code: bool = False, quant: str = "none"):
+def load_base(path: Path, device="cpu", trust_remote_code: bool = False, quant: str = "none"):
     """Load (model, tokenizer) from a local folder in the dtype the device runs fast (quant: 'none', '4bit', '8bit')."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     from loratune.models.quant import check_quant, quantization_config

@@ -18,7 +18,7 @@ import yaml
 
 from loratune.adapters import adapter_path, list_adapters
 from loratune.errors import LoratuneError
-from loratune.generate import resolve_lora
+from loratune.generator import resolve_lora
 from loratune.models import load_base, resolve_model_path
 from loratune.models.sources import DEFAULT_NAME
 from loratune.prompting import PromptContract, load_contract, model_contract

@@ -14,7 +14,7 @@ import gradio as gr
 
 from loratune.adapters import adapter_path
 from loratune.config import GenerateSpec
-from loratune.generate import Generator
+from loratune.generator import Generator
 from loratune.ui import names
 from loratune.ui.feedback import shows_errors
 from loratune.ui.form import build_form, read_form

@@ -14,7 +14,7 @@ from pathlib import Path
 from loratune.adapters.catalog import adapter_info, read_losses
 from loratune.errors import LoratuneError
 from loratune.rundir import read_finished
-from loratune.train.lock import LOCK_FILE
+from loratune.training.lock import LOCK_FILE
 from loratune.workspace import Workspace, check_name, inside
 
 DATA_SUFFIXES = (".txt", ".json", ".jsonl")

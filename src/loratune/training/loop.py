@@ -19,8 +19,8 @@ from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
 from loratune.models.quant import prepare_for_training
 from loratune.prompting import make_contract, save_contract
-from loratune.train.board import Board
-from loratune.train.checkpoint import (
+from loratune.training.board import Board
+from loratune.training.checkpoint import (
     checkpoint_dir,
     clean_leftovers,
     clear_run_dir,
@@ -30,17 +30,17 @@ from loratune.train.checkpoint import (
     load_state,
     save_adapter,
 )
-from loratune.train.evaluate import Evaluator, split_eval
-from loratune.train.guard import RunGuard
-from loratune.train.lock import LOCK_FILE
-from loratune.train.loss import token_loss_sum
-from loratune.train.optim import build_optimizer, build_scheduler
-from loratune.train.packing import use_packed_attention
-from loratune.train.pause import pause_point
-from loratune.train.plot import plot_loss
-from loratune.train.progress import Progress
-from loratune.train.resume import FINISHED, already_finished, check_resume_options, mark_finished, resume_command
-from loratune.train.stop import StopSource
+from loratune.training.evaluate import Evaluator, split_eval
+from loratune.training.guard import RunGuard
+from loratune.training.lock import LOCK_FILE
+from loratune.training.loss import token_loss_sum
+from loratune.training.optim import build_optimizer, build_scheduler
+from loratune.training.packing import use_packed_attention
+from loratune.training.pause import pause_point
+from loratune.training.plot import plot_loss
+from loratune.training.progress import Progress
+from loratune.training.resume import FINISHED, already_finished, check_resume_options, mark_finished, resume_command
+from loratune.training.stop import StopSource
 from loratune.workspace import Workspace
 
 

@@ -20,7 +20,7 @@ import torch
 from loratune.adapters.files import ADAPTER_STEP, clean_stale, normal_permissions, sha256, write_json
 from loratune.errors import LoratuneError
 from loratune.prompting import copy_contract
-from loratune.train.pause import pause_point
+from loratune.training.pause import pause_point
 
 COMPLETE = "COMPLETE"
 STATE_TENSORS = "training_state.safetensors"
@@ -149,7 +149,7 @@ def clean_leftovers(run_dir: Path) -> None:
 
 def clear_run_dir(run_dir: Path) -> None:
     """Empty a run folder for --overwrite, keeping its lock file (deleting a held lock would let a second run in)."""
-    from loratune.train.lock import LOCK_FILE
+    from loratune.training.lock import LOCK_FILE
 
     for entry in run_dir.iterdir() if run_dir.is_dir() else []:
         if entry.name == LOCK_FILE:

@@ -18,8 +18,8 @@ from loratune.config import DataSpec
 from loratune.data import Sample, build_samples, collate
 from loratune.errors import LoratuneError
 from loratune.rundir import BEST, METRICS, read_json, read_metrics
-from loratune.train.checkpoint import checkpoint_dir
-from loratune.train.loss import token_loss_sum
+from loratune.training.checkpoint import checkpoint_dir
+from loratune.training.loss import token_loss_sum
 
 
 def split_eval(spec: DataSpec, samples: list[Sample], tokenizer, ws, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from loratune.errors import LoratuneError
-from loratune.train.checkpoint import checkpoint_dir, is_complete, latest_checkpoint, save_checkpoint
-from loratune.train.lock import RunLock
-from loratune.train.resume import resume_command
-from loratune.train.stop import StopRequest, StopSource
+from loratune.training.checkpoint import checkpoint_dir, is_complete, latest_checkpoint, save_checkpoint
+from loratune.training.lock import RunLock
+from loratune.training.resume import resume_command
+from loratune.training.stop import StopRequest, StopSource
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
