@@ -464,3 +464,21 @@ def test_numbers_and_names_through_the_cli_fail_in_one_line_before_anything_load
         (line,) = [x for x in result.stderr.splitlines() if x.startswith("loratune: error:")]
         assert expected in line
         assert not (home / "loras").exists() and not (home / "models").exists()  # refused before the model
+
+
+def test_a_checkpoint_is_never_written_with_non_finite_weights(tiny_model, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from loratune.training.checkpoint import save_checkpoint
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=2, target_modules=["q_proj"]))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    next(p for p in model.parameters() if p.requires_grad).data[0, 0] = float("inf")
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(LoratuneError, match=r"not finite at step 3 .*no checkpoint was written"):
+        save_checkpoint(run, 3, model, optimizer, scheduler)
+    assert list(run.iterdir()) == []

@@ -38,6 +38,12 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint-<step> atomically; then keep only the newest `keep` complete ones (0: all)."""
     target = checkpoint_dir(run_dir, step)
+    bad = next((name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()), None)
+    if bad is not None:  # a checkpoint is only ever complete with weights a resume can train on
+        raise LoratuneError(
+            f"the adapter weights are not finite at step {step} ({bad}), so no checkpoint was written; lower "
+            "train.lr or train.weight_decay and start again with --overwrite"
+        )
     tmp = run_dir / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
