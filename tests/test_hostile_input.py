@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class Run:
 
 
 def cli(home: Path, *args: str, timeout: int = 240, env: dict | None = None, close_stdout: bool = False) -> Run:
-    """`loratune --home home ...` in a subprocess; its peak RSS read from os.wait4 (that child only)."""
+    """`loratune --home home ...` in a subprocess, with the peak RSS of that child alone."""
     out_file, err_file = home.parent / "cli.out", home.parent / "cli.err"
     with open(out_file, "wb") as out, open(err_file, "wb") as err:
         proc = subprocess.Popen(
@@ -58,13 +59,31 @@ def cli(home: Path, *args: str, timeout: int = 240, env: dict | None = None, clo
             proc.stdout.close()  # the reader is gone before the first write, as after `| head -1`
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
+        peak = 0
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            # The peak of the child's own memory: VmHWM after its exec, polled until it exits. (wait4's ru_maxrss
+            # would count pytest's memory, which the child shares before its exec.)
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                peak = max(peak, _vm_hwm(proc.pid))
+                time.sleep(0.02)
         finally:
             killer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)
     assert proc.returncode != -9, f"killed after {timeout} s"
-    return Run(proc.returncode, out_file.read_text(errors="replace"), err_file.read_text(), usage.ru_maxrss * 1024)
+    return Run(proc.returncode, out_file.read_text(errors="replace"), err_file.read_text(), peak)
+
+
+def _vm_hwm(pid: int) -> int:
+    """The peak resident size of a live process, in bytes (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    line = next((x for x in status.splitlines() if x.startswith("VmHWM:")), "VmHWM: 0 kB")
+    return int(line.split()[1]) * 1024
 
 
 def nothing_in_loras(home: Path) -> None:

@@ -305,16 +305,16 @@ def test_resume_refuses_what_it_cannot_honour_and_records_what_it_changes(tiny_m
     assert ghost == f"loratune: error: no run named ghost in {home.resolve() / 'loras'} (nothing to resume)"
     assert not (home / "loras" / "ghost").exists()
 
-    # What can take effect does, and is recorded: two more steps, saved on a new rhythm.
-    longer = cli(home, "train", "--name", "r", "--resume", "--train.max_steps", "6", "--train.save_every", "3")
+    # What can take effect does, and is recorded: four more steps (from the final step's checkpoint), on a new rhythm.
+    longer = cli(home, "train", "--name", "r", "--resume", "--train.max_steps", "8", "--train.save_every", "3")
     assert longer.returncode == 0, longer.stderr
-    assert "resuming from checkpoint-00000" in longer.stdout
-    assert (run / "checkpoint-000003" / "COMPLETE").is_file()  # save_every 3 took effect
-    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    assert "resuming from checkpoint-000004" in longer.stdout
+    assert (run / "checkpoint-000006" / "COMPLETE").is_file()  # save_every 3 took effect
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
     saved = yaml.safe_load((run / "loratune.yaml").read_text())["train"]
-    assert (saved["max_steps"], saved["save_every"], saved["lr"]) == (6, 3, 0.0003)
-    assert "| training | 6 steps, 6 optimizer steps," in (run / "README.md").read_text()
-    assert json.loads((run / "finished.json").read_text())["step"] == 6
+    assert (saved["max_steps"], saved["save_every"], saved["lr"]) == (8, 3, 0.0003)
+    assert "| training | 8 steps, 8 optimizer steps," in (run / "README.md").read_text()
+    assert json.loads((run / "finished.json").read_text())["step"] == 8
 
 
 @pytest.mark.parametrize(

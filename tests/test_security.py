@@ -71,6 +71,12 @@ def resume(tiny_model, data_file, home):
     )
 
 
+def stopped_at_step_1(run):
+    """Make the finished run look stopped after checkpoint-000001, so a resume loads that checkpoint."""
+    shutil.rmtree(run / "checkpoint-000002", ignore_errors=True)
+    (run / "finished.json").unlink(missing_ok=True)
+
+
 def test_the_planted_payload_really_runs_when_unpickled(tmp_path, marker):
     """The control: without weights_only, the same file does run its code, so the tests below prove something."""
     plant(tmp_path / "p.pt", marker)
@@ -104,14 +110,14 @@ def test_torch_load_only_with_weights_only():
 
 def test_pickle_in_training_state_never_runs(tiny_model, data_file, home, trained, marker):
     checkpoint = trained / "checkpoint-000001"
-    shutil.rmtree(trained / "checkpoint-000002", ignore_errors=True)
+    stopped_at_step_1(trained)
     plant(checkpoint / "training_state.pt", marker)  # beside the real state: never even opened
     assert resume(tiny_model, data_file, home).steps == 2
     assert not marker.exists()
     # An old-style checkpoint whose only state is the planted pickle: refused in one line.
     for name in ("training_state.json", "training_state.safetensors"):
         (trained / "checkpoint-000001" / name).unlink(missing_ok=True)
-    shutil.rmtree(trained / "checkpoint-000002", ignore_errors=True)
+    stopped_at_step_1(trained)
     with pytest.raises(LoratuneError, match=r"training_state.pt holds more than plain tensors .* refusing it"):
         resume(tiny_model, data_file, home)
     assert not marker.exists()
@@ -122,11 +128,11 @@ def test_pickle_in_an_adapter_folder_never_runs(tiny_model, data_file, home, tra
 
     checkpoint = trained / "checkpoint-000001"
     plant(checkpoint / "adapter_model.bin", marker)  # beside adapter_model.safetensors: ignored
-    assert Generator(lora="run/checkpoint-000001", home=home).complete("Hi", use_lora=True) is not None
+    assert isinstance(Generator(lora="run/checkpoint-000001", home=home).complete("Hi", use_lora=True), str)
     (checkpoint / "adapter_model.safetensors").unlink()  # now the pickle is the only weights file
     with pytest.raises(LoratuneError, match="has no adapter_model.safetensors; loratune loads adapter weights only"):
         Generator(lora="run/checkpoint-000001", home=home)
-    shutil.rmtree(trained / "checkpoint-000002", ignore_errors=True)
+    stopped_at_step_1(trained)
     with pytest.raises(LoratuneError, match="has no adapter_model.safetensors"):
         resume(tiny_model, data_file, home)
     assert not marker.exists()
@@ -146,9 +152,13 @@ def test_pickle_weights_in_a_model_folder_never_run(tiny_model, data_file, home,
 
 
 def test_remote_code_runs_only_with_the_flag(tiny_model, data_file, home, tmp_path, marker, monkeypatch):
-    from transformers import dynamic_module_utils
+    from transformers import LlamaConfig, LlamaForCausalLM, dynamic_module_utils
 
     monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    # Loading the folder's code registers LlamaConfig / LlamaForCausalLM as its auto classes, for the whole process
+    # (later save_pretrained calls would then copy their "custom" source files): undone when the test ends.
+    monkeypatch.setattr(LlamaForCausalLM, "_auto_class", None)
+    monkeypatch.setattr(LlamaConfig, "_auto_class", None)
     model = tmp_path / "custom"
     shutil.copytree(tiny_model, model)
     config = json.loads((model / "config.json").read_text())

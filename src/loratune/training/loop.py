@@ -19,6 +19,7 @@ from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
 from loratune.models.quant import prepare_for_training
 from loratune.prompting import make_contract, save_contract
+from loratune.rundir import read_losses
 from loratune.training.board import Board
 from loratune.training.checkpoint import (
     checkpoint_dir,
@@ -144,7 +145,7 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     position = data_position(samples, steps_per_epoch, tc.seed)
     if resume_from is not None:
         resumed = int(resume_from.name.rsplit("-", 1)[1])
-        if total_steps <= resumed:
+        if total_steps < resumed:  # equal: a kill after the last step's checkpoint; the run only needs finishing
             raise LoratuneError(
                 f"train.max_steps / train.epochs now end the run at step {total_steps}, but {resume_from.name} is "
                 f"already at step {resumed}: nothing is left to train; give more steps to resume"
@@ -182,7 +183,8 @@ def _train(config, home, show_progress, on_step, guard: RunGuard, **options) -> 
     main = accelerator.is_main_process
     board = Board(run_dir / "tensorboard" if main and tc.report_to == "tensorboard" else None)
     evaluate = Evaluator(eval_samples, run_dir if main else None, tc.eval_every, total_steps, tc.micro_batch, pad_id)
-    started, loss_value = time.perf_counter(), float("nan")
+    # The last logged loss stands until a step is trained (a resume that only finishes the run trains none).
+    started, loss_value = time.perf_counter(), read_losses(run_dir).get(step, float("nan"))
     model.train()
     while step < total_steps:
         t0 = time.perf_counter()
