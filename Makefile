@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean verify-gguf bench sentiment-zh en-es
+.PHONY: demo test test-long test-all lint install clean verify-gguf bench sentiment-zh en-es
 
 install: $(STAMP)
 
@@ -36,7 +36,14 @@ en-es: $(STAMP)
 	$(BIN)/loratune train --config examples/en-es/config.yaml --overwrite
 	$(BIN)/python examples/en-es/evaluate.py
 
+# The suite without the long checks (under 10 minutes on 2 cores); test-long runs those, test-all everything.
 test: $(STAMP)
+	$(BIN)/pytest -q -m "not long"
+
+test-long: $(STAMP)
+	$(BIN)/pytest -q -m long
+
+test-all: $(STAMP)
 	$(BIN)/pytest -q
 
 # Side-by-side speed: loratune vs the text-generation-webui method vs TRL (README "## Speed"; about 15 minutes).

@@ -444,6 +444,7 @@ def test_names_a_filesystem_would_mangle_are_refused(tiny_model, home, tmp_path,
     assert not (home / "loras").exists()
 
 
+@pytest.mark.long
 def test_numbers_and_names_through_the_cli_fail_in_one_line_before_anything_loads(home, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_bytes(jsonl(GOOD, GOOD))

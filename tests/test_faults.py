@@ -21,6 +21,8 @@ import pytest
 import torch
 import yaml
 
+pytestmark = pytest.mark.long  # real kills at every pause point, then resumes: make test-long
+
 RECORDS = [
     {"instruction": f"What is {a} plus {b}?", "output": f"Arr! It be {a + b}."} for a in range(6) for b in range(4)
 ]

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.long  # many CLI subprocesses and memory measurements: make test-long
+
 GOOD = {"instruction": "What is 2 plus 2?", "output": "Arr! It be 4."}
 
 

@@ -25,6 +25,8 @@ from loratune.data.batching import step_groups
 from loratune.data.build import Sample
 from loratune.training.checkpoint import read_state
 
+pytestmark = pytest.mark.long  # two processes under accelerate launch: make test-long
+
 RECORDS = [
     {"instruction": f"What is {a} plus {b}?", "output": f"Arr, it be {a + b}." + " Yo ho!" * a}
     for a in range(5)

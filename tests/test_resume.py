@@ -284,6 +284,7 @@ def snapshot(folder) -> dict:
 SMALL = ["--train.batch_size", "4", "--train.micro_batch", "2", "--adapter.rank", "4", "--train.seed", "3"]
 
 
+@pytest.mark.long
 def test_resume_refuses_what_it_cannot_honour_and_records_what_it_changes(tiny_model, data_file, home):
     first = cli(home, "train", "--model", tiny_model, "--data", data_file, "--name", "r", "--train.max_steps", "4",
                 "--train.save_every", "2", *SMALL)  # fmt: skip
@@ -386,6 +387,7 @@ def wait_for(flag, proc) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.long
 def test_the_stop_hint_names_the_home_and_works_from_another_folder(tiny_model, data_file, home, tmp_path):
     flag = tmp_path / "paused"
     relative_home = os.path.relpath(home, tmp_path)  # given relative: the hint must still be absolute
@@ -411,6 +413,7 @@ def test_the_stop_hint_names_the_home_and_works_from_another_folder(tiny_model, 
     assert not (elsewhere / "loras").exists()
 
 
+@pytest.mark.long
 def test_resume_auto_starts_over_a_run_killed_during_its_first_checkpoint(tiny_model, data_file, home, tmp_path):
     flag = tmp_path / "paused"
     args = ["train", "--model", tiny_model, "--data", data_file, "--name", "r", "--train.max_steps", "4",
@@ -492,6 +495,7 @@ def write_tiny_gguf(path) -> None:
     w.close()
 
 
+@pytest.mark.long
 def test_the_first_run_on_a_new_gguf_equals_the_later_ones(data_file, home, tmp_path):
     gguf = tmp_path / "tiny.gguf"
     write_tiny_gguf(gguf)

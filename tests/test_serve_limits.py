@@ -23,6 +23,8 @@ from conftest import make_tiny_llama
 from loratune import RunConfig, train
 from loratune.config import AdapterSpec, DataSpec, ModelSpec, TrainSpec
 
+pytestmark = pytest.mark.long  # a real server per case family, hostile clients: make test-long
+
 KEY = "test-key-0123456789"
 LONG = 50_000  # tokens: minutes of generation on the tiny model
 LIMITS = [

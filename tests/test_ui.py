@@ -351,6 +351,7 @@ def test_ui_serves_https_with_the_given_certificate(tmp_path):
         server.stop()
 
 
+@pytest.mark.long
 def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
     from playwright.sync_api import expect
 
@@ -511,6 +512,7 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         _stop_leftover_job(ui_home)
 
 
+@pytest.mark.long
 def test_start_on_a_finished_run_is_refused_in_chromium(ui_home, browser_page, tmp_path):
     """Issue 15.2, where it was seen: Start on a finished run's name spawned a job that failed 15 s later, having
     emptied that run's train.log and marked it failed. Now one message, and the run and its record stay as they were."""
