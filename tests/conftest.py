@@ -44,11 +44,12 @@ def make_tokenizer(chat_template: str | None = CHATML):
     return tok
 
 
-def make_tiny_llama(folder: Path, chat_template: str | None = CHATML, seed: int = 0) -> Path:
+def make_tiny_llama(folder: Path, chat_template: str | None = CHATML, seed: int = 0, tokenizer=None) -> Path:
+    """A 2-layer LLaMA saved in `folder`, with the tiny BPE tokenizer (or the given one)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = make_tokenizer(chat_template)
+    tok = tokenizer or make_tokenizer(chat_template)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok),

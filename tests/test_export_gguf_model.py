@@ -30,26 +30,13 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, default_model_home):
     """A tiny LLaMA with the real SmolLM2 tokenizer (a BPE llama.cpp's converter recognises), and a trained adapter."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
+
+    from conftest import make_tiny_llama
 
     root = tmp_path_factory.mktemp("export-model")
-    model_dir = root / "tiny-smol"
     tokenizer = AutoTokenizer.from_pretrained(default_model_home / "models" / "SmolLM2-135M-Instruct")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = make_tiny_llama(root / "tiny-smol", tokenizer=tokenizer)
     data = root / "d.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"Say {i}", "output": f"Arr {i}"}) + "\n" for i in range(8)))
     run = RunConfig(
