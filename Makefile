@@ -46,7 +46,7 @@ test-long: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/pytest -q
 
-# Side-by-side speed: loratune vs the text-generation-webui method vs TRL (README "## Speed"; about 15 minutes).
+# Side-by-side speed: loratune vs the text-generation-webui method vs TRL (results in bench/RESULTS.md; about 15 minutes).
 # Installs the peers (bench/requirements.txt) into .venv. Run it on an otherwise idle machine. BENCH_ARGS=--quick for a short run.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
