@@ -15,7 +15,7 @@ from loratune.commands.data import render
 from loratune.config import DataSpec
 from loratune.data.batching import collate
 from loratune.data.build import build_samples
-from loratune.data.inspect import check_data, eos_masked_by_padding, histogram
+from loratune.data.preview import check_data, eos_masked_by_padding, histogram
 from loratune.workspace import Workspace
 
 RECORDS = [

@@ -35,7 +35,7 @@ def add(sub) -> None:
 
 def run_check(args, extra: list[str]) -> int:
     from loratune.commands.train import parse_overrides
-    from loratune.data.inspect import check_data
+    from loratune.data.preview import check_data
     from loratune.models.sources import load_tokenizer, resolve_model_path
     from loratune.workspace import Workspace
 

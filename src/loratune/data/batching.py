@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from loratune.data.build import IGNORE, Sample
+from loratune.data.samples import IGNORE, Sample
 
 
 def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:

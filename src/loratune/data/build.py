@@ -2,49 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from loratune.config import DataSpec
+from loratune.data import instructions, raw_text
+
+# Re-exported: training/, prompting and the tests import the shared names from here.
+from loratune.data.samples import IGNORE, DataReport, Sample, adds_bos, read_text, wants_bos
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace
 
-IGNORE = -100  # label of a token that carries no loss
-
-
-@dataclass
-class Sample:
-    input_ids: list[int]
-    labels: list[int]
-
-
-@dataclass
-class DataReport:
-    kind: str
-    path: str
-    records: int = 0
-    samples: int = 0
-    too_long: int = 0
-    truncated: int = 0
-    nothing_to_train: int = 0
-    too_short: int = 0
-    tokens: int = 0
-    trained_tokens: int = 0
-
-    def summary(self) -> str:
-        parts = [
-            f"{self.kind} data {self.path}: {self.records} records -> {self.samples} samples",
-            f"{self.tokens} tokens ({self.trained_tokens} trained)",
-        ]
-        if self.too_long:
-            parts.append(f"{self.too_long} dropped as longer than the cutoff (data.too_long: truncate keeps them)")
-        if self.truncated:
-            parts.append(f"{self.truncated} truncated to the cutoff")
-        if self.nothing_to_train:
-            parts.append(f"{self.nothing_to_train} dropped with nothing to train")
-        if self.too_short:
-            parts.append(f"{self.too_short} raw-text blocks dropped as shorter than data.min_chunk")
-        return ", ".join(parts)
+__all__ = [
+    "IGNORE",
+    "DataReport",
+    "Sample",
+    "adds_bos",
+    "build_samples",
+    "find_data",
+    "is_raw_text",
+    "read_samples",
+    "read_text",
+    "wants_bos",
+]
 
 
 def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample], DataReport]:
@@ -57,8 +36,6 @@ def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample
 
 def read_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample], DataReport]:
     """Like build_samples, but an empty result is returned, not refused (the data check reports it)."""
-    from loratune.data import instructions, raw_text
-
     path = find_data(spec.path, ws)
     if is_raw_text(path):
         samples, report = raw_text.build(path, tokenizer, spec)
@@ -87,33 +64,3 @@ def find_data(given: str, ws: Workspace) -> Path:
     if not path.exists():
         raise LoratuneError(f"dataset not found: {given}")
     return path
-
-
-def read_text(file: Path) -> str:
-    """UTF-8 text (a BOM is skipped, CRLF becomes LF); other encodings are refused with the line at fault."""
-    data = file.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise LoratuneError(f"{file}: line {line} is not UTF-8 text; re-save the file as UTF-8") from None
-    return text.replace("\r\n", "\n")
-
-
-def adds_bos(tokenizer) -> bool:
-    """Does this tokenizer put BOS in front of a text by default (LLaMA-1/2 style)? Then each chunk gets one."""
-    if tokenizer.bos_token_id is None:
-        return False
-    ids = tokenizer("a")["input_ids"]
-    return bool(ids) and ids[0] == tokenizer.bos_token_id
-
-
-def wants_bos(tokenizer, add_bos: str) -> bool:
-    """data.add_bos: 'auto' follows the tokenizer's own default, 'always' / 'never' override it."""
-    if add_bos == "never":
-        return False
-    if add_bos == "always":
-        if tokenizer.bos_token_id is None:
-            raise LoratuneError("data.add_bos is 'always' but this tokenizer has no BOS token; use 'auto' or 'never'")
-        return True
-    return adds_bos(tokenizer)

@@ -20,8 +20,8 @@ from importlib import resources
 from pathlib import Path
 
 from loratune.config import DataSpec
-from loratune.data.build import IGNORE, DataReport, Sample, adds_bos, read_text, wants_bos
 from loratune.data.chat_templates import NAMED, resolve_chat_template
+from loratune.data.samples import IGNORE, DataReport, Sample, adds_bos, read_text, wants_bos
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace, inside
 

@@ -14,7 +14,7 @@ from bisect import bisect_left
 from pathlib import Path
 
 from loratune.config import DataSpec
-from loratune.data.build import DataReport, Sample, read_text, wants_bos
+from loratune.data.samples import DataReport, Sample, read_text, wants_bos
 from loratune.errors import LoratuneError
 
 PIECE_CHARS = 1 << 16  # long text is tokenized in pieces of about this many characters (see tokenize_text)

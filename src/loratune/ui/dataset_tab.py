@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from loratune.config import DataSpec
-from loratune.data.inspect import check_data
+from loratune.data.preview import check_data
 from loratune.models.sources import load_tokenizer, resolve_model_path
 from loratune.ui import names
 from loratune.ui.feedback import shows_errors

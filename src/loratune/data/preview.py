@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from loratune.config import DataSpec
 from loratune.data.batching import collate
-from loratune.data.build import IGNORE, Sample, find_data, is_raw_text, read_samples
+from loratune.data.build import find_data, is_raw_text, read_samples
+from loratune.data.samples import IGNORE, Sample
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace
 

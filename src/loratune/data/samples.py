@@ -1,0 +1,79 @@
+"""What every data reader shares: the sample type, the report of what a reader produced, and the text and BOS rules.
+
+The readers (raw_text, instructions) build on this module; the dispatcher (build) picks a reader. Nothing here
+imports either, so the layers stay one-way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from loratune.errors import LoratuneError
+
+IGNORE = -100  # label of a token that carries no loss
+
+
+@dataclass
+class Sample:
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class DataReport:
+    kind: str
+    path: str
+    records: int = 0
+    samples: int = 0
+    too_long: int = 0
+    truncated: int = 0
+    nothing_to_train: int = 0
+    too_short: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.kind} data {self.path}: {self.records} records -> {self.samples} samples",
+            f"{self.tokens} tokens ({self.trained_tokens} trained)",
+        ]
+        if self.too_long:
+            parts.append(f"{self.too_long} dropped as longer than the cutoff (data.too_long: truncate keeps them)")
+        if self.truncated:
+            parts.append(f"{self.truncated} truncated to the cutoff")
+        if self.nothing_to_train:
+            parts.append(f"{self.nothing_to_train} dropped with nothing to train")
+        if self.too_short:
+            parts.append(f"{self.too_short} raw-text blocks dropped as shorter than data.min_chunk")
+        return ", ".join(parts)
+
+
+def read_text(file: Path) -> str:
+    """UTF-8 text (a BOM is skipped, CRLF becomes LF); other encodings are refused with the line at fault."""
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise LoratuneError(f"{file}: line {line} is not UTF-8 text; re-save the file as UTF-8") from None
+    return text.replace("\r\n", "\n")
+
+
+def adds_bos(tokenizer) -> bool:
+    """Does this tokenizer put BOS in front of a text by default (LLaMA-1/2 style)? Then each chunk gets one."""
+    if tokenizer.bos_token_id is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def wants_bos(tokenizer, add_bos: str) -> bool:
+    """data.add_bos: 'auto' follows the tokenizer's own default, 'always' / 'never' override it."""
+    if add_bos == "never":
+        return False
+    if add_bos == "always":
+        if tokenizer.bos_token_id is None:
+            raise LoratuneError("data.add_bos is 'always' but this tokenizer has no BOS token; use 'auto' or 'never'")
+        return True
+    return adds_bos(tokenizer)
