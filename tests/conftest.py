@@ -105,3 +105,12 @@ def pytest_runtest_logreport(report):
     if path:
         with open(path, "a", encoding="utf-8") as f:
             f.write(f"{report.duration:8.1f} {report.when:8} {report.outcome:7} {report.nodeid}\n")
+
+
+@pytest.fixture
+def data_file(request, tmp_path) -> Path:
+    """The test module's RECORDS as a JSONL file, named by its DATA_FILE (default 'data.jsonl')."""
+    from helpers import write_jsonl
+
+    module = request.module
+    return write_jsonl(tmp_path / getattr(module, "DATA_FILE", "data.jsonl"), module.RECORDS)

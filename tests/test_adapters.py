@@ -12,14 +12,13 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from helpers import sum_records
 from loratune import LoratuneError, RunConfig, train
 from loratune.adapters import delete, get_adapter, list_adapters, merge, promote, undo_promote
 from loratune.cli import main
 from loratune.config import AdapterSpec, DataSpec, ModelSpec, TrainSpec
 
-RECORDS = [
-    {"instruction": f"What is {a} plus {b}?", "output": f"Arr, it be {a + b}."} for a in range(4) for b in range(4)
-]
+RECORDS = sum_records(range(4), range(4), "Arr, it be {}.")
 
 
 @pytest.fixture(scope="module")

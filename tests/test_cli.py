@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-RECORDS = [
-    {"instruction": f"What is {a} plus {b}?", "output": f"Arr! It be {a + b}."} for a in range(5) for b in range(4)
-]
+from helpers import sum_records
+
+RECORDS = sum_records(range(5), range(4), "Arr! It be {}.")
+DATA_FILE = "sums.jsonl"
 
 
 def loratune(*args, home: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -33,13 +34,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment in errors[0]
-
-
-@pytest.fixture
-def data_file(tmp_path):
-    path = tmp_path / "sums.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    return path
 
 
 def test_missing_dataset_is_one_line(tiny_model, home):

@@ -432,3 +432,89 @@ def test_what_a_resume_may_change_names_real_options():
 
     assert RESUME_MAY_CHANGE <= {name for name, _, _ in field_help()}
     assert not RESUME_MAY_CHANGE & {"train.lr", "train.seed", "adapter.rank", "data.path", "model.source"}
+
+
+# ---------------------------------------------------------------- each group's checks, through the real CLI
+
+
+def _cli_error(capsys, *argv: str) -> str:
+    """Run `loratune ...` in-process; it must fail with exactly one 'loratune: error:' line and exit 1."""
+    from loratune.cli import main
+
+    assert main(list(argv)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("loratune: error: ") and "\n" not in err, err
+    return err.removeprefix("loratune: error: ")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--train.eval_every", "-1"], "train.eval_every must be >= 0 (0: evaluate only at the end)"),
+        (["--train.packed_tokens", "-1"], "train.packed_tokens must be >= 0 (0: micro_batch x cutoff)"),
+        (
+            ["--train.packed_tokens", "100", "--data.cutoff", "128"],
+            "train.packed_tokens 100 must be 0 (micro_batch x cutoff) or at least data.cutoff (128), "
+            "so a packed pass holds the longest sample",
+        ),
+        (["--train.lr_power", "0"], "train.lr_power must be > 0 (the polynomial decay's power; 1.0 is linear)"),
+        (["--train.max_grad_norm", "-1"], "train.max_grad_norm must be >= 0 (0: no clipping)"),
+        (["--model.quant", "3bit"], "option 'model.quant' must be one of none, 4bit, 8bit; got '3bit'"),
+    ],
+)
+def test_train_refuses_a_bad_option_before_loading_a_model(options, message, tmp_path, capsys):
+    # The model and data do not exist: an error about the option shows it came before anything was loaded.
+    home = tmp_path / "home"
+    argv = ["--home", str(home), "train", "--model", str(tmp_path / "no-model"), "--data", "no.jsonl", "--name", "r"]
+    assert _cli_error(capsys, *argv, *options) == message
+    assert not (home / "loras").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--max-new-tokens", "0"], "max_new_tokens must be at least 1"),
+        (["--temperature", "-0.5"], "temperature must be >= 0 (0: greedy)"),
+        (["--temperature", "inf"], "option 'temperature' must be a finite number; got inf"),
+        (["--top-p", "0"], "top_p must be in (0, 1] (1: off)"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1] (1: off)"),
+        (["--top-k", "-1"], "top_k must be >= 0 (0: off)"),
+        (["--repetition-penalty", "0"], "repetition_penalty must be > 0 (1.0: off)"),
+        (["--seed", "-2"], "seed must be -1 (not seeded) or a whole number from 0 to 4294967295"),
+        (["--seed", str(2**64)], "seed must be -1 (not seeded) or a whole number from 0 to 4294967295"),
+    ],
+)
+@pytest.mark.parametrize("command", [["generate", "--prompt", "Hi"], ["chat"]])
+def test_generate_and_chat_refuse_a_bad_option_before_loading_a_model(command, options, message, tmp_path, capsys):
+    argv = ["--home", str(tmp_path), *command, "--model", str(tmp_path / "no-model"), *options]
+    assert _cli_error(capsys, *argv) == message
+
+
+def test_a_generate_spec_built_in_python_is_checked_too():
+    from loratune.config import GenerateSpec
+
+    assert GenerateSpec(temperature=0.7, top_p=1.0, top_k=0, seed=-1).validate().top_p == 1.0  # the edges pass
+    with pytest.raises(LoratuneError, match=r"^top_k must be >= 0 \(0: off\)$"):
+        GenerateSpec(top_k=-3).validate()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--rank", "0"], "adapter.rank must be > 0"),
+        (["--targets", ","], "adapter.targets is empty: use attention+mlp, attention, all-linear or module names"),
+        (["--cutoff", "4"], "data.cutoff must be at least 8 tokens"),
+        (["--micro-batch", "0"], "train.micro_batch must be > 0"),
+    ],
+)
+def test_estimate_refuses_what_train_refuses(options, message, tmp_path, capsys):
+    """`loratune estimate` (and the UI's Model tab, which calls the same check) takes train's checks."""
+    argv = ["--home", str(tmp_path), "estimate", "--model", str(tmp_path / "no-model"), *options]
+    assert _cli_error(capsys, *argv).startswith(message)
+
+
+def test_quant_load_refuses_an_unknown_quant_before_the_device_check():
+    from loratune.models.quant import check_quant
+
+    with pytest.raises(LoratuneError, match=r"^option 'model\.quant' must be one of none, 4bit, 8bit; got '3bit'$"):
+        check_quant("3bit", "cpu")

@@ -74,4 +74,6 @@ def test_cli_refusals_are_one_line(tiny_model, home, capsys):
     assert main(["--home", str(home), "estimate", "--model", "Qwen/Qwen2.5-0.5B"]) == 1  # offline in tests
     assert "HF_HUB_OFFLINE" in capsys.readouterr().err
     assert main(["--home", str(home), "estimate", "--model", str(tiny_model), "--quant", "4bit"]) == 1
-    assert capsys.readouterr().err.strip() == "loratune: error: --quant 4bit runs only on CUDA GPUs; add --device cuda"
+    assert capsys.readouterr().err.strip() == (
+        "loratune: error: model.quant 4bit runs only on CUDA GPUs; estimate for device cuda or model.quant none"
+    )

@@ -7,22 +7,15 @@ import math
 
 import pytest
 
+from helpers import sum_records
+from helpers import write_jsonl as _jsonl
 from loratune import LoratuneError, train
 from loratune.config import DataSpec
 from loratune.data.build import build_samples
 from loratune.training.evaluate import eval_loss, split_eval
 from loratune.workspace import Workspace
 
-RECORDS = [
-    {"instruction": f"What is {a} plus {b}?", "output": f"Arr, matey! It be {a + b}."}
-    for a in range(4)
-    for b in range(5)
-]
-
-
-def _jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+RECORDS = sum_records(range(4), range(5))
 
 
 def test_split_is_seeded_disjoint_and_sized(tmp_path, tokenizer, home):

@@ -21,11 +21,12 @@ import pytest
 import torch
 import yaml
 
+from helpers import sum_records, write_jsonl
+
 pytestmark = pytest.mark.long  # real kills at every pause point, then resumes: make test-long
 
-RECORDS = [
-    {"instruction": f"What is {a} plus {b}?", "output": f"Arr! It be {a + b}."} for a in range(6) for b in range(4)
-]
+RECORDS = sum_records(range(6), range(4), "Arr! It be {}.")
+DATA_FILE = "sums.jsonl"
 # 24 samples, 4 per step (2 micro-batches of 2): 6 steps per epoch, 12 steps in 2 epochs; a checkpoint every 2 steps.
 OPTIONS = {
     "train.epochs": 2,
@@ -38,13 +39,6 @@ OPTIONS = {
     "adapter.dropout": 0,
     "adapter.targets": "q_proj,v_proj",
 }
-
-
-@pytest.fixture
-def data_file(tmp_path):
-    path = tmp_path / "sums.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    return path
 
 
 class Run:
@@ -182,7 +176,7 @@ def finished(tmp_path_factory, tiny_model):
 
     root = tmp_path_factory.mktemp("finished")
     data = root / "sums.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    write_jsonl(data, RECORDS)
     options = {**OPTIONS, "train.max_steps": 4}
     train(model=str(tiny_model), data=str(data), name="run", home=root / "home", show_progress=False, **options)
     merge("run/checkpoint-000002", "merged", root / "home")

@@ -11,6 +11,8 @@ import sys
 import pytest
 
 from conftest import make_tokenizer
+from helpers import sum_records
+from helpers import write_jsonl as _jsonl
 from loratune.commands.data import render
 from loratune.config import DataSpec
 from loratune.data.batching import collate
@@ -18,9 +20,7 @@ from loratune.data.build import build_samples
 from loratune.data.preview import check_data, eos_masked_by_padding, histogram
 from loratune.workspace import Workspace
 
-RECORDS = [
-    {"instruction": f"What is {a} plus {b}?", "output": f"Arr! It be {a + b}."} for a in range(4) for b in range(3)
-]
+RECORDS = sum_records(range(4), range(3), "Arr! It be {}.")
 LONG = {"instruction": "Translate this sentence. " * 12, "output": "Arr, matey!"}
 # A chat template that forgets the assistant turns: every response is masked away (only the appended EOS is left).
 FORGETFUL = (
@@ -28,11 +28,6 @@ FORGETFUL = (
 )
 # A chat template whose text depends on the number of messages: a prompt is not a prefix of its full chat.
 COUNTING = "{{ messages | length }}{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
-
-
-def _jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 def _check(path, tokenizer, home, **kw):

@@ -17,6 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import make_tokenizer
+from helpers import sum_records
 from loratune import LoratuneError, train
 from loratune.config import DataSpec, TrainSpec, options_table
 from loratune.data.build import IGNORE, build_samples
@@ -24,18 +25,8 @@ from loratune.data.raw_text import snap_to_newlines
 from loratune.training.optim import build_optimizer, lr_factor, warmup_steps
 from loratune.workspace import Workspace
 
-RECORDS = [
-    {"instruction": f"What is {a} plus {b}?", "output": f"Arr, matey! It be {a + b}."}
-    for a in range(4)
-    for b in range(4)
-]
-
-
-@pytest.fixture
-def data_file(tmp_path):
-    path = tmp_path / "sums.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    return path
+RECORDS = sum_records(range(4), range(4))
+DATA_FILE = "sums.jsonl"
 
 
 def _train(model, data, home, name, **groups):

@@ -16,33 +16,18 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from loratune import RunConfig, train
-from loratune.config import AdapterSpec, DataSpec, ModelSpec, TrainSpec
+from helpers import run_config, sum_records
+from loratune import train
+from loratune.config import AdapterSpec
 
-RECORDS = [
-    {"instruction": f"What is {a} plus {b}?", "output": f"Arr, matey! It be {a + b}."}
-    for a in range(1, 7)
-    for b in range(1, 4)
-]  # 18 samples
-
-
-@pytest.fixture
-def data_file(tmp_path):
-    path = tmp_path / "pirate.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    return path
+RECORDS = sum_records(range(1, 7), range(1, 4))  # 18 samples
+DATA_FILE = "pirate.jsonl"
 
 
 def config(model, data, name="run", **train):
     options = dict(epochs=3, batch_size=4, micro_batch=2, lr=3e-3, save_every=2, seed=3, warmup_ratio=0.1)
-    options.update(train)
-    return RunConfig(
-        name=name,
-        model=ModelSpec(source=str(model)),
-        adapter=AdapterSpec(rank=4, alpha=8, dropout=0.1),  # dropout on: the RNG state must resume too
-        data=DataSpec(path=str(data)),
-        train=TrainSpec(**options),
-    )
+    adapter = AdapterSpec(rank=4, alpha=8, dropout=0.1)  # dropout on: the RNG state must resume too
+    return run_config(model, data, name, adapter, **{**options, **train})
 
 
 def losses(run_dir) -> list[float]:

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import sum_records
 from loratune import LoratuneError, train
 
-GOOD = [{"instruction": f"What is {a} plus 1?", "output": f"Arr! It be {a + 1}."} for a in range(8)]
+RECORDS = sum_records(range(8), range(1, 2), "Arr! It be {}.")
+DATA_FILE = "d.jsonl"
 FAST = {"train.batch_size": 4, "train.micro_batch": 4, "train.save_every": 1, "adapter.rank": 4}
 SRC = Path(__file__).resolve().parent.parent / "src" / "loratune"
 
@@ -38,13 +40,6 @@ def plant(path: Path, marker: Path) -> None:
 @pytest.fixture
 def marker(tmp_path) -> Path:
     return tmp_path / "CODE-RAN"
-
-
-@pytest.fixture
-def data_file(tmp_path):
-    path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in GOOD))
-    return path
 
 
 @pytest.fixture
@@ -124,11 +119,18 @@ def test_pickle_in_training_state_never_runs(tiny_model, data_file, home, traine
 
 
 def test_pickle_in_an_adapter_folder_never_runs(tiny_model, data_file, home, trained, marker):
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
     from loratune import Generator
 
     checkpoint = trained / "checkpoint-000001"
     plant(checkpoint / "adapter_model.bin", marker)  # beside adapter_model.safetensors: ignored
-    assert isinstance(Generator(lora="run/checkpoint-000001", home=home).complete("Hi", use_lora=True), str)
+    loaded = get_peft_model_state_dict(Generator(lora="run/checkpoint-000001", home=home).model)
+    saved = load_file(checkpoint / "adapter_model.safetensors")  # the weights the generator must have taken
+    assert loaded.keys() == saved.keys()
+    for key, weight in saved.items():
+        torch.testing.assert_close(loaded[key].cpu().to(weight.dtype), weight, rtol=0, atol=0)
     (checkpoint / "adapter_model.safetensors").unlink()  # now the pickle is the only weights file
     with pytest.raises(LoratuneError, match="has no adapter_model.safetensors; loratune loads adapter weights only"):
         Generator(lora="run/checkpoint-000001", home=home)

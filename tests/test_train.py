@@ -9,33 +9,17 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from loratune import LoratuneError, RunConfig, train
-from loratune.config import AdapterSpec, DataSpec, ModelSpec, TrainSpec
+from helpers import run_config, sum_records
+from loratune import LoratuneError, train
+from loratune.config import AdapterSpec
 
-RECORDS = [
-    {"instruction": f"What is {a} plus {b}?", "output": f"Arr, matey! It be {a + b}."}
-    for a in range(1, 7)
-    for b in range(1, 5)
-]
-
-
-@pytest.fixture
-def data_file(tmp_path):
-    path = tmp_path / "pirate.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    return path
+RECORDS = sum_records(range(1, 7), range(1, 5))
+DATA_FILE = "pirate.jsonl"  # the conftest data_file fixture's name: a run without a name is named after it
 
 
 def config(model, data, name="run", **train):
     options = dict(epochs=2, batch_size=8, micro_batch=4, lr=3e-3, save_every=3, seed=1)
-    options.update(train)
-    return RunConfig(
-        name=name,
-        model=ModelSpec(source=str(model)),
-        adapter=AdapterSpec(rank=8, alpha=16, dropout=0.0),
-        data=DataSpec(path=str(data)),
-        train=TrainSpec(**options),
-    )
+    return run_config(model, data, name, AdapterSpec(rank=8, alpha=16, dropout=0.0), **{**options, **train})
 
 
 def metrics(run_dir):
@@ -151,8 +135,13 @@ def test_generation_skips_the_chat_template_for_raw_text_loras(tiny_model, data_
         model=str(tiny_model), data=str(story), home=home, show_progress=False, train={"max_steps": 2, "save_every": 1}
     )
     train(model=str(tiny_model), data=str(data_file), home=home, show_progress=False, train={"max_steps": 1})
-    assert Generator(lora="story", home=home).raw_text_lora
+    story = Generator(lora="story", home=home)
+    assert story.raw_text_lora
     assert Generator(lora="story/checkpoint-000001", home=home).raw_text_lora
     chat = Generator(lora="pirate", home=home)
     assert not chat.raw_text_lora
-    assert chat.complete("What is 2 plus 2?", use_lora=False) is not None
+    # What each sends: the raw-text LoRA the bare question, the instruction LoRA the ChatML turn it was trained on.
+    question = "What is 2 plus 2?"
+    assert story.tokenizer.decode(story.prompt_ids(question)) == question
+    chatml = f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    assert chat.tokenizer.decode(chat.prompt_ids(question)) == chatml

@@ -22,13 +22,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from helpers import sum_records
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-RECORDS = [
-    {"instruction": f"What is {a} plus {b}?", "output": f"Arr! It be {a + b}."} for a in range(5) for b in range(4)
-]
+RECORDS = sum_records(range(5), range(4), "Arr! It be {}.")
 USER, PASSWORD = "ann", "pw-for-the-test"
 WAIT_MS = 90_000  # generous: the job shares two cores with everything else
 

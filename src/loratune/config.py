@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,9 @@ import yaml
 
 from loratune.errors import LoratuneError
 
+Quant = Literal["none", "4bit", "8bit"]
+QUANTS: tuple[str, ...] = typing.get_args(Quant)
+
 
 @dataclass
 class ModelSpec:
@@ -25,8 +29,12 @@ class ModelSpec:
     """'default' (SmolLM2-135M-Instruct), a hub id, a local folder, a .gguf file, or a name in models/."""
     trust_remote_code: bool = False
     """Allow a hub model to run its own Python code. Off unless you trust the model's authors."""
-    quant: Literal["none", "4bit", "8bit"] = "none"
+    quant: Quant = "none"
     """QLoRA: load the frozen base in 4-bit (NF4) or 8-bit with bitsandbytes (CUDA only; gradient checkpointing on)."""
+
+    def validate(self) -> ModelSpec:
+        _refuse(self, "model.", [])
+        return self
 
 
 @dataclass
@@ -45,6 +53,19 @@ class AdapterSpec:
     """Rank-stabilised LoRA: scale the update by alpha / sqrt(rank), so high ranks keep learning."""
     dora: bool = False
     """DoRA: learn a magnitude per output beside the LoRA direction (slower, sometimes better at low rank)."""
+
+    def validate(self) -> AdapterSpec:
+        checks = [
+            (lambda: self.rank > 0, "adapter.rank must be > 0"),
+            (lambda: self.alpha > 0, "adapter.alpha must be > 0"),
+            (lambda: 0 <= self.dropout < 1, "adapter.dropout must be in [0, 1)"),
+            (
+                lambda: any(name.strip() for name in self.targets.split(",")),
+                "adapter.targets is empty: use attention+mlp, attention, all-linear or module names like q_proj,v_proj",
+            ),
+        ]
+        _refuse(self, "adapter.", checks)
+        return self
 
 
 @dataclass
@@ -77,6 +98,17 @@ class DataSpec:
     """A separate evaluation file (same kind as data.path); its loss is measured, never trained on."""
     eval_split: float = 0.0
     """Hold out this fraction of the samples for evaluation (e.g. 0.05) when no eval_path is given."""
+
+    def validate(self) -> DataSpec:
+        checks = [
+            (lambda: self.cutoff >= 8, "data.cutoff must be at least 8 tokens"),
+            (lambda: self.overlap >= 0, "data.overlap must be >= 0"),
+            (lambda: self.min_chunk > 0, "data.min_chunk must be > 0"),
+            (lambda: 0 <= self.eval_split < 1, "data.eval_split must be in [0, 1), e.g. 0.05"),
+            (lambda: self.newline_cut >= 0, "data.newline_cut must be >= 0"),
+        ]
+        _refuse(self, "data.", checks)
+        return self
 
 
 @dataclass
@@ -134,6 +166,42 @@ class TrainSpec:
     overwrite: bool = False
     """Replace an existing adapter of the same name instead of refusing."""
 
+    def validate(self) -> TrainSpec:
+        checks = [  # in order: a failed test (lambdas) never lets a later one divide by zero
+            (lambda: 0 < self.lr < float("inf"), "train.lr must be a number > 0"),
+            (
+                lambda: self.epochs >= 0 and self.max_steps >= 0,
+                "train.epochs and train.max_steps must not be negative",
+            ),
+            (lambda: self.epochs <= MAX_EPOCHS, f"train.epochs must be at most {MAX_EPOCHS:,} (use train.max_steps)"),
+            (lambda: 0 <= self.seed <= MAX_SEED, f"train.seed must be a whole number from 0 to {MAX_SEED}"),
+            (lambda: self.lr_power > 0, "train.lr_power must be > 0 (the polynomial decay's power; 1.0 is linear)"),
+            (lambda: self.save_every >= 0, "train.save_every must be >= 0 (0: save only at the end)"),
+            (lambda: self.log_every > 0, "train.log_every must be > 0"),
+            (lambda: self.eval_every >= 0, "train.eval_every must be >= 0 (0: evaluate only at the end)"),
+            (lambda: self.weight_decay >= 0, "train.weight_decay must be >= 0"),
+            (lambda: self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0: no clipping)"),
+            (lambda: self.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0 (0: keep all)"),
+            (lambda: self.stop_at_loss >= 0, "train.stop_at_loss must be >= 0 (0: off)"),
+            (lambda: self.micro_batch > 0, "train.micro_batch must be > 0"),
+            (
+                lambda: self.batch_size % self.micro_batch == 0 and self.batch_size > 0,
+                "train.batch_size must be a multiple of train.micro_batch",
+            ),
+            (lambda: self.packed_tokens >= 0, "train.packed_tokens must be >= 0 (0: micro_batch x cutoff)"),
+            (lambda: self.epochs > 0 or self.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0"),
+            (lambda: 0 <= self.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+            (lambda: self.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
+            (lambda: self.lr_cycles >= 1, "train.lr_cycles must be >= 1"),
+            (  # each step multiplies the weights by (1 - lr x weight_decay): at 1 or more they vanish or flip sign
+                lambda: self.lr * self.weight_decay < 1,
+                f"train.weight_decay {self.weight_decay:g} x train.lr {self.lr:g} must be below 1 (each step shrinks "
+                "the weights by that fraction); lower train.weight_decay",
+            ),
+        ]
+        _refuse(self, "train.", checks)
+        return self
+
 
 @dataclass
 class GenerateSpec:
@@ -152,6 +220,22 @@ class GenerateSpec:
     """None: prompt as the adapter was trained (its prompt.json: chat template, format file or raw text); false: the
     bare text; true: the model's chat template."""
 
+    def validate(self) -> GenerateSpec:
+        """Named as the Python keyword and the UI field; the CLI flag is the same with dashes (--max-new-tokens)."""
+        checks = [
+            (lambda: self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
+            (lambda: self.temperature >= 0, "temperature must be >= 0 (0: greedy)"),
+            (lambda: 0 < self.top_p <= 1, "top_p must be in (0, 1] (1: off)"),
+            (lambda: self.top_k >= 0, "top_k must be >= 0 (0: off)"),
+            (lambda: self.repetition_penalty > 0, "repetition_penalty must be > 0 (1.0: off)"),
+            (
+                lambda: -1 <= self.seed <= MAX_SEED,
+                f"seed must be -1 (not seeded) or a whole number from 0 to {MAX_SEED}",
+            ),
+        ]
+        _refuse(self, "", checks)
+        return self
+
 
 @dataclass
 class RunConfig:
@@ -163,58 +247,35 @@ class RunConfig:
     train: TrainSpec = field(default_factory=TrainSpec)
 
     def validate(self) -> RunConfig:
-        t = self.train
-        _check_finite(self)  # first: inf / nan pass comparisons like 'x >= 0' below, then overflow much later
-        checks = [  # (test, message); lambdas so a failed test never divides by zero further down
-            (lambda: self.adapter.rank > 0, "adapter.rank must be > 0"),
-            (lambda: self.adapter.alpha > 0, "adapter.alpha must be > 0"),
-            (lambda: 0 <= self.adapter.dropout < 1, "adapter.dropout must be in [0, 1)"),
-            (lambda: self.data.cutoff >= 8, "data.cutoff must be at least 8 tokens"),
-            (lambda: self.data.overlap >= 0, "data.overlap must be >= 0"),
-            (lambda: 0 < t.lr < float("inf"), "train.lr must be a number > 0"),
-            (lambda: t.epochs >= 0 and t.max_steps >= 0, "train.epochs and train.max_steps must not be negative"),
-            (lambda: t.epochs <= MAX_EPOCHS, f"train.epochs must be at most {MAX_EPOCHS:,} (use train.max_steps)"),
-            (lambda: 0 <= t.seed <= MAX_SEED, f"train.seed must be a whole number from 0 to {MAX_SEED}"),
-            (
-                lambda: any(name.strip() for name in self.adapter.targets.split(",")),
-                "adapter.targets is empty: use attention+mlp, attention, all-linear or module names like q_proj,v_proj",
-            ),
-            (lambda: t.lr_power > 0, "train.lr_power must be > 0 (the polynomial decay's power; 1.0 is linear)"),
-            (lambda: t.save_every >= 0, "train.save_every must be >= 0 (0: save only at the end)"),
-            (lambda: t.log_every > 0, "train.log_every must be > 0"),
-            (
-                lambda: t.weight_decay >= 0 and t.max_grad_norm >= 0,
-                "train.weight_decay and train.max_grad_norm must be >= 0",
-            ),
-            (lambda: t.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0 (0: keep all)"),
-            (lambda: t.stop_at_loss >= 0, "train.stop_at_loss must be >= 0 (0: off)"),
-            (lambda: self.data.min_chunk > 0, "data.min_chunk must be > 0"),
-            (lambda: t.micro_batch > 0, "train.micro_batch must be > 0"),
-            (
-                lambda: t.batch_size % t.micro_batch == 0 and t.batch_size > 0,
-                "train.batch_size must be a multiple of train.micro_batch",
-            ),
-            (lambda: t.epochs > 0 or t.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0"),
-            (lambda: 0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
-            (lambda: t.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
-            (lambda: t.lr_cycles >= 1, "train.lr_cycles must be >= 1"),
-            (lambda: t.weight_decay >= 0, "train.weight_decay must be >= 0"),
-            (  # each step multiplies the weights by (1 - lr x weight_decay): at 1 or more they vanish or flip sign
-                lambda: t.lr * t.weight_decay < 1,
-                f"train.weight_decay {t.weight_decay:g} x train.lr {t.lr:g} must be below 1 (each step shrinks the "
-                "weights by that fraction); lower train.weight_decay",
-            ),
-            (lambda: 0 <= self.data.eval_split < 1, "data.eval_split must be in [0, 1), e.g. 0.05"),
-            (lambda: self.data.newline_cut >= 0, "data.newline_cut must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok():
-                raise LoratuneError(message)
+        for group in (self.model, self.adapter, self.data, self.train):
+            group.validate()
+        packed, cutoff = self.train.packed_tokens, self.data.cutoff
+        if 0 < packed < cutoff:
+            raise LoratuneError(
+                f"train.packed_tokens {packed} must be 0 (micro_batch x cutoff) or at least data.cutoff ({cutoff}), "
+                "so a packed pass holds the longest sample"
+            )
         return self
 
 
 MAX_EPOCHS = 1_000_000  # far beyond any real run, and small enough that epochs x steps per epoch stays finite
 MAX_SEED = 2**32 - 1  # as numpy and transformers' set_seed; torch takes it, and seed + epoch stays in range
+
+
+def _refuse(spec: Any, prefix: str, checks: list[tuple[Callable[[], bool], str]]) -> None:
+    """Raise the first failed check's message, after the finite and choice checks every group shares."""
+    _check_finite(spec, prefix)  # first: inf / nan pass comparisons like 'x >= 0', then overflow much later
+    _check_choices(spec, prefix)
+    for ok, message in checks:
+        if not ok():
+            raise LoratuneError(message)
+
+
+def _check_choices(spec: Any, prefix: str) -> None:
+    """A Literal option built in Python (not read through `coerce`) must still be one of its choices."""
+    for name, kind in typing.get_type_hints(type(spec)).items():
+        if typing.get_origin(kind) is Literal:
+            coerce(getattr(spec, name), kind, prefix + name)
 
 
 def _check_finite(cfg: Any, prefix: str = "") -> None:
@@ -371,44 +432,56 @@ def coerce(value: Any, kind: Any, name: str) -> Any:
             raise LoratuneError(f"option '{name}' must be one of {', '.join(map(str, choices))}; got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(kind):
-            return None
-        choices = [a for a in typing.get_args(kind) if a is not type(None)]
-        if len(choices) > 1:  # the first type that takes the value (e.g. bool | Literal["auto"])
-            for choice in choices:
-                try:
-                    return coerce(value, choice, name)
-                except LoratuneError:
-                    pass
-            accepted = " or ".join(_EXPECTED.get(c) or ", ".join(map(str, typing.get_args(c))) for c in choices)
-            raise LoratuneError(f"option '{name}' expects {accepted}; got {value!r}")
-        kind = choices[0]
-    try:
-        if kind is bool:
-            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-                return value.lower() in ("true", "yes", "1", "on")
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if kind is str:
-            return "" if value is None else str(value)
-    except (TypeError, ValueError):
-        pass
-    else:
+        return _coerce_union(value, kind, name)
+    if kind not in _CONVERT:
         return value
-    expected = _EXPECTED.get(kind, kind.__name__)
-    raise LoratuneError(f"option '{name}' expects {expected}; got {value!r}")
+    try:
+        return _CONVERT[kind](value)
+    except (TypeError, ValueError):
+        raise LoratuneError(f"option '{name}' expects {_EXPECTED[kind]}; got {value!r}") from None
 
 
-_EXPECTED = {bool: "true or false", int: "a whole number", float: "a number"}
+def _coerce_union(value: Any, kind: Any, name: str) -> Any:
+    """The first type of the union that takes the value (e.g. bool | Literal["auto"]); None where it is allowed."""
+    if value is None and type(None) in typing.get_args(kind):
+        return None
+    choices = [a for a in typing.get_args(kind) if a is not type(None)]
+    if len(choices) == 1:
+        return coerce(value, choices[0], name)
+    for choice in choices:
+        try:
+            return coerce(value, choice, name)
+        except LoratuneError:
+            pass
+    accepted = " or ".join(_EXPECTED.get(c) or ", ".join(map(str, typing.get_args(c))) for c in choices)
+    raise LoratuneError(f"option '{name}' expects {accepted}; got {value!r}")
+
+
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    raise ValueError
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError  # True is no count, and 2.5 steps are not a whole number
+    return int(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError
+    return float(value)
+
+
+_CONVERT = {bool: _to_bool, int: _to_int, float: _to_float, str: lambda value: "" if value is None else str(value)}
+_EXPECTED = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
 
 
 def _suggest(key: str, known: dict) -> str:

@@ -150,6 +150,7 @@ class Generator:
             yield text[sent:]
 
     def _options(self, spec: GenerateSpec) -> dict:
+        spec.validate()  # a spec built in Python (generate(**options)) is checked as the CLI's and the UI's are
         if spec.seed >= 0:
             torch.manual_seed(spec.seed)
         return {

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from loratune.config import AdapterSpec, DataSpec, TrainSpec
+from loratune.config import QUANTS, AdapterSpec, DataSpec, TrainSpec
 
 
 def add(sub) -> None:
     est = sub.add_parser("estimate", help="estimate training memory from a model's config (no weights loaded)")
     est.add_argument("--model", default="default", help="model folder, name in models/, hub id, or 'default'")
-    est.add_argument("--quant", choices=("none", "4bit", "8bit"), default="none", help="QLoRA base (CUDA only)")
+    est.add_argument("--quant", choices=QUANTS, default="none", help="QLoRA base (CUDA only)")
     est.add_argument("--rank", type=int, default=AdapterSpec.rank)
     est.add_argument("--targets", default=AdapterSpec.targets, help="LoRA targets, as --adapter.targets")
     est.add_argument("--cutoff", type=int, default=DataSpec.cutoff, help="tokens per sample")
@@ -20,13 +20,9 @@ def add(sub) -> None:
 
 
 def run_estimate(args, extra: list[str]) -> int:
-    from loratune.errors import LoratuneError
-    from loratune.models.estimate import estimate, human, largest_fit, load_config, parse_size, shape_of
+    from loratune.models.estimate import check_request, estimate, human, largest_fit, load_config, parse_size, shape_of
 
-    if args.micro_batch < 1 or args.cutoff < 8 or args.rank < 1:
-        raise LoratuneError("--micro-batch and --rank must be at least 1, --cutoff at least 8")
-    if args.quant != "none" and args.device != "cuda":
-        raise LoratuneError(f"--quant {args.quant} runs only on CUDA GPUs; add --device cuda")
+    check_request(args.quant, args.device, args.rank, args.targets, args.cutoff, args.micro_batch)
     config = load_config(args.model, args.home, args.trust_remote_code)
     shape = shape_of(config, args.rank, args.targets)
     options = {"device": args.device, "quant": args.quant}

@@ -41,10 +41,6 @@ def add_sampling_args(parser) -> None:
 
 
 def spec_from_args(args, chat: bool | None = None) -> GenerateSpec:
-    if args.max_new_tokens < 1:
-        raise LoratuneError("--max-new-tokens must be at least 1")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.repetition_penalty <= 0:
-        raise LoratuneError("--temperature and --top-k must be >= 0, --top-p in (0, 1], --repetition-penalty > 0")
     return GenerateSpec(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -54,7 +50,7 @@ def spec_from_args(args, chat: bool | None = None) -> GenerateSpec:
         seed=args.seed,
         system=args.system,
         chat=chat,
-    )
+    ).validate()
 
 
 def run_generate(args, extra: list[str]) -> int:

@@ -121,6 +121,18 @@ def estimate(
     return Estimate(weights, lora, activations, logits, CUDA_RUNTIME if cuda else CPU_RUNTIME, assumptions)
 
 
+def check_request(quant: str, device: str, rank: int, targets: str, cutoff: int, micro_batch: int) -> None:
+    """Refuse what training would refuse (one line naming the option), and a quantized base off CUDA."""
+    from loratune.config import AdapterSpec, DataSpec, ModelSpec, TrainSpec
+
+    ModelSpec(quant=quant).validate()
+    AdapterSpec(rank=rank, targets=targets).validate()
+    DataSpec(cutoff=cutoff).validate()
+    TrainSpec(micro_batch=micro_batch, batch_size=micro_batch).validate()  # one micro-batch: a valid batch_size
+    if quant != "none" and device != "cuda":
+        raise LoratuneError(f"model.quant {quant} runs only on CUDA GPUs; estimate for device cuda or model.quant none")
+
+
 def largest_fit(shape: Shape, budget: int, micro_batch: int, cutoff: int, **kwargs) -> tuple[int, int]:
     """(largest micro-batch at this cutoff, largest cutoff at this micro-batch) within `budget` bytes; 0 if none."""
     best_batch = _largest(lambda b: estimate(shape, b, cutoff, **kwargs).total <= budget, 1, 4096)

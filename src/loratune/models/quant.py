@@ -10,17 +10,15 @@ import importlib.util
 
 import torch
 
+from loratune.config import ModelSpec
 from loratune.errors import LoratuneError
-
-QUANTS = ("none", "4bit", "8bit")
 
 
 def check_quant(quant: str, device: torch.device | str) -> None:
     """Refuse a quantized load that cannot work here, before any weights are read."""
+    ModelSpec(quant=quant).validate()
     if quant == "none":
         return
-    if quant not in QUANTS:
-        raise LoratuneError(f"model.quant must be one of {', '.join(QUANTS)}; got {quant!r}")
     if torch.device(device).type != "cuda" or not torch.cuda.is_available():
         raise LoratuneError(
             f"model.quant {quant} (QLoRA) needs a CUDA GPU and this machine has none; "

@@ -11,7 +11,7 @@ import torch
 
 from loratune.errors import LoratuneError
 from loratune.models.catalog import ALL, CATALOG, installed, recommend
-from loratune.models.estimate import estimate, human, largest_fit, load_config, parse_size, shape_of
+from loratune.models.estimate import check_request, estimate, human, largest_fit, load_config, parse_size, shape_of
 from loratune.models.sources import download
 from loratune.ui import names
 from loratune.ui.feedback import shows_errors
@@ -100,8 +100,7 @@ def recommend_table(language: str) -> pd.DataFrame:
 def memory_text(
     ws: Workspace, model: str, device: str, budget: str, quant: str, rank: int, targets: str, cutoff: int, batch: int
 ) -> str:
-    if quant != "none" and device != "cuda":
-        raise LoratuneError(f"model.quant {quant} runs only on CUDA GPUs; choose cuda or model.quant none")
+    check_request(quant, device, rank, targets, cutoff, batch)
     config = load_config(names.model_source(ws, model), ws.home)
     shape = shape_of(config, rank, targets)
     result = estimate(shape, batch, cutoff, device=device, quant=quant)
