@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from gguf import GGUFReader
@@ -21,12 +20,13 @@ from loratune.adapters.export_ollama import (
     modelfile_text,
     ollama_template,
 )
+from loratune.adapters.verify import GO_RENDERER
 from loratune.cli import main
 from loratune.config import AdapterSpec, DataSpec, ModelSpec, TrainSpec
 from loratune.data.instructions import format_segments
 from loratune.workspace import Workspace
 
-GO_RENDER = Path(__file__).with_name("ollama_render.go")  # renders a Modelfile's TEMPLATE as Ollama does
+GO_RENDER = GO_RENDERER  # renders a Modelfile's TEMPLATE as Ollama does
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,18 @@
-// greedy: run llama.cpp greedily from a prompt and print what it did, for tools/verify_gguf/verify.py.
-// usage: greedy MODEL.gguf LORA.gguf|- N_TOKENS USER_MESSAGE [ID ...]
-// Renders USER_MESSAGE with the chat template stored in MODEL.gguf twice: by llama.cpp's Jinja engine (what
-// llama-server and `llama-cli --jinja` use) and by its built-in template matcher (llama_chat_apply_template, used
-// without --jinja); tokenizes the Jinja rendering with llama.cpp's tokenizer; then decodes up to N_TOKENS greedily from
-// the given token ids (or, without any, from that rendering), stopping at an end-of-generation token.
-// Prints four lines: the Jinja rendering and the built-in one (JSON strings), the Jinja rendering's ids, the generated ids.
+// greedy: run llama.cpp greedily from a prompt and print what it did, for `loratune loras verify --greedy`.
+// usage: greedy MODEL.gguf LORA.gguf|- N_TOKENS N_MESSAGES [ROLE CONTENT]... [ID ...]
+// Renders the N_MESSAGES messages (a conversation ending with a user turn) with the chat template stored in
+// MODEL.gguf twice: by llama.cpp's Jinja engine (what llama-server and `llama-cli --jinja` use) and by its built-in
+// template matcher (llama_chat_apply_template, used without --jinja); tokenizes the Jinja rendering with llama.cpp's
+// tokenizer (BOS as the GGUF says); then decodes up to N_TOKENS greedily from the given token ids (or, without any,
+// from that rendering), stopping at an end-of-generation token.
+// Prints four lines: the Jinja rendering and the built-in one (JSON strings, null where there is none: no messages,
+// no template, or no built-in match), the Jinja rendering's ids, the generated ids.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <string>
+#include <vector>
 
 #include "chat.h"
 #include "llama.h"
@@ -33,10 +36,13 @@ static void print_json_string(const char * s) {
 
 int main(int argc, char ** argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: %s MODEL.gguf LORA.gguf|- N_TOKENS USER_MESSAGE [ID ...]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL.gguf LORA.gguf|- N_TOKENS N_MESSAGES [ROLE CONTENT]... [ID ...]\n", argv[0]);
         return 2;
     }
     int n_new = atoi(argv[3]);
+    int n_messages = atoi(argv[4]);
+    int first_id = 5 + 2 * n_messages;
+    if (n_messages < 0 || first_id > argc) { fprintf(stderr, "%d messages need %d arguments\n", n_messages, 2 * n_messages); return 2; }
     llama_log_set(quiet, NULL);
     llama_backend_init();
     struct llama_model_params mparams = llama_model_default_params();
@@ -46,39 +52,50 @@ int main(int argc, char ** argv) {
     const struct llama_vocab * vocab = llama_model_get_vocab(model);
 
     const char * tmpl = llama_model_chat_template(model, NULL);
-    if (!tmpl) { fprintf(stderr, "%s has no tokenizer.chat_template\n", argv[1]); return 1; }
-    common_chat_templates_ptr templates = common_chat_templates_init(model, "");
-    common_chat_templates_inputs inputs;
-    common_chat_msg user;
-    user.role = "user";
-    user.content = argv[4];
-    inputs.messages.push_back(user);
-    inputs.add_generation_prompt = true;
-    inputs.use_jinja = true;
-    std::string prompt = common_chat_templates_apply(templates.get(), inputs).prompt;
-    print_json_string(prompt.c_str());
-
-    llama_chat_message message = {"user", argv[4]};
-    int size = llama_chat_apply_template(tmpl, &message, 1, true, NULL, 0);
-    if (size < 0) {
-        puts("null");  // no built-in template matches: only --jinja can render it
+    std::string prompt;
+    if (!tmpl || n_messages == 0) {
+        puts("null");
+        puts("null");
     } else {
-        char * builtin = (char *) calloc(size + 1, 1);
-        llama_chat_apply_template(tmpl, &message, 1, true, builtin, size + 1);
-        print_json_string(builtin);
-        free(builtin);
+        common_chat_templates_ptr templates = common_chat_templates_init(model, "");
+        common_chat_templates_inputs inputs;
+        std::vector<llama_chat_message> plain;
+        for (int i = 0; i < n_messages; i++) {
+            common_chat_msg message;
+            message.role = argv[5 + 2 * i];
+            message.content = argv[6 + 2 * i];
+            inputs.messages.push_back(message);
+            plain.push_back({argv[5 + 2 * i], argv[6 + 2 * i]});
+        }
+        inputs.add_generation_prompt = true;
+        inputs.use_jinja = true;
+        prompt = common_chat_templates_apply(templates.get(), inputs).prompt;
+        print_json_string(prompt.c_str());
+        int size = llama_chat_apply_template(tmpl, plain.data(), plain.size(), true, NULL, 0);
+        if (size < 0) {
+            puts("null");  // no built-in template matches: only --jinja can render it
+        } else {
+            char * builtin = (char *) calloc(size + 1, 1);
+            llama_chat_apply_template(tmpl, plain.data(), plain.size(), true, builtin, size + 1);
+            print_json_string(builtin);
+            free(builtin);
+        }
     }
 
     int n_max = (int) prompt.size() + 8 + argc;
     llama_token * tokens = (llama_token *) malloc(sizeof(llama_token) * (n_max + n_new));
-    int n = llama_tokenize(vocab, prompt.c_str(), (int) prompt.size(), tokens, n_max, false, true);  // specials parsed
-    if (n < 0) { fprintf(stderr, "tokenize failed\n"); return 1; }
+    int n = 0;
+    if (!prompt.empty()) {
+        n = llama_tokenize(vocab, prompt.c_str(), (int) prompt.size(), tokens, n_max, true, true);  // BOS as the GGUF says; specials parsed
+        if (n < 0) { fprintf(stderr, "tokenize failed\n"); return 1; }
+    }
     for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", tokens[i]);
     putchar('\n');
-    if (argc > 5) {  // the caller's ids (transformers' rendering), so both runtimes start from the same tokens
-        n = argc - 5;
-        for (int i = 0; i < n; i++) tokens[i] = (llama_token) atoi(argv[5 + i]);
+    if (argc > first_id) {  // the caller's ids (transformers' rendering), so both runtimes start from the same tokens
+        n = argc - first_id;
+        for (int i = 0; i < n; i++) tokens[i] = (llama_token) atoi(argv[first_id + i]);
     }
+    if (n == 0) { fprintf(stderr, "nothing to start from: give messages or token ids\n"); return 2; }
 
     struct llama_context_params cparams = llama_context_default_params();
     cparams.n_ctx = n + n_new + 8;

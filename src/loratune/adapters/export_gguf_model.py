@@ -49,13 +49,7 @@ def export_gguf_model(
     try:
         write_merged(adapter, base_model_path(adapter, ws), work / "merged", ws=ws)
         made = work / "model.gguf"
-        outtype = quant if quant in CONVERTER_OUTTYPES else "f16"
-        _run(
-            [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(work / "merged")]
-            + ["--outtype", outtype, "--outfile", str(made)],
-            "llama.cpp's convert_hf_to_gguf.py",
-            {"PYTHONPATH": str(converter / "gguf-py")},
-        )
+        convert_to_gguf(converter, work / "merged", made, quant if quant in CONVERTER_OUTTYPES else "f16")
         if quantize is not None:
             quantized = work / f"model-{quant}.gguf"
             _run([str(quantize), str(made), str(quantized), QUANTIZE_TYPES[quant]], "llama-quantize", {})
@@ -65,6 +59,16 @@ def export_gguf_model(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def convert_to_gguf(converter: Path, model_dir: Path, outfile: Path, outtype: str) -> None:
+    """Run llama.cpp's convert_hf_to_gguf.py (from `converter`, see find_converter) on a transformers folder."""
+    _run(
+        [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(model_dir)]
+        + ["--outtype", outtype, "--outfile", str(outfile)],
+        "llama.cpp's convert_hf_to_gguf.py",
+        {"PYTHONPATH": str(converter / "gguf-py")},
+    )
 
 
 def find_converter(ws: Workspace, llama_cpp: str | Path | None = None) -> Path:

@@ -60,7 +60,31 @@ def add(sub) -> None:
         help="inside the adapter folder: the file name (gguf: adapter.gguf, gguf-model: model-<quant>.gguf) "
         "or folder (ollama: ollama)",
     )
+    export.add_argument("--verify", action="store_true", help="then check the exports as `loras verify` does")
+    add_verify_options(export)
     export.set_defaults(run=run_export)
+
+    verify = actions.add_parser(
+        "verify",
+        help="run each export of an adapter and compare it with transformers + peft",
+        description="Compare the adapter's exports (merged folder, Ollama TEMPLATE, GGUF adapter and merged GGUF in "
+        "llama.cpp) with base + adapter in transformers + peft on the run's eval prompts: logits, greedy tokens, "
+        "prompt rendering and the stop token. Prints a table; exit status 1 on a mismatch.",
+    )
+    verify.add_argument("name", help="'name' or 'name/checkpoint-000200'")
+    verify.add_argument(
+        "--llama-cpp", help="a llama.cpp source tree: its converter makes the GGUF files to check (f16, q8_0)"
+    )
+    add_verify_options(verify)
+    verify.set_defaults(run=run_verify)
+
+
+def add_verify_options(parser) -> None:
+    parser.add_argument(
+        "--greedy", help="the llama.cpp driver tools/verify_gguf/greedy.cpp (make build/verify-gguf/greedy)"
+    )
+    parser.add_argument("--prompts-file", help="prompts to compare on, one per line (default: the run's eval data)")
+    parser.add_argument("--tokens", type=int, default=32, help="greedy tokens compared per prompt (default 32)")
 
 
 def run_list(args, extra) -> int:
@@ -127,7 +151,23 @@ def run_merge(args, extra) -> int:
     return 0
 
 
+def run_verify(args, extra) -> int:
+    from loratune.adapters.verify import failed, format_table, verify
+
+    _clean(args.home)
+    checks = verify(
+        args.name, args.home, args.prompts_file, llama_cpp=args.llama_cpp, greedy=args.greedy, tokens=args.tokens
+    )
+    print(format_table(checks))
+    return 1 if failed(checks) else 0
+
+
 def run_export(args, extra) -> int:
+    code = _export(args)
+    return run_verify(args, extra) if args.verify and code == 0 else code
+
+
+def _export(args) -> int:
     _clean(args.home)
     if args.format == "gguf-model":
         from loratune.adapters.export_gguf_model import export_gguf_model
