@@ -195,12 +195,12 @@ def test_an_unexpected_exception_saves_the_finished_steps(tiny_model, data_file,
 
 def test_a_failure_before_the_first_step_offers_no_resume(tiny_model, data_file, home, capsys, monkeypatch):
     """It used to print 'after fixing the cause: loratune train --name  --resume': an empty name, nothing to resume."""
-    from loratune.training import loop
+    from loratune.training import setup
 
     def broken_model(*args, **kwargs):
         raise RuntimeError("a driver error")
 
-    monkeypatch.setattr(loop, "load_base", broken_model)
+    monkeypatch.setattr(setup, "load_base", broken_model)
     with pytest.raises(RuntimeError, match="a driver error"):
         train(config(tiny_model, data_file), home=home)
     err = capsys.readouterr().err

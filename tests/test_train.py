@@ -145,3 +145,42 @@ def test_generation_skips_the_chat_template_for_raw_text_loras(tiny_model, data_
     assert story.tokenizer.decode(story.prompt_ids(question)) == question
     chatml = f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
     assert chat.tokenizer.decode(chat.prompt_ids(question)) == chatml
+
+
+def test_each_phase_says_when_it_begins(tiny_model, data_file, home, capsys):
+    train(config(tiny_model, data_file, max_steps=2), home=home)
+    out = capsys.readouterr().out
+    starts = [line.split(":")[0] for line in out.splitlines() if line.startswith(("setup:", "training:", "finish:"))]
+    assert starts == ["setup", "training", "finish"], out
+    assert "training: 2 steps, 1 to 2" in out and "finish: saving the adapter of step 2" in out
+
+
+class Payload:
+    """Unpickling this runs os.system, which would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_weights_are_refused_where_the_model_is_loaded(tiny_model, data_file, home, tmp_path):
+    """A folder whose weights are a pickle beside an unrelated safetensors file passes the folder check, so it is
+    transformers (loading with weights_only) that refuses the pickle: load_base turns that into one line."""
+    from safetensors.torch import save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    for weights in model.glob("*.safetensors"):
+        weights.unlink()
+    save_file({"unrelated": torch.zeros(1)}, model / "extra.safetensors")
+    marker = tmp_path / "CODE-RAN"
+    torch.save({"weight": torch.zeros(2), "payload": Payload(marker)}, model / "pytorch_model.bin")
+    with pytest.raises(LoratuneError, match=r"refused to load a pickle weights file .* could run code") as info:
+        train(config(model, data_file, max_steps=1), home=home, show_progress=False)
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+    assert not (home / "loras" / "run").exists()

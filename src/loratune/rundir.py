@@ -101,3 +101,23 @@ def read_finished(run_dir: Path) -> dict | None:
     except (KeyError, TypeError, ValueError):
         return None
     return record
+
+
+def trim_metrics(run_dir: Path, step: int) -> None:
+    """Drop metrics.jsonl rows past `step` (a resume's checkpoint), so the history reads as one uninterrupted run.
+
+    Replaced atomically, so a kill here never leaves a truncated history; a line a kill cut short is dropped.
+    """
+    path = run_dir / METRICS
+    if not path.is_file():
+        return
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                rows.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # a line cut short by a kill
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -148,6 +149,11 @@ def load_base(path: Path, device="cpu", trust_remote_code: bool = False, quant: 
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=dtype, trust_remote_code=trust_remote_code, **extra
             )
+    except pickle.UnpicklingError as e:  # transformers reads .bin/.pt weights with weights_only: this file held more
+        raise LoratuneError(
+            "refused to load a pickle weights file (.bin/.pt) that holds Python objects besides tensors: loading "
+            f"it could run code ({str(e).splitlines()[-1][:120]}); use a model saved as safetensors"
+        ) from None
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise LoratuneError(

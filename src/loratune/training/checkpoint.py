@@ -20,17 +20,15 @@ import torch
 from loratune.adapters.files import ADAPTER_STEP, clean_stale, normal_permissions, sha256, write_json
 from loratune.errors import LoratuneError
 from loratune.prompting import copy_contract
+from loratune.rundir import CHECKPOINT_PREFIX, COMPLETE, LOCK, PROMOTED, checkpoint_name, checkpoint_step
 from loratune.training.pause import pause_point
 
-COMPLETE = "COMPLETE"
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
-LEGACY_STATE = "training_state.pt"  # written by loratune before 0.2; read with torch.load(weights_only=True)
-PREFIX = "checkpoint-"
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / f"{PREFIX}{step:06d}"
+    return run_dir / checkpoint_name(step)
 
 
 def save_checkpoint(
@@ -104,7 +102,7 @@ def save_adapter(run_dir: Path, model, step: int | None = None) -> None:
     weights = run_dir / "adapter_model.safetensors"
     if step is not None and weights.is_file():
         write_json(run_dir / ADAPTER_STEP, {"step": step, "sha256": sha256(weights)})
-    (run_dir / "promoted.json").unlink(missing_ok=True)  # describes weights that are gone now
+    (run_dir / PROMOTED).unlink(missing_ok=True)  # describes weights that are gone now
 
 
 def is_complete(checkpoint: Path) -> bool:
@@ -112,15 +110,15 @@ def is_complete(checkpoint: Path) -> bool:
 
 
 def step_of(checkpoint: Path) -> int:
-    return int(checkpoint.name[len(PREFIX) :])
+    return checkpoint_step(checkpoint.name)
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
     """checkpoint-<step> folders, oldest first (complete or not); symlinks are never followed out of the run."""
     found = [
         p
-        for p in run_dir.glob(f"{PREFIX}*")
-        if p.is_dir() and p.name[len(PREFIX) :].isdigit() and _own_folder(p, run_dir)
+        for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*")
+        if p.is_dir() and checkpoint_step(p.name) is not None and _own_folder(p, run_dir)
     ]
     return sorted(found, key=step_of)
 
@@ -139,7 +137,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def incomplete_checkpoints(run_dir: Path) -> list[str]:
     """Names of checkpoint folders a kill interrupted (no COMPLETE marker) and of leftover temporary folders."""
     names = [p.name for p in checkpoints(run_dir) if not is_complete(p)]
-    return names + sorted(p.name for p in run_dir.glob(f".{PREFIX}*") if p.is_dir())
+    return names + sorted(p.name for p in run_dir.glob(f".{CHECKPOINT_PREFIX}*") if p.is_dir())
 
 
 def clean_leftovers(run_dir: Path) -> None:
@@ -147,7 +145,7 @@ def clean_leftovers(run_dir: Path) -> None:
 
     A checkpoint moved aside to be replaced (`.checkpoint-N.old-PID`) is put back if its replacement never arrived.
     """
-    clean_stale(run_dir, dead_prefixes=(f".{PREFIX}", ".final."))
+    clean_stale(run_dir, dead_prefixes=(f".{CHECKPOINT_PREFIX}", ".final."))
     for checkpoint in checkpoints(run_dir):
         if not checkpoint.is_symlink():
             clean_stale(checkpoint)
@@ -155,10 +153,8 @@ def clean_leftovers(run_dir: Path) -> None:
 
 def clear_run_dir(run_dir: Path) -> None:
     """Empty a run folder for --overwrite, keeping its lock file (deleting a held lock would let a second run in)."""
-    from loratune.training.lock import LOCK_FILE
-
     for entry in run_dir.iterdir() if run_dir.is_dir() else []:
-        if entry.name == LOCK_FILE:
+        if entry.name == LOCK:
             continue
         if entry.is_dir() and not entry.is_symlink():
             (entry / COMPLETE).unlink(missing_ok=True)
@@ -244,14 +240,12 @@ def write_state(folder: Path, state: dict) -> None:
 
 
 def read_state(folder: Path) -> dict:
-    if not (folder / STATE_JSON).is_file() and (folder / LEGACY_STATE).is_file():
-        try:
-            return torch.load(folder / LEGACY_STATE, weights_only=True)  # refuses anything but plain data and tensors
-        except Exception:  # noqa: BLE001 - an UnpicklingError or a damaged file: either way, never loaded
-            raise LoratuneError(
-                f"{folder / LEGACY_STATE} holds more than plain tensors (loading it could run code) or is damaged; "
-                "refusing it: resume from another checkpoint or start again with --overwrite"
-            ) from None
+    missing = [name for name in (STATE_JSON, STATE_TENSORS) if not (folder / name).is_file()]
+    if missing:  # deleted by hand, or a copy made by another tool: no other state file is ever read
+        raise LoratuneError(
+            f"{folder} has no {' or '.join(missing)} (its training state); resume from another checkpoint or start "
+            "again with --overwrite"
+        )
     from safetensors.torch import load_file
 
     tensors = load_file(folder / STATE_TENSORS)

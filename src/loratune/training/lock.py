@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from loratune.errors import LoratuneError
+from loratune.rundir import LOCK
 
-LOCK_FILE = ".lock"
+LOCK_FILE = LOCK  # rundir.py owns the name; kept here for the modules that import it from the lock
 
 
 class RunLock:
@@ -35,7 +36,7 @@ class RunLock:
         """Take the lock if the folder exists and nobody holds it; else return the holder's pid (or 'unknown')."""
         if self.fd is not None or not run_dir.is_dir():
             return None
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _lock(fd)
         except OSError:
@@ -96,10 +97,10 @@ def is_training(run_dir: Path) -> bool:
     must not hold the lock at the moment a new run starts and so refuse it.
     """
     try:
-        if not (run_dir / LOCK_FILE).read_text(errors="replace").strip():
+        if not (run_dir / LOCK).read_text(errors="replace").strip():
             return False
     except OSError:  # no lock file (never trained here), or Windows refusing to read a locked byte
-        if not (run_dir / LOCK_FILE).is_file():
+        if not (run_dir / LOCK).is_file():
             return False
     lock = RunLock()
     busy = lock.try_acquire(run_dir) is not None

@@ -6,6 +6,7 @@ With short responses after long prompts most positions are masked; projecting on
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -30,7 +31,7 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
         return ChunkedHeadCrossEntropy.apply(hidden, head.weight, wanted), int(wanted.numel())
     if not accepts_logits_to_keep(model):
         logits = model(**inputs).logits[keep]
-    elif MASK_SUPPORTED:
+    elif mask_supported():
         logits = model(**inputs, logits_to_keep=keep).logits  # (n_kept, vocab)
     else:  # older transformers 5.x: keep the union of the rows' positions, then pick each row's own
         positions = keep.any(0).nonzero().squeeze(1)
@@ -39,16 +40,14 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     return loss, int(wanted.numel())
 
 
-def _mask_supported() -> bool:
+@functools.cache  # asked at the first loss, not at import: importing this module loads no transformers modeling code
+def mask_supported() -> bool:
     """transformers >= 5.2x accepts a boolean (batch, positions) mask for `logits_to_keep`."""
     try:
         from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401
     except ImportError:
         return False
     return True
-
-
-MASK_SUPPORTED = _mask_supported()
 
 
 def unwrapped(model):

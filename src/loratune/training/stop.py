@@ -1,4 +1,5 @@
-"""Graceful stop: SIGINT / SIGTERM (or an in-process caller's stop) end the run after the current optimizer step.
+"""When a run ends early: SIGINT / SIGTERM (or an in-process caller's stop) after the current optimizer step, or
+train.stop_at_loss once the loss reaches it.
 
 The first signal only sets a flag: the loop finishes its step, writes a complete checkpoint and returns, so the
 `loratune train` process exits 0 (the web UI stops jobs this way). A second signal aborts at once with
@@ -69,3 +70,18 @@ class StopRequest:
             return wanted
         flag = torch.tensor([1.0 if wanted else 0.0], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+LOSS_TARGET = "train.stop_at_loss"  # the reason a run ends when its loss reached the target
+
+
+def stop_reason(stop: StopRequest, accelerator, loss: float, stop_at_loss: float) -> str | None:
+    """After a finished step: why the run ends here, or None to go on.
+
+    The reason is the signal's name or the caller's stop, else LOSS_TARGET when `loss` reached train.stop_at_loss
+    (0: no target). A stop on any process stops all, so every rank ends after the same step.
+    """
+    reached = stop_at_loss > 0 and loss <= stop_at_loss
+    if not stop.agreed(accelerator, reached):
+        return None
+    return stop.reason or LOSS_TARGET  # no signal or caller here: the loss target (on some process)

@@ -1,0 +1,262 @@
+"""Before the first step: the options and run folder (`plan_run`), then the model, data and optimizer (`setup`).
+
+Nothing is written into the run folder until the model, the data and the options have all been checked: a run that
+fails its setup leaves the folder as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from loratune.config import RunConfig, adapter_from_run, from_dict, merge_options, save_yaml, to_dict
+from loratune.data import Sample, build_samples
+from loratune.data.build import find_data
+from loratune.errors import LoratuneError
+from loratune.models import load_base, resolve_model_path, resolve_targets
+from loratune.models.quant import prepare_for_training
+from loratune.prompting import make_contract, save_contract
+from loratune.rundir import CONFIG, FINISHED, LOCK, checkpoint_step, trim_metrics
+from loratune.training.checkpoint import (
+    checkpoint_dir,
+    clean_leftovers,
+    clear_run_dir,
+    data_position,
+    incomplete_checkpoints,
+    is_complete,
+    latest_checkpoint,
+    load_state,
+    save_checkpoint,
+)
+from loratune.training.evaluate import split_eval
+from loratune.training.guard import RunGuard
+from loratune.training.optim import build_optimizer, build_scheduler
+from loratune.training.packing import use_packed_attention
+from loratune.training.resume import already_finished, check_resume_options
+from loratune.workspace import Workspace
+
+
+@dataclass
+class Plan:
+    """What this call does, decided before anything is loaded."""
+
+    config: RunConfig  # the resolved options, as loratune.yaml will record them
+    ws: Workspace
+    run_dir: Path
+    accelerator: object  # accelerate.Accelerator: the device, and this process's place under `accelerate launch`
+    finished: dict | None = None  # the record of a finished run that these options would not train further
+    resume_from: Path | None = None  # the checkpoint to continue from
+    clear_first: bool = False  # empty the folder before writing: --overwrite, or a resume over a run with no weights
+
+
+@dataclass
+class Run:
+    """Everything the loop works with, built by `setup`; the loop moves `step` and `loss` on."""
+
+    config: RunConfig
+    ws: Workspace
+    run_dir: Path
+    accelerator: object
+    show: bool  # print progress: this is the main process and the caller asked for it
+    model: torch.nn.Module  # the PeftModel, prepared by accelerate (wrapped for DDP under `accelerate launch`)
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    trainable: list[torch.nn.Parameter]
+    samples: list[Sample]
+    eval_samples: list[Sample]
+    steps_per_epoch: int
+    total_steps: int
+    position: dict  # what fixes the data each step sees, saved in checkpoints (see checkpoint.data_position)
+    step: int = 0  # optimizer steps finished
+    loss: float = float("nan")  # of the last finished step
+
+    def say(self, text: str) -> None:
+        if self.show:
+            print(text)
+
+    def save_checkpoint(self, step: int) -> None:
+        """A complete checkpoint of `step`, unless one exists already."""
+        if not is_complete(checkpoint_dir(self.run_dir, step)):
+            model = self.accelerator.unwrap_model(self.model)
+            keep = self.config.train.keep_checkpoints
+            save_checkpoint(self.run_dir, step, model, self.optimizer, self.scheduler, keep, self.position)
+
+
+def plan_run(config: RunConfig | None, home, options: dict, guard: RunGuard) -> Plan:
+    """Resolve the options, find the data, lock the run folder and decide: a new run, a resume, or nothing to do."""
+    from accelerate import Accelerator
+
+    # A copy (the caller's config is never changed), with the options layered on top.
+    config = from_dict(RunConfig, merge_options(to_dict(config or RunConfig()), options)).validate()
+    ws = Workspace.resolve(home)
+    tc = config.train
+    if tc.resume is True:  # before looking for data: a resume by name alone gets its data from the saved run
+        ws.check_resumable(config.name)
+    # Saved absolute in loratune.yaml, so a resume from another folder finds the same data (and fails fast if none).
+    config.data.path = str(find_data(config.data.path, ws).resolve())
+    config.name = config.name or Path(config.data.path).stem  # the adapter is named after its data by default
+    run_dir = ws.lora_dir(config.name)
+    if config.adapter.copy_from:  # the adapter's shape comes from an earlier run (text-generation-webui's "copy from")
+        config.adapter = adapter_from_run(ws.lora_dir(config.adapter.copy_from) / CONFIG, config.adapter)
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    guard.claim(run_dir, ws.home, accelerator.is_main_process)  # a second run on the same name is refused here
+    plan = Plan(config, ws, run_dir, accelerator)
+    plan.finished = already_finished(run_dir, config) if tc.resume else None
+    if plan.finished is None:
+        plan.resume_from, plan.clear_first = check_run_dir(run_dir, tc.resume, tc.overwrite)
+    if plan.resume_from is not None or plan.finished is not None:  # continuing: the options must describe the same run
+        check_resume_options(run_dir / CONFIG, config)
+    return plan
+
+
+def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
+    """Load the model and data, wrap the model in LoRA, build the optimizer, restore a checkpoint; then write the run
+    folder's loratune.yaml and prompt files."""
+    config, tc, accelerator = plan.config, plan.config.train, plan.accelerator
+    show = accelerator.is_main_process and show_progress
+    say = print if show else (lambda *a, **k: None)
+    say(f"setup: {config.name}: loading the model and the data")
+    with accelerator.main_process_first():  # one process converts or downloads the model; the others then reuse it
+        model_path = resolve_model_path(config.model.source, plan.ws, config.model.trust_remote_code)
+    model, tokenizer = load_base(model_path, accelerator.device, config.model.trust_remote_code, config.model.quant)
+    if config.model.quant != "none":  # QLoRA: frozen k-bit base, fp32 norms, gradient checkpointing on
+        model = prepare_for_training(model)
+    samples, report = build_samples(config.data, tokenizer, plan.ws)
+    contract = make_contract(config.data, tokenizer, plan.ws)  # how prompts were built: generate/serve/merge reuse it
+    samples, eval_samples = split_eval(config.data, samples, tokenizer, plan.ws, tc.seed)
+    say(report.summary() + (f"; {len(eval_samples)} samples for evaluation" if eval_samples else ""))
+    if tc.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    model = add_lora(model, config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, tc)
+
+    steps_per_epoch = math.ceil(len(samples) / tc.batch_size)
+    if len(samples) < tc.batch_size:
+        say(f"note: {len(samples)} samples, fewer than train.batch_size {tc.batch_size}: every step uses them all")
+    total_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
+    scheduler = build_scheduler(optimizer, tc, total_steps)
+    position = data_position(samples, steps_per_epoch, tc.seed)
+    step = 0
+    if plan.resume_from is not None:
+        step = restore(plan, model, optimizer, scheduler, position, total_steps)
+        say(f"resuming from {plan.resume_from.name} (step {step} of {total_steps})")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.is_main_process:  # model, data and options are good: only now is anything written
+        write_run_folder(plan, guard, contract, tokenizer)
+    say(
+        f"{sum(p.numel() for p in trainable):,} trainable parameters; {total_steps} steps of {tc.batch_size} samples "
+        f"({tc.micro_batch} per micro-batch) on {accelerator.device}"
+    )
+    return Run(
+        config=config, ws=plan.ws, run_dir=plan.run_dir, accelerator=accelerator, show=show, model=model,
+        tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, trainable=trainable, samples=samples,
+        eval_samples=eval_samples, steps_per_epoch=steps_per_epoch, total_steps=total_steps, position=position,
+        step=step,
+    )  # fmt: skip
+
+
+def add_lora(model, config: RunConfig):
+    """The base model wrapped in the LoRA adapter the options describe (a PeftModel)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.adapter.rank,
+        lora_alpha=config.adapter.alpha,
+        lora_dropout=config.adapter.dropout,
+        target_modules=resolve_targets(model, config.adapter.targets),
+        use_rslora=config.adapter.rslora,
+        use_dora=config.adapter.dora,
+        task_type="CAUSAL_LM",
+    )
+    # Seeded here, right before the LoRA weights are drawn: whatever ran before (a GGUF conversion, a download) can
+    # never change them, so the same seed gives the same run the first time too.
+    torch.manual_seed(config.train.seed)
+    model = get_peft_model(model, lora)
+    if config.train.packing:
+        use_packed_attention(model)
+    return model
+
+
+def restore(plan: Plan, model, optimizer, scheduler, position: dict, total_steps: int) -> int:
+    """Load the checkpoint to resume from into the model, optimizer and scheduler; return its step."""
+    resumed = checkpoint_step(plan.resume_from.name)
+    if total_steps < resumed:  # equal: a kill after the last step's checkpoint; the run only needs finishing
+        raise LoratuneError(
+            f"train.max_steps / train.epochs now end the run at step {total_steps}, but {plan.resume_from.name} is "
+            f"already at step {resumed}: nothing is left to train; give more steps to resume"
+        )
+    step = load_state(plan.resume_from, model, optimizer, scheduler, position)
+    if plan.accelerator.is_main_process:
+        trim_metrics(plan.run_dir, step)
+    return step
+
+
+def write_run_folder(plan: Plan, guard: RunGuard, contract, tokenizer) -> None:
+    """Create (or clear, or tidy) the run folder and record the run's options and prompt files (main process)."""
+    run_dir = plan.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    guard.claim(run_dir, plan.ws.home)  # before anything is cleared: a run that started meanwhile keeps its files
+    if plan.clear_first:
+        clear_run_dir(run_dir)
+    (run_dir / FINISHED).unlink(missing_ok=True)  # training on: the run is no longer finished
+    clean_leftovers(run_dir)
+    save_yaml(plan.config, run_dir / CONFIG)
+    save_contract(run_dir, contract, tokenizer)  # prompt.json + tokenizer files; checkpoints copy them
+
+
+def check_run_dir(run_dir: Path, resume: bool | str, overwrite: bool) -> tuple[Path | None, bool]:
+    """Refuse to clobber an existing run unless asked (nothing is deleted here).
+
+    Returns (the checkpoint to resume from, whether to empty the folder before writing). `resume` True needs a
+    complete checkpoint; 'auto' takes one if there is one, else starts like a new run, over the leftovers of a run
+    killed before its first checkpoint too (no weights of it survive, so nothing is lost).
+    """
+    if resume:
+        checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+        skipped = incomplete_checkpoints(run_dir) if run_dir.is_dir() else []
+        if skipped:
+            print(f"ignoring incomplete checkpoint(s) (interrupted while saving): {', '.join(skipped)}")
+        if checkpoint is not None:
+            return checkpoint, False
+        trained = holds_weights(run_dir)
+        if resume != "auto":
+            raise LoratuneError(
+                f"nothing to resume: {run_dir} has no complete checkpoint; "
+                + (
+                    "its adapter is the only copy of its weights: train a new run (another --name), or replace it "
+                    "with --overwrite"
+                    if trained
+                    else "it was stopped before its first one, so start it again with --train.resume auto"
+                )
+            )
+        if not trained:
+            return None, True
+    if has_run(run_dir) and not overwrite:
+        raise LoratuneError(
+            f"{run_dir} already exists; choose another name, continue it with --resume, or pass --overwrite"
+        )
+    return None, overwrite
+
+
+def has_run(run_dir: Path) -> bool:
+    """Anything besides a lock file in the run folder."""
+    return run_dir.is_dir() and any(p.name != LOCK for p in run_dir.iterdir())
+
+
+def holds_weights(run_dir: Path) -> bool:
+    """Trained weights that a fresh start would delete: the run's adapter or a complete checkpoint."""
+    return (run_dir / "adapter_model.safetensors").exists() or latest_checkpoint(run_dir) is not None
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer's activations in backward; non-reentrant, so frozen inputs need no grad hook."""
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
