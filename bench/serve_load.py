@@ -1,12 +1,15 @@
-"""Load on `loratune serve`: N well-behaved clients for T seconds, then the same with a share of abusive requests.
+"""Load on `loratune serve`: 1 then N well-behaved clients for T seconds each (how batching scales), then N with a
+share of abusive requests.
 
-    python bench/serve_load.py --home /work/testhome --clients 16 --seconds 60 --abusive 0.1
+    python bench/serve_load.py --home /work/testhome --clients 1,16 --seconds 60 --abusive 0.1
+    python bench/serve_load.py --home /work/testhome --clients 1,16 --abusive 0 --max-batch 1   # no batching: A/B
 
 One real server subprocess (the default model; `--model tiny` builds the tests' 2-layer LLaMA, for a machine too
 busy for the real one), its default limits. Each client sends small greedy
-completions (--max-tokens tokens) back to back over a keep-alive connection; in the second phase each request is,
+completions (--max-tokens tokens) back to back over a keep-alive connection; in the abusive phase each request is,
 with probability --abusive, one of the abuses below instead. Printed per phase: well-behaved requests/s, their p50 /
-p95 latency and their errors, the abusive requests by answer, and the server's RSS before, between and after.
+p95 latency and their errors, the abusive requests by answer; then the requests/s ratio of the last clean phase to
+the first, and the server's RSS before, between and after.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def start_server(args) -> tuple[subprocess.Popen, int]:
     if args.model == "tiny":
         args.model = tiny_model()
     cmd = [sys.executable, "-m", "loratune.cli", "serve", "--model", args.model, "--port", "0"]
+    if args.max_batch:
+        cmd += ["--max-batch", str(args.max_batch)]
     if args.home:
         cmd[3:3] = ["--home", args.home]
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
@@ -169,9 +174,9 @@ class Client(threading.Thread):
             s.close()
 
 
-def phase(name: str, port: int, model: str, args, abusive: float) -> dict:
+def phase(name: str, port: int, model: str, args, abusive: float, count: int) -> dict:
     until = time.monotonic() + args.seconds
-    clients = [Client(port, model, args, abusive, seed, until) for seed in range(args.clients)]
+    clients = [Client(port, model, args, abusive, seed, until) for seed in range(count)]
     started = time.monotonic()
     for c in clients:
         c.start()
@@ -198,13 +203,13 @@ def phase(name: str, port: int, model: str, args, abusive: float) -> dict:
         "abusive": abuse,
     }
     print(
-        f"{name:8s} good: {len(latencies)} in {elapsed:.0f} s = {result['good_per_s']:.2f} req/s, "
+        f"{name:11s} good: {len(latencies)} in {elapsed:.0f} s = {result['good_per_s']:.2f} req/s, "
         f"p50 {result['p50_s']:.2f} s, p95 {p95:.2f} s, max {result['max_s']:.2f} s, errors {len(errors)}"
         + (f" {sorted(set(errors))}" if errors else ""),
         flush=True,
     )
     if abuse:
-        print(f"         abusive: {sum(abuse.values())} -> {json.dumps(abuse, sort_keys=True)}", flush=True)
+        print(f"            abusive: {sum(abuse.values())} -> {json.dumps(abuse, sort_keys=True)}", flush=True)
     return result
 
 
@@ -212,7 +217,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default=os.environ.get("LORATUNE_HOME"))
     parser.add_argument("--model", default="default")
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", default="1,16", help="client counts, one clean phase each (e.g. 1,16)")
+    parser.add_argument("--max-batch", type=int, help="the server's --max-batch (default: its own)")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--abusive", type=float, default=0.1, help="share of abusive requests in the second phase")
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens per well-behaved request")
@@ -224,6 +230,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.long_tokens = args.long_tokens or (400 if args.model == "tiny" else 2048)
+    counts = [int(n) for n in args.clients.split(",")]
 
     server, port = start_server(args)
     try:
@@ -233,16 +240,23 @@ def main() -> None:
         connection.close()
         print(
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, model {model}, "
-            f"{args.clients} clients x {args.seconds:.0f} s, {args.max_tokens} tokens per good request",
+            f"{args.clients} clients x {args.seconds:.0f} s, {args.max_tokens} tokens per good request, "
+            f"--max-batch {args.max_batch or 'default'}, load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
         rss = [rss_mb(server.pid)]
-        clean = phase("clean", port, model, args, 0.0)
+        phase("warm-up", port, model, argparse.Namespace(**vars(args) | {"seconds": 5}), 0.0, counts[-1])
+        clean = [phase(f"clean x{n}", port, model, args, 0.0, n) for n in counts]
         rss.append(rss_mb(server.pid))
-        abused = phase("abusive", port, model, args, args.abusive)
-        rss.append(rss_mb(server.pid))
-        print(f"server RSS: {rss[0]:.0f} MB at start, {rss[1]:.0f} MB after clean, {rss[2]:.0f} MB after abusive")
-        print(f"p95 abusive / clean: {abused['p95_s'] / clean['p95_s']:.2f}")
+        if len(clean) > 1:
+            ratio = clean[-1]["good_per_s"] / clean[0]["good_per_s"]
+            print(f"requests/s at {counts[-1]} clients / at {counts[0]}: {ratio:.2f}x", flush=True)
+        if args.abusive > 0:
+            abused = phase(f"abusive x{counts[-1]}", port, model, args, args.abusive, counts[-1])
+            rss.append(rss_mb(server.pid))
+            print(f"p95 abusive / clean: {abused['p95_s'] / clean[-1]['p95_s']:.2f}")
+        after = ", ".join(f"{x:.0f} MB" for x in rss[1:])
+        print(f"server RSS: {rss[0]:.0f} MB at start, then {after}; load average {os.getloadavg()[0]:.1f}")
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -81,8 +81,11 @@ def expected(tiny_model, home, adapter, prompt, max_new_tokens=8, chat=False):
 
 
 def test_models_lists_the_base_and_its_adapters(served):
-    client, *_ = served
-    assert [m.id for m in client.models.list()] == ["tiny-llama0", "tiny-llama0+pirate"]
+    client, _, home, tiny_model = served
+    models = client.models.list().data
+    assert [m.id for m in models] == ["tiny-llama0", "pirate"]
+    assert [m.parent for m in models] == [None, "tiny-llama0"]  # vLLM's fields: the base of each adapter
+    assert models[1].root == str((home / "loras" / "pirate").resolve()) and models[0].root == str(tiny_model)
 
 
 def test_completions_with_and_without_adapters(served):
@@ -92,6 +95,8 @@ def test_completions_with_and_without_adapters(served):
         ("tiny-llama0+pirate/checkpoint-000002", "pirate/checkpoint-000002"),  # a second adapter, loaded on demand
         ("tiny-llama0", None),  # the base again after adapters were loaded: they must be off
         ("tiny-llama0+pirate", "pirate"),  # cached, switched back
+        ("pirate", "pirate"),  # the bare name, as vLLM and LoRAX take it
+        ("pirate/checkpoint-000002", "pirate/checkpoint-000002"),
     ):
         answer = client.completions.create(model=model, prompt=PROMPT, max_tokens=8, temperature=0)
         assert answer.choices[0].text == expected(tiny_model, home, adapter, PROMPT), model
@@ -176,3 +181,53 @@ def test_an_unset_max_tokens_is_shortened_to_fit_the_context(served):
     with pytest.raises(openai.BadRequestError) as too_long:
         client.completions.create(model="tiny-llama0", prompt=prompt, temperature=0, max_tokens=16)
     assert "context of 512 tokens" in too_long.value.body["message"]
+
+
+def adapter_route(url, route, body):
+    """POST to vLLM's adapter routes; returns (status, text)."""
+    request = urllib.request.Request(
+        f"{url}/{route}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())["error"]["message"]
+
+
+def test_adapters_are_loaded_and_unloaded_at_run_time(served, tmp_path):
+    client, url, home, tiny_model = served
+    folder = home / "loras" / "pirate" / "checkpoint-000002"
+    status, text = adapter_route(url, "load_lora_adapter", {"lora_name": "parrot", "lora_path": str(folder)})
+    assert status == 200 and "parrot" in text, text
+    listed = {m.id: m for m in client.models.list().data}
+    assert listed["parrot"].parent == "tiny-llama0" and listed["parrot"].root == str(folder.resolve())
+    want = expected(tiny_model, home, "pirate/checkpoint-000002", PROMPT)
+    for model in ("parrot", "tiny-llama0+parrot"):
+        answer = client.completions.create(model=model, prompt=PROMPT, max_tokens=8, temperature=0)
+        assert answer.choices[0].text == want, model
+    relative = {"lora_name": "parrot2", "lora_path": "loras/pirate"}  # inside the workspace
+    assert adapter_route(url, "load_lora_adapter", relative)[0] == 200
+
+    (tmp_path / "empty").mkdir()
+    for body, says in (
+        ({"lora_name": "parrot", "lora_path": str(folder)}, "already served"),
+        ({"lora_name": "pirate", "lora_path": str(folder)}, "already served"),
+        ({"lora_name": "../x", "lora_path": str(folder)}, "invalid lora_name"),
+        ({"lora_name": "crow", "lora_path": str(tmp_path / "empty")}, "not an adapter folder"),
+        ({"lora_name": "crow", "lora_path": "../outside"}, "outside"),
+        ({"lora_name": "crow"}, "must be given"),
+    ):
+        status, message = adapter_route(url, "load_lora_adapter", body)
+        assert status == 400 and says in message and "\n" not in message, (body, message)
+
+    assert adapter_route(url, "unload_lora_adapter", {"lora_name": "parrot"})[0] == 200
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="parrot", prompt=PROMPT, max_tokens=2)
+    assert "parrot" not in [m.id for m in client.models.list()]
+    assert adapter_route(url, "unload_lora_adapter", {"lora_name": "parrot"})[0] == 404
+    status, message = adapter_route(url, "unload_lora_adapter", {"lora_name": "pirate"})
+    assert status == 400 and "loras/" in message
+    assert adapter_route(url, "unload_lora_adapter", {"lora_name": "parrot2"})[0] == 200
+    answer = client.completions.create(model="pirate", prompt=PROMPT, max_tokens=8, temperature=0)
+    assert answer.choices[0].text == expected(tiny_model, home, "pirate", PROMPT)  # the others are untouched

@@ -31,6 +31,7 @@ LIMITS = [
     *("--max-tokens", "65530", "--max-prompt-tokens", "300", "--max-stop-strings", "2", "--max-stop-length", "10"),
     *("--max-body", "20000", "--request-timeout", "15", "--idle-timeout", "2", "--max-queue", "2"),
     *("--max-connections", "8"),
+    *("--max-batch", "1"),  # one request generates at a time, so a long one holds the model and the line fills up
 ]
 OPEN_FILES = 160  # the server's file limit: more idle connections than that must not stop it
 
@@ -155,7 +156,7 @@ def test_requests_without_the_key_get_401(served):
         assert status == 401 and body["error"]["code"] == "invalid_api_key" and headers["WWW-Authenticate"] == "Bearer"
     with pytest.raises(openai.AuthenticationError):
         client(url, key="wrong").models.list()
-    assert [m.id for m in client(url).models.list()] == ["tiny-long", "tiny-long+pirate"]
+    assert [m.id for m in client(url).models.list()] == ["tiny-long", "pirate"]
     assert client(url).completions.create(**small()).usage.completion_tokens <= 2
 
 

@@ -22,9 +22,8 @@ from loratune.prompting import (
     render_chat,
     render_completion,
     render_prompt,
-    sampling_options,
-    stop_options,
 )
+from loratune.sampling import Sampling, generate_kwargs
 from loratune.workspace import Workspace, inside
 
 
@@ -151,14 +150,10 @@ class Generator:
 
     def _options(self, spec: GenerateSpec) -> dict:
         spec.validate()  # a spec built in Python (generate(**options)) is checked as the CLI's and the UI's are
-        if spec.seed >= 0:
-            torch.manual_seed(spec.seed)
-        return {
-            "max_new_tokens": spec.max_new_tokens,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            **sampling_options(spec.temperature, spec.top_p, spec.top_k, spec.repetition_penalty),
-            **stop_options(self.contract, self.tokenizer),
-        }
+        sampling = Sampling.of(spec)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        return generate_kwargs(sampling, self.contract, self.tokenizer)
 
     def _adapter(self, use_lora: bool):
         return self.model.disable_adapter() if (self.lora_path and not use_lora) else nullcontext()

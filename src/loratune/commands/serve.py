@@ -13,7 +13,8 @@ def add(sub) -> None:
         "serve",
         help="serve a base model and its adapters over an OpenAI-compatible HTTP API",
         description="Request model '<base>' for the base model or '<base>+<adapter>' for an adapter in loras/ "
-        "(also '<base>+<adapter>/checkpoint-000200'); adapters load on their first request and stay loaded. "
+        "(also '<base>+<adapter>/checkpoint-000200', or the adapter's bare name); adapters load on their first request "
+        "and stay loaded; concurrent requests are generated together (--max-batch). "
         "A request over a limit gets a 400 naming it.",
     )
     serve.add_argument("--model", default="default", help="base model: name in models/, folder, .gguf or hub id")
@@ -40,7 +41,10 @@ def add(sub) -> None:
         default=d.idle_timeout,
         help="seconds a connection may stay silent, and to upload one request",
     )
-    limit.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting for the model (then 503)")
+    limit.add_argument(
+        "--max-queue", type=int, default=d.max_queue, help="requests waiting for a place in the batch (then 503)"
+    )
+    limit.add_argument("--max-batch", type=int, default=d.max_batch, help="requests generated together, server-wide")
     limit.add_argument("--max-connections", type=int, default=d.max_connections, help="open connections, server-wide")
     serve.set_defaults(run=run_serve)
 
@@ -58,6 +62,7 @@ def run_serve(args, extra) -> int:
         request_timeout=args.request_timeout,
         idle_timeout=args.idle_timeout,
         max_queue=args.max_queue,
+        max_batch=args.max_batch,
         max_connections=args.max_connections,
     )
     serve(args.model, args.home, args.host, args.port, limits, args.api_key)

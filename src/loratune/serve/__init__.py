@@ -18,7 +18,8 @@ def serve(
     limits: Limits | None = None,
     api_key: str | None = None,
 ) -> None:
-    """Load `model`, listen on host:port and answer until interrupted (adapters load on their first request).
+    """Load `model`, listen on host:port and answer until interrupted (adapters load on their first
+    request; concurrent requests are batched).
 
     A host other than loopback needs `api_key`: the server would otherwise answer anyone on the network."""
     from loratune.serve.api import make_server
@@ -29,7 +30,7 @@ def serve(
             f"--host {host} serves the API to the network: give an API key with --api-key or LORATUNE_API_KEY"
         )
     limits = limits or Limits()
-    pool = ModelPool(model, home, max_queue=limits.max_queue)
+    pool = ModelPool(model, home, max_queue=limits.max_queue, max_batch=limits.max_batch)
     server = make_server(pool, host, port, limits, api_key)
     host, port = server.server_address[:2]
     key = ", API key required" if api_key else ""

@@ -1,9 +1,10 @@
 """An OpenAI-compatible HTTP API on the standard library's http.server (no web framework to install).
 
-GET /v1/models, POST /v1/completions, POST /v1/chat/completions, with `"stream": true` as server-sent events.
+GET /v1/models, POST /v1/completions, POST /v1/chat/completions, with `"stream": true` as server-sent events, and
+vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter ({lora_name, lora_path}) to add adapters at run time.
 Errors are JSON in OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with a 4xx status for bad requests.
 A request is checked in the order that costs the server least: the API key, the body's size, its fields and limits,
-the prompt's length (tokenized, outside the model's queue); only then does it wait for its turn at the model.
+the prompt's length (tokenized, outside the model's queue); only then does it wait for its place in the batch.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from http.server import BaseHTTPRequestHandler
 
 from loratune.errors import LoratuneError
 from loratune.prompting import render_chat, render_completion
+from loratune.sampling import Sampling
 from loratune.serve.connections import LimitedServer, RequestReader, client_gone
-from loratune.serve.generation import Generation, Sampling
+from loratune.serve.generation import Generation
 from loratune.serve.limits import ClientGone, Limits, TimedOut
 from loratune.serve.models import AdapterRefused, ModelPool, UnknownModel
 from loratune.serve.queue import QueueFull
@@ -85,7 +87,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.body_read = False
-        routes = {"/v1/completions": self._completion, "/v1/chat/completions": self._chat}
+        routes = {
+            "/v1/completions": self._completion,
+            "/v1/chat/completions": self._chat,
+            "/v1/load_lora_adapter": self._load_lora,
+            "/v1/unload_lora_adapter": self._unload_lora,
+        }
         route = routes.get(self.path.rstrip("/"))
         self._answer(lambda: route(self._body()) if route else self._no_route())
 
@@ -93,8 +100,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def _models(self) -> None:
         created = int(time.time())
-        data = [{"id": n, "object": "model", "created": created, "owned_by": "loratune"} for n in self.pool.names()]
+        data = [{"object": "model", "created": created, "owned_by": "loratune"} | m for m in self.pool.models()]
         self._json(200, {"object": "list", "data": data})
+
+    def _load_lora(self, body: dict) -> None:
+        try:
+            self.pool.add(body.get("lora_name"), body.get("lora_path"))
+        except LoratuneError as e:
+            raise ApiError(400, str(e).splitlines()[0], "lora_path" if "lora_path" in str(e) else "lora_name") from None
+        self._text(200, f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
+
+    def _unload_lora(self, body: dict) -> None:
+        try:
+            self.pool.remove(body.get("lora_name"))
+        except UnknownModel as e:
+            raise ApiError(404, str(e), "lora_name", "model_not_found") from None
+        except LoratuneError as e:
+            raise ApiError(400, str(e), "lora_name") from None
+        self._text(200, f"Success: LoRA adapter '{body['lora_name']}' removed successfully.")
 
     def _completion(self, body: dict) -> None:
         prompt = body.get("prompt")
@@ -161,27 +184,27 @@ class Handler(BaseHTTPRequestHandler):
         gone = lambda: client_gone(self.connection)  # noqa: E731
         deadline = time.monotonic() + self.limits.request_timeout
         try:
-            with self.pool.use(adapter, gone, deadline) as model:
-                generation = self.generation = Generation(
-                    model, self.pool.tokenizer, ids, sampling, gone, deadline, self.pool.contract(adapter)
-                )
-                if not body.get("stream"):
-                    text = "".join(generation.pieces())
-                    choice = {"index": 0, "finish_reason": generation.finish_reason, "logprobs": None}
-                    choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
-                    usage = {
-                        "prompt_tokens": len(ids),
-                        "completion_tokens": generation.completion_tokens,
-                        "total_tokens": len(ids) + generation.completion_tokens,
-                    }
-                    payload = {"id": ident, "object": kind, "created": created, "model": model_name}
-                    self._json(200, payload | {"choices": [choice], "usage": usage})
-                    return
-                self._stream(generation, ident, kind, created, model_name, chat)
+            generation = self.generation = self.pool.submit(adapter, ids, sampling)
+            pieces = generation.pieces(gone, deadline)
+            if not body.get("stream"):
+                text = "".join(pieces)
+                choice = {"index": 0, "finish_reason": generation.finish_reason, "logprobs": None}
+                choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+                usage = {
+                    "prompt_tokens": len(ids),
+                    "completion_tokens": generation.completion_tokens,
+                    "total_tokens": len(ids) + generation.completion_tokens,
+                }
+                payload = {"id": ident, "object": kind, "created": created, "model": model_name}
+                self._json(200, payload | {"choices": [choice], "usage": usage})
+                return
+            self._stream(generation, pieces, ident, kind, created, model_name, chat)
         except QueueFull as e:
             error = ApiError(503, str(e), None, "server_busy")
             error.headers["Retry-After"] = str(e.retry_after)
             raise error from None
+        except UnknownModel as e:  # an added adapter, removed since the request was checked
+            raise ApiError(404, str(e), "model", "model_not_found") from None
         except AdapterRefused as e:
             raise ApiError(400, str(e), "model", "model_not_usable") from None
         except TimedOut as e:
@@ -190,12 +213,11 @@ class Handler(BaseHTTPRequestHandler):
             self._event({"error": {"message": str(e), "type": "server_error", "param": None, "code": "timeout"}})
             self._end_stream()
 
-    def _stream(self, generation: Generation, ident: str, kind: str, created: int, model_name: str, chat: bool):
+    def _stream(self, generation: Generation, pieces, ident: str, kind: str, created: int, model_name: str, chat: bool):
         self._start_events()
         chunk = {"id": ident, "object": kind + (".chunk" if chat else ""), "created": created, "model": model_name}
         if chat:
             self._event(chunk | {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
-        pieces = generation.pieces()
         try:
             for piece in pieces:
                 part = {"delta": {"content": piece}} if chat else {"text": piece, "logprobs": None}
@@ -226,7 +248,7 @@ class Handler(BaseHTTPRequestHandler):
         except (ClientGone, ConnectionError, TimeoutError):
             self.close_connection = True  # the client went away, or stopped reading: nobody to answer
             g = self.generation
-            done = f"its generation stopped after {g.completion_tokens} of {g.sampling.max_tokens} tokens" if g else ""
+            done = g and f"its generation stopped after {g.completion_tokens} of {g.sampling.max_new_tokens} tokens"
             self.log_message("%s", f"the client left; {done or 'nothing was generated for it'}")
         except Exception as e:  # our bug: the traceback goes to the log, the client still gets a JSON answer
             traceback.print_exc()
@@ -243,7 +265,10 @@ class Handler(BaseHTTPRequestHandler):
         return scheme.lower() == "bearer" and hmac.compare_digest(given, self.api_key.encode())
 
     def _no_route(self) -> None:
-        routes = "GET /v1/models, POST /v1/completions, POST /v1/chat/completions"
+        routes = (
+            "GET /v1/models, POST /v1/completions, POST /v1/chat/completions, POST /v1/load_lora_adapter, "
+            "POST /v1/unload_lora_adapter"
+        )
         raise ApiError(404, f"no route {self.command} {self.path} (there are {routes})")
 
     def _body(self) -> dict:
@@ -271,9 +296,14 @@ class Handler(BaseHTTPRequestHandler):
         return body
 
     def _json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+        self._send(status, json.dumps(payload).encode(), "application/json", headers)
+
+    def _text(self, status: int, text: str) -> None:  # vLLM answers the adapter routes in plain text
+        self._send(status, text.encode(), "text/plain; charset=utf-8")
+
+    def _send(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)

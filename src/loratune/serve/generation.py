@@ -1,182 +1,141 @@
-"""One generation request: prompt token ids in, text pieces out (as they are produced), then why it stopped.
+"""One generation request: prompt token ids in, text pieces out (as the batcher produces its tokens), then why it
+stopped.
 
-A generation can be cut short from outside: its client left (checked every few steps by a stopping criterion, and by
-the request thread when a write fails) or it ran past its deadline. Either way model.generate() returns at its next
-step, so the model is free for the next request within one token.
+The batcher (serve/batcher.py) runs many requests as rows of one batch and puts each new token of a row on that
+row's `events`; the request's own thread reads them in `pieces()`, turns them into text, cuts it at a stop string
+and watches its client and deadline. Cancelling a request (its client left, its time is up, a stop string came,
+a write failed) takes its row out of the batch at the next step, so the others go on without it.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
-from transformers import StoppingCriteria
-
-from loratune.prompting import PromptContract, sampling_options
+from loratune.sampling import Sampling
 from loratune.serve.limits import ClientGone, TimedOut
 
-POLL_SECONDS = 0.2  # how often the generation asks whether its client is still there
-
-
-@dataclass
-class Sampling:
-    max_tokens: int = 16
-    temperature: float = 1.0  # OpenAI's default; 0 means greedy
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
+POLL_SECONDS = 0.2  # how often a request asks whether its client is still there
 
 
 class Generation:
     """Iterate `pieces()` for the text; afterwards `finish_reason` ('stop' or 'length') and `completion_tokens`.
 
     Args:
-        client_gone: called every POLL_SECONDS during generation; True stops it and `pieces()` raises ClientGone.
-        deadline: a time.monotonic() past which generation stops and `pieces()` raises TimedOut.
+        options: the row's generate keyword arguments (loratune.sampling.generate_kwargs): sampling, stop ids and
+            texts, max_new_tokens.
+        adapter: the adapter the row runs with (None: the base model), as the pool names it; `peft_name` is the
+            name peft knows it by.
     """
 
     def __init__(
         self,
-        model,
         tokenizer,
         input_ids: list[int],
         sampling: Sampling,
-        client_gone: Callable[[], bool] | None = None,
-        deadline: float | None = None,
-        contract: PromptContract | None = None,
+        options: dict,
+        adapter: str | None = None,
+        peft_name: str | None = None,
     ):
-        self.model, self.tokenizer, self.input_ids, self.sampling = model, tokenizer, input_ids, sampling
-        # The prompt contract's stop ids: where the adapter was trained to end its answer.
-        self.eos_ids = set(contract.stop_token_ids if contract else []) or _eos_ids(model, tokenizer)
-        self.client_gone, self.deadline = client_gone, deadline
-        self.finish_reason = "stop"
-        self.completion_tokens = 0
+        self.tokenizer, self.input_ids, self.sampling, self.options = tokenizer, input_ids, sampling, options
+        self.adapter, self.peft_name = adapter, peft_name
+        self.eos_ids = set(options.get("eos_token_id") or [])
+        self.stop_texts = [*options.get("stop_strings", [])]
+        self.events: queue.SimpleQueue = queue.SimpleQueue()  # token ids, then a finish reason or an exception
         self.cancelled = threading.Event()
-        self.cancel_reason: str | None = None  # 'client' or 'timeout'
+        self.cancel_reason: str | None = None  # 'client', 'timeout', 'stop' or 'closed'
+        self.finish_reason = "stop"
+        self.completion_tokens = 0  # tokens this request has read so far
+        # the batcher's side of the row
+        self.started: float | None = None  # time.monotonic() when it joined the batch
+        self.tokens: list[int] = []
+        self.done = False
+        self.rng = None  # a torch.Generator for a sampled row
+        self.length = len(input_ids)  # tokens of the row in the model's cache (padding not counted)
+        self.pending: int | None = None  # the last token chosen, fed to the model at the next step
 
-    def cancel(self, reason: str | None = None) -> None:
-        if reason and self.cancel_reason is None:
+    def cancel(self, reason: str) -> None:
+        if self.cancel_reason is None:
             self.cancel_reason = reason
         self.cancelled.set()
 
-    def pieces(self) -> Iterator[str]:
-        import torch
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
-
-        s, tok = self.sampling, self.tokenizer
-        if s.seed is not None:
-            torch.manual_seed(s.seed)
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        ids = torch.tensor([self.input_ids], device=self.model.device)
-        sampling = sampling_options(s.temperature, s.top_p)
-        criteria = [_Cancelled(self)] + ([_StopText(tok, s.stop, len(self.input_ids))] if s.stop else [])
-        result: dict = {}
-
-        def run() -> None:  # generate() in a thread feeds the streamer; errors are re-raised below
-            try:
-                with torch.no_grad():
-                    result["out"] = self.model.generate(
-                        input_ids=ids,
-                        attention_mask=torch.ones_like(ids),
-                        max_new_tokens=s.max_tokens,
-                        pad_token_id=tok.pad_token_id,
-                        eos_token_id=sorted(self.eos_ids),
-                        streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList(criteria),
-                        **sampling,
-                    )
-            except BaseException as e:  # noqa: BLE001 - handed to the request thread
-                result["error"] = e
-                streamer.end()
-
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
+    def pieces(self, client_gone: Callable[[], bool] | None = None, deadline: float | None = None) -> Iterator[str]:
         # Text that could be the start of a stop string is held back until it is clearly not one.
-        hold = max((len(x) for x in s.stop), default=1) - 1
-        text, sent, stopped = "", 0, False
+        hold = max((len(x) for x in self.stop_texts), default=1) - 1
+        text, sent, finished = Detokenizer(self.tokenizer), 0, False
+        last_poll = time.monotonic()
         try:
-            for piece in streamer:
-                text += piece
+            while True:
+                try:
+                    event = self.events.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    event = None
+                now = time.monotonic()
+                if deadline is not None and now > deadline:
+                    self.cancel("timeout")
+                    if self.started is None:
+                        raise TimedOut("the request waited for the model longer than --request-timeout")
+                    raise TimedOut(f"the generation ran past --request-timeout after {len(text.text)} characters")
+                if client_gone is not None and (event is None or now - last_poll >= POLL_SECONDS):
+                    last_poll = now
+                    if client_gone():
+                        self.cancel("client")
+                        raise ClientGone()
+                if event is None:
+                    continue
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, str):
+                    self.finish_reason = event
+                    break
+                self.completion_tokens += 1
+                text.add(event)
                 # a stop string cannot start before `sent`: it would have been found when that text was held back
-                cut = min((i for i in (text.find(x, max(0, sent - hold)) for x in s.stop) if i >= 0), default=-1)
+                found = (text.text.find(x, max(0, sent - hold)) for x in self.stop_texts)
+                cut = min((i for i in found if i >= 0), default=-1)
                 if cut >= 0:
                     if cut > sent:
-                        yield text[sent:cut]
-                    stopped = True
-                    break
-                if len(text) - hold > sent:
-                    yield text[sent : len(text) - hold]
-                    sent = len(text) - hold
+                        yield text.text[sent:cut]
+                    self.finish_reason = "stop"
+                    finished = True
+                    self.cancel("stop")
+                    return
+                if len(text.text) - hold > sent:
+                    yield text.text[sent : len(text.text) - hold]
+                    sent = len(text.text) - hold
+            finished = True
+            text.flush()
+            if len(text.text) > sent:
+                yield text.text[sent:]
         finally:
-            # Whatever ended the loop (a stop string, a failed write, an exception), the model is free only when
-            # generate() has returned: the caller's turn at the model ends right after this.
-            if worker.is_alive():
-                self.cancel()
-            worker.join()
-            if "out" in result:
-                self.completion_tokens = int(result["out"].shape[1]) - len(self.input_ids)
-        if "error" in result:
-            raise result["error"]
-        if self.cancel_reason == "client":
-            raise ClientGone()
-        if self.cancel_reason == "timeout":
-            raise TimedOut(f"the generation ran past --request-timeout after {len(text)} characters")
-        if not stopped and len(text) > sent:
-            yield text[sent:]
-        generated = result["out"][0, len(self.input_ids) :]
-        ended = stopped or (self.completion_tokens and int(generated[-1]) in self.eos_ids)
-        self.finish_reason = "length" if self.completion_tokens >= s.max_tokens and not ended else "stop"
+            if not finished:
+                self.cancel("closed")  # a failed write closed this iterator: free the row
 
 
-class _Cancelled(StoppingCriteria):
-    """A stopping criterion: stop when the generation is cancelled, its deadline passes or its client left."""
+class Detokenizer:
+    """Token ids to text as they come: each new token's text is the decoded tail from a few tokens back (a token
+    alone may decode differently, or to half a character), so the work per token stays small."""
 
-    def __init__(self, generation: Generation):
-        self.generation = generation
-        self.last_poll = time.monotonic()
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""  # the text so far (a half character at the end waits for its next token)
+        self.prefix = self.read = 0  # ids[prefix:read] decoded to the text just before the unread tokens
 
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        self._decode(final=False)
 
-        g = self.generation
-        now = time.monotonic()
-        if not g.cancelled.is_set():
-            if g.deadline is not None and now > g.deadline:
-                g.cancel("timeout")
-            elif g.client_gone is not None and now - self.last_poll >= POLL_SECONDS:
-                self.last_poll = now
-                if g.client_gone():
-                    g.cancel("client")
-        return torch.full((input_ids.shape[0],), g.cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
+    def flush(self) -> None:
+        self._decode(final=True)
 
-
-class _StopText(StoppingCriteria):
-    """A stopping criterion: stop once the generated text contains a stop string.
-
-    transformers' StopStringCriteria precomputes a (vocabulary x stop length) table for every new set of stop strings
-    (1.5-2.5 s of CPU for 4 strings on a 49k vocabulary, and 183 GiB for one 1 MB string); decoding the last few
-    tokens at each step costs microseconds. A string of n characters spans at most 4n tokens (one byte each) plus one
-    that overhangs its start.
-    """
-
-    def __init__(self, tokenizer, stop: list[str], prompt_length: int):
-        self.tokenizer, self.stop, self.prompt_length = tokenizer, stop, prompt_length
-        self.window = 4 * max(len(x) for x in stop) + 1
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        start = max(self.prompt_length, input_ids.shape[1] - self.window)
-        tail = self.tokenizer.decode(input_ids[0, start:], skip_special_tokens=True)
-        done = any(x in tail for x in self.stop)
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
+    def _decode(self, final: bool) -> None:
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        before = decode(self.ids[self.prefix : self.read])
+        now = decode(self.ids[self.prefix :])
+        if now.endswith("\ufffd") and not final:  # an unfinished UTF-8 character: wait for its next bytes
+            return
+        self.text += now[len(before) :]
+        self.prefix, self.read = self.read, len(self.ids)

@@ -21,7 +21,8 @@ class Limits:
     max_body: int = 1024 * 1024  # --max-body, bytes of JSON
     request_timeout: float = 600.0  # --request-timeout: waiting for the model + generating, seconds
     idle_timeout: float = 30.0  # --idle-timeout: a silent connection, or one request's upload, seconds
-    max_queue: int = 32  # --max-queue: requests waiting for the model beyond the one it is answering
+    max_queue: int = 32  # --max-queue: requests waiting for a place in the batch beyond those it holds
+    max_batch: int = 16  # --max-batch: requests generated together, one row each of one batch
     max_connections: int = 64  # --max-connections: open connections, one thread each
 
     def __post_init__(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from loratune.serve.generation import Sampling
+from loratune.sampling import Sampling
 from loratune.serve.limits import Limits
 
 SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's seed is an int64; torch.manual_seed fails outside 64 bits
@@ -46,10 +46,13 @@ def read_sampling(body: dict, limits: Limits, default_max_tokens: int) -> tuple[
             400, f"'{name}' is {max_tokens}; this server allows at most {limits.max_tokens} (--max-tokens)", name
         )
     seed = body.get("seed")
+    top_k = number(_or(body, "top_k", 0), "top_k", int, -1)  # vLLM's extra field; -1 and 0 mean off
     sampling = Sampling(
-        max_tokens=min(max_tokens, limits.max_tokens),
+        max_new_tokens=min(max_tokens, limits.max_tokens),
         temperature=number(_or(body, "temperature", 1.0), "temperature", float, 0.0, 2.0),
         top_p=number(_or(body, "top_p", 1.0), "top_p", float, 0.0, 1.0),
+        top_k=max(0, top_k),
+        repetition_penalty=number(_or(body, "repetition_penalty", 1.0), "repetition_penalty", float, 0.01, 10.0),
         stop=stop,
         seed=None if seed is None else number(seed, "seed", int, *SEED_RANGE),
     )
@@ -65,11 +68,11 @@ def check_prompt(ids: list[int], sampling: Sampling, max_tokens_given: bool, max
         )
     room = context - len(ids)
     if not max_tokens_given:
-        sampling.max_tokens = min(sampling.max_tokens, room)
-    if sampling.max_tokens > room or room < 1:
+        sampling.max_new_tokens = min(sampling.max_new_tokens, room)
+    if sampling.max_new_tokens > room or room < 1:
         raise ApiError(
             400,
-            f"the prompt ({len(ids)} tokens) + max_tokens ({sampling.max_tokens}) exceed the model's context of "
+            f"the prompt ({len(ids)} tokens) + max_tokens ({sampling.max_new_tokens}) exceed the model's context of "
             f"{context} tokens: shorten the prompt or lower max_tokens",
             "max_tokens",
         )
