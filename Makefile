@@ -59,10 +59,11 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) loras models
 
-# Check the GGUF exports with the real llama.cpp (not part of `make test`): builds llama.cpp's library from the
-# source inside the llama-cpp-python sdist (the one download; the build is offline), trains a short adapter on the
-# default model, exports it (GGUF adapter, merged f16 and q8_0 GGUF by llama.cpp's converter) and compares llama.cpp's
-# prompt rendering and greedy answers with transformers + peft. ~10 min of build on 2 cores.
+# Check the exports with the real llama.cpp (not part of `make test`): builds llama.cpp's library from the source
+# inside the llama-cpp-python sdist (the one download; the build is offline) and tools/verify_gguf/greedy.cpp on it,
+# trains a short adapter on the default model, then `loratune loras verify` exports it (GGUF adapter, merged f16 and
+# q8_0 GGUF by llama.cpp's converter, merged folder, Ollama TEMPLATE) and compares each with transformers + peft on the
+# demo's held-out prompts: a table, exit status 1 on a mismatch. ~15 min of build on 2 cores (JOBS=1 on a shared box).
 LLAMA_CPP_PYTHON := 0.3.36
 VERIFY ?= build/verify-gguf
 JOBS ?= 2
@@ -70,8 +71,13 @@ LLAMA_SRC := $(VERIFY)/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp
 LLAMA_LIBS := $(addprefix $(VERIFY)/build/,common/libllama-common.a common/libllama-common-base.a src/libllama.a \
 	ggml/src/libggml.a ggml/src/libggml-cpu.a ggml/src/libggml-base.a)
 
+VERIFY_HOME ?= $(VERIFY)/home
 verify-gguf: $(STAMP) $(VERIFY)/greedy
-	$(BIN)/python tools/verify_gguf/verify.py --greedy $(VERIFY)/greedy --llama-cpp $(LLAMA_SRC) --home $(VERIFY)/home
+	# every projection is adapted, so q and k (whose rows llama.cpp permutes) are both checked
+	$(BIN)/loratune --home $(VERIFY_HOME) train --data examples/demo/pirate.jsonl --name verify-gguf-pirate --overwrite \
+		--adapter.targets all-linear --train.max_steps 12 --train.micro_batch 8 --train.lr 1e-3 --train.save_every 0
+	$(BIN)/loratune --home $(VERIFY_HOME) loras verify verify-gguf-pirate --greedy $(VERIFY)/greedy \
+		--llama-cpp $(LLAMA_SRC) --prompts-file examples/demo/held_out.txt
 
 $(VERIFY)/greedy: tools/verify_gguf/greedy.cpp
 	mkdir -p $(VERIFY)

@@ -2,10 +2,13 @@
 
 The layout follows llama.cpp's own convert_lora_to_gguf.py: metadata general.type = "adapter", adapter.type = "lora",
 adapter.lora.alpha and general.architecture (which must equal the base GGUF's); for each adapted weight
-`blk.N.attn_q.weight.lora_a` = PEFT lora_A (r x in) and `.lora_b` = lora_B (out x r), unchanged, because a numpy
-(rows, cols) array is a ggml tensor with ne = [cols, rows], exactly the shapes llama.cpp checks. One transformation is
-needed: llama.cpp's LLaMA conversion permutes the rows of q_proj and k_proj (rotary layout), so lora_B of those
-gets the same row permutation (rows of B @ A are rows of B).
+`blk.N.attn_q.weight.lora_a` = PEFT lora_A (r x in) and `.lora_b` = lora_B (out x r), because a numpy (rows, cols)
+array is a ggml tensor with ne = [cols, rows], exactly the shapes llama.cpp checks. Tensor names come from the `gguf`
+package's TensorNameMap for the architecture llama.cpp's converter (convert_hf_to_gguf.py) gives the model type.
+Where that converter reorders a weight's rows, lora_B's rows get the same reordering (rows of B @ A are rows of B):
+LLaMA / Mistral q_proj and k_proj (rotary layout), GPT-NeoX's fused query_key_value (per head q,k,v -> q | k | v).
+GPT-2's Conv1D weights are transposed by the converter, which makes them (out, in) like a Linear's: PEFT's A and B
+already have that layout.
 """
 
 from __future__ import annotations
@@ -21,13 +24,24 @@ from loratune.errors import LoratuneError
 from loratune.training.pause import pause_point
 from loratune.workspace import Workspace, check_name, inside
 
-# transformers model_type -> (llama.cpp architecture, whether llama.cpp permutes q/k rows). Others are refused.
-ARCHITECTURES = {
-    "llama": ("llama", True),
-    "mistral": ("llama", True),
-    "qwen2": ("qwen2", False),
-    "qwen3": ("qwen3", False),
+# transformers model_type -> (gguf.MODEL_ARCH member, the converter's row reordering of lora_B or None), as
+# llama.cpp's converter registers these models (its conversion/*.py: LlamaModel, Qwen2Model, GemmaModel, ...).
+ARCHITECTURES: dict[str, tuple[str, str | None]] = {
+    "llama": ("LLAMA", "rotary-pairs"),
+    "mistral": ("LLAMA", "rotary-pairs"),
+    "qwen2": ("QWEN2", None),
+    "qwen3": ("QWEN3", None),
+    "gemma": ("GEMMA", None),
+    "gemma3_text": ("GEMMA3", None),
+    "phi": ("PHI2", None),
+    "phi3": ("PHI3", None),
+    "gpt_neox": ("GPTNEOX", "qkv-per-head"),
+    "gpt2": ("GPT2", None),
+    "glm": ("CHATGLM", None),
+    "glm4": ("GLM4", None),
 }
+# Families loratune trains that llama.cpp has no model for (no converter class, no graph), so no base GGUF exists.
+NO_LLAMA_CPP_MODEL = {"opt": "OPT", "gptj": "GPT-J", "rwkv": "RWKV-4"}
 PEFT_PREFIX = "base_model.model."
 
 
@@ -54,13 +68,15 @@ def gguf_tensors(adapter: Path, base_config: dict) -> tuple[str, float, dict[str
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     model_type = base_config.get("model_type", "")
     if model_type not in ARCHITECTURES:
+        family = NO_LLAMA_CPP_MODEL.get(model_type) or model_type
+        reason = "llama.cpp has no model for it" if model_type in NO_LLAMA_CPP_MODEL else "not mapped by loratune"
         raise LoratuneError(
-            f"GGUF export supports {', '.join(ARCHITECTURES)} models; this base is '{model_type}' "
-            "(llama.cpp's convert_lora_to_gguf.py may handle it)"
+            f"GGUF adapter export: the base is a {family} model ('{model_type}'), {reason}; GGUF adapters are "
+            f"written for {', '.join(ARCHITECTURES)} (use the PEFT adapter or `loras merge` for this one)"
         )
     if config.get("use_dora") or config.get("modules_to_save"):
         raise LoratuneError(f"{adapter}: DoRA adapters and modules_to_save cannot be expressed as a llama.cpp LoRA")
-    arch, permute_qk = ARCHITECTURES[model_type]
+    arch_member, reorder = ARCHITECTURES[model_type]
     rank = int(config["r"])
     alpha = float(config["lora_alpha"])
     if config.get("use_rslora"):
@@ -68,10 +84,12 @@ def gguf_tensors(adapter: Path, base_config: dict) -> tuple[str, float, dict[str
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise LoratuneError(f"{adapter}: per-module ranks or alphas cannot be written into one GGUF alpha")
 
-    n_head = base_config["num_attention_heads"]
+    arch_id = gguf.MODEL_ARCH[arch_member]
+    arch = gguf.MODEL_ARCH_NAMES[arch_id]
+    n_layers = _config_value(base_config, "num_hidden_layers", "n_layer", "num_layers")
+    n_head = _config_value(base_config, "num_attention_heads", "n_head")
     n_kv_head = base_config.get("num_key_value_heads") or n_head
-    arch_id = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
-    names = gguf.get_tensor_name_map(arch_id, base_config["num_hidden_layers"])
+    names = gguf.get_tensor_name_map(arch_id, n_layers)
     weights = load_file(adapter / "adapter_model.safetensors")
     tensors = {}
     for key, value in sorted(weights.items()):
@@ -82,8 +100,10 @@ def gguf_tensors(adapter: Path, base_config: dict) -> tuple[str, float, dict[str
         if target is None or module.endswith(("lm_head", "embed_tokens")):
             raise LoratuneError(f"{adapter}: llama.cpp has no LoRA slot for {module}")
         value = value.float()
-        if part == "B.weight" and permute_qk and module.endswith(("q_proj", "k_proj")):
+        if part == "B.weight" and reorder == "rotary-pairs" and module.endswith(("q_proj", "k_proj")):
             value = permute_rows(value, n_head if module.endswith("q_proj") else n_kv_head)
+        if part == "B.weight" and reorder == "qkv-per-head" and module.endswith("query_key_value"):
+            value = split_qkv_rows(value, n_head)
         suffix = ".lora_a" if part == "A.weight" else ".lora_b"
         tensors[target + suffix] = value.contiguous().numpy()
     return arch, alpha, tensors
@@ -93,6 +113,19 @@ def permute_rows(weight, heads: int):
     """llama.cpp's LlamaModel.permute on the output rows: each head's two rotary halves become interleaved pairs."""
     halves = weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
     return halves.swapaxes(1, 2).reshape(weight.shape)
+
+
+def split_qkv_rows(weight, heads: int):
+    """llama.cpp's GPTNeoXModel on fused qkv rows: per head (q, k, v) becomes all q, then all k, then all v."""
+    per_head = weight.reshape(heads, 3, weight.shape[0] // heads // 3, *weight.shape[1:])
+    return per_head.swapaxes(0, 1).reshape(weight.shape)
+
+
+def _config_value(config: dict, *keys: str) -> int:
+    for key in keys:
+        if config.get(key) is not None:
+            return int(config[key])
+    raise LoratuneError(f"the base model's config.json has none of {', '.join(keys)}; GGUF export needs it")
 
 
 def write_lora_gguf(adapter: Path, base_config: dict, target: Path) -> None:
