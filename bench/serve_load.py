@@ -245,7 +245,7 @@ def main() -> None:
             flush=True,
         )
         rss = [rss_mb(server.pid)]
-        phase("warm-up", port, model, argparse.Namespace(**vars(args) | {"seconds": 5}), 0.0, counts[-1])
+        phase("warm-up", port, model, argparse.Namespace(**vars(args) | {"seconds": 5}), 0.0, 1)
         clean = [phase(f"clean x{n}", port, model, args, 0.0, n) for n in counts]
         rss.append(rss_mb(server.pid))
         if len(clean) > 1:
