@@ -25,6 +25,8 @@ __all__ = [
     "is_raw_text",
     "read_samples",
     "read_text",
+    "resolved_path",
+    "run_name",
     "wants_bos",
 ]
 
@@ -167,6 +169,14 @@ def resolved_path(spec: DataSpec, ws: Workspace) -> str | list[str]:
     resume from another folder, or offline, reads the same data."""
     found = find_data(spec.path, ws, spec.revision)
     return [str(p.resolve()) for p in found] if isinstance(found, list) else str(found.resolve())
+
+
+def run_name(path: str | list[str]) -> str:
+    """The adapter's default name: after its (first) dataset; a hub dataset by its name, not its snapshot's commit."""
+    first = Path(path[0] if isinstance(path, list) else path)
+    if hub.is_snapshot(first):
+        return hub.repo_of(first).split("/")[-1]
+    return first.stem
 
 
 def find_data(given: str | list[str], ws: Workspace, revision: str = "") -> Path | list[Path]:
