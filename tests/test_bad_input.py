@@ -147,10 +147,10 @@ def test_template_placeholder_without_key(tiny_model, home, tmp_path):
     assert "d.jsonl record 1: template placeholder %topic% has no key 'topic' in the record" in message
 
 
-def test_folder_without_text_files(tiny_model, home, tmp_path):
+def test_folder_without_data_files(tiny_model, home, tmp_path):
     (tmp_path / "corpus").mkdir()
-    (tmp_path / "corpus" / "notes.md").write_text("not a .txt")
-    assert "corpus: folder has no .txt files" in refused(tiny_model, home, tmp_path / "corpus")
+    (tmp_path / "corpus" / "notes.docx").write_text("not a data file")
+    assert "corpus: folder has no data files (.jsonl, .json" in refused(tiny_model, home, tmp_path / "corpus")
 
 
 BAD_OPTIONS = [

@@ -194,9 +194,13 @@ def test_plain_transformers_renders_the_same_prompt_from_the_saved_tokenizer(run
 
 
 def test_format_without_system_key_set_refuses_a_system_prompt(runs):
-    generator = Generator(lora="alpaca", home=runs)
+    generator = Generator(lora="vicuna", home=runs)
     with pytest.raises(LoratuneError, match="cannot take a system prompt"):
         generator.prompt_ids("Hi", GenerateSpec(system="You are a pirate."))
+    # The shipped alpaca format has system key sets (a system prompt replaces its preamble), as training uses them.
+    alpaca = Generator(lora="alpaca", home=runs)
+    ids = alpaca.prompt_ids("Hi", GenerateSpec(system="You are a pirate."))
+    assert alpaca.tokenizer.decode(ids).startswith("You are a pirate.\n\n### Instruction:\nHi\n\n### Response:")
 
 
 def test_no_chat_sends_the_bare_text(runs):

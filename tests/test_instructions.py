@@ -11,13 +11,13 @@ from conftest import make_tokenizer
 from loratune.config import DataSpec
 from loratune.data.batching import collate
 from loratune.data.build import IGNORE, Sample, build_samples
+from loratune.data.files import read_json as read_records
 from loratune.data.instructions import (
     alpaca_to_messages,
     chat_segments,
     format_segments,
     load_format,
     make_renderer,
-    read_records,
     tokenize_segments,
 )
 from loratune.errors import LoratuneError
@@ -224,9 +224,13 @@ def test_workspace_format_shadows_shipped_one(home):
 
 def test_shipped_formats(home):
     ws = Workspace.resolve(home)
-    for name in ("alpaca", "vicuna"):
+    plain = {"instruction,output", "instruction,input,output"}
+    for name, keys in (
+        ("alpaca", plain | {"instruction,output,system", "instruction,input,output,system"}),
+        ("vicuna", plain),
+    ):
         templates = load_format(name, ws)
-        assert set(templates) == {"instruction,output", "instruction,input,output"}
+        assert set(templates) == keys
         assert all(t.rstrip().endswith("%output%") for t in templates.values())
 
 

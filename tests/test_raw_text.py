@@ -185,17 +185,19 @@ def test_folder_read_in_sorted_order_including_subfolders(tmp_path, tokenizer):
     _write(folder / "a.txt", "apple")
     _write(folder / "sub" / "m.txt", "mango")
     _write(folder / "sub" / "deeper" / "b.txt", "banana")
-    _write(folder / "notes.md", "ignored markdown")
+    _write(folder / "notes.md", "markdown is text too")
+    _write(folder / "notes.docx", "not text")
     samples, report = raw_text.build(folder, tokenizer, _spec(folder, cutoff=64, overlap=0))
     texts = [tokenizer.decode(s.input_ids, skip_special_tokens=True) for s in samples]
-    assert texts == ["apple", "banana", "mango", "zebra"]  # a.txt, sub/deeper/b.txt, sub/m.txt, z.txt
-    assert report.records == 4
+    # a.txt, notes.md, sub/deeper/b.txt, sub/m.txt, z.txt
+    assert texts == ["apple", "markdown is text too", "banana", "mango", "zebra"]
+    assert report.records == 5
 
 
 def test_folder_without_txt_files(tmp_path, tokenizer):
     folder = tmp_path / "empty"
-    _write(folder / "x.md", "hello")
-    with pytest.raises(LoratuneError, match=r"no \.txt files"):
+    _write(folder / "x.docx", "hello")
+    with pytest.raises(LoratuneError, match=r"no \.txt or \.md files"):
         raw_text.build(folder, tokenizer, _spec(folder))
 
 
@@ -258,7 +260,7 @@ def test_build_samples_finds_name_in_datasets(tokenizer, home):
 
 
 def test_build_samples_unsupported_suffix(tmp_path, tokenizer, home):
-    file = _write(tmp_path / "data.csv", "a,b\n")
+    file = _write(tmp_path / "data.xml", "<a/>\n")
     with pytest.raises(LoratuneError, match="unsupported data file type"):
         build_samples(_spec(file), tokenizer, Workspace.resolve(home))
 

@@ -70,8 +70,9 @@ class AdapterSpec:
 
 @dataclass
 class DataSpec:
-    path: str = ""
-    """A .txt file or folder of them (raw text), or a .json / .jsonl file of records (instruction data)."""
+    path: list[str] | str = ""
+    """A data file (.jsonl/.json, .csv/.tsv, .parquet, .arrow, .txt/.md), a folder of them, a hub dataset
+    (hf:org/name), or a list of these (several datasets in one run)."""
     format: str = "auto"
     """'auto' (chat template if the model has one, else alpaca), 'alpaca', 'chat', or a format file / formats/ name."""
     chat_template: str = "auto"
@@ -98,6 +99,41 @@ class DataSpec:
     """A separate evaluation file (same kind as data.path); its loss is measured, never trained on."""
     eval_split: float = 0.0
     """Hold out this fraction of the samples for evaluation (e.g. 0.05) when no eval_path is given."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Rename the data's columns to the names the record shapes use, e.g. {instruction: question, output: answer}."""
+    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    """Chats: train every assistant turn ('all_assistant') or only the last one ('last_assistant')."""
+    mix: list[float] = field(default_factory=list)
+    """One weight per dataset of a data.path list: 1 keeps its samples, 0.5 a seeded half, 2 each sample twice."""
+    split: str = "train"
+    """Hub datasets: the split to read (train, validation, test, ...)."""
+    subset: str = ""
+    """Hub datasets: the subset (configuration) to read, when the dataset has several."""
+    revision: str = ""
+    """Hub datasets: a branch, tag or commit to download (empty: the main branch)."""
+
+    def __post_init__(self) -> None:
+        # Values typed on the command line or in the web UI arrive as text: '[a.jsonl, b.csv]', '{output: answer}'.
+        self.path = _parsed(self.path, "data.path", list) if _looks_like(self.path, "[") else self.path
+        if isinstance(self.path, list):
+            if not self.path or not all(isinstance(p, str) and p for p in self.path):
+                raise LoratuneError("data.path as a list needs one or more file, folder or hub names")
+            if len(self.path) == 1:
+                self.path = self.path[0]
+        elif not isinstance(self.path, str):
+            self.path = str(self.path)
+        self.columns = _parsed(self.columns, "data.columns", dict) if isinstance(self.columns, str) else self.columns
+        if not isinstance(self.columns, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in self.columns.items()
+        ):
+            raise LoratuneError("data.columns maps names to the data's columns, e.g. {instruction: question}")
+        self.mix = _parsed(self.mix, "data.mix", list) if isinstance(self.mix, str) else self.mix
+        if not isinstance(self.mix, list) or not all(_positive(w) for w in self.mix):
+            raise LoratuneError("data.mix is a list of weights > 0, one per dataset of data.path, e.g. [1, 0.5]")
+        self.mix = [float(w) for w in self.mix]
+        datasets = len(self.path) if isinstance(self.path, list) else 1
+        if self.mix and len(self.mix) != datasets:
+            raise LoratuneError(f"data.mix has {len(self.mix)} weights for {datasets} dataset(s) in data.path")
 
     def validate(self) -> DataSpec:
         checks = [
@@ -256,6 +292,31 @@ class RunConfig:
                 "so a packed pass holds the longest sample"
             )
         return self
+
+
+def _looks_like(value: Any, opening: str) -> bool:
+    return isinstance(value, str) and value.lstrip().startswith(opening)
+
+
+def _parsed(text: str, name: str, kind: type) -> Any:
+    """An option's YAML flow text ('[a, b]', '{k: v}'; empty: empty) as a list or dict."""
+    if not text.strip():
+        return kind()
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise LoratuneError(
+            f"option '{name}': {text!r} is not a YAML {kind.__name__} ({str(e).splitlines()[0]})"
+        ) from None
+    if not isinstance(value, kind):
+        raise LoratuneError(f"option '{name}' expects a {kind.__name__}, e.g. {'[a, b]' if kind is list else '{a: b}'}")
+    return value
+
+
+def _positive(weight: Any) -> bool:
+    import math
+
+    return isinstance(weight, int | float) and not isinstance(weight, bool) and 0 < weight and math.isfinite(weight)
 
 
 MAX_EPOCHS = 1_000_000  # far beyond any real run, and small enough that epochs x steps per epoch stays finite

@@ -13,6 +13,7 @@ from loratune.config import DataSpec, ModelSpec, from_dict, load_yaml, merge_opt
 
 TRAINED, MASKED, RESET = "\033[32m", "\033[90m", "\033[0m"
 BAR_WIDTH = 40
+FILES_SHOWN = 20  # a folder of thousands of files lists the first ones
 PROBLEM_EXIT = 2  # 1 is a user error (bad file, bad option), as for every command
 
 
@@ -24,7 +25,12 @@ def add(sub) -> None:
         help="counts, lengths against the cutoff, trained/masked text and warnings, as training will see them",
         description="Exit status 2 when a problem would make training silently useless; 1 on a user error.",
     )
-    check.add_argument("path", help="the dataset: .txt file or folder, .json or .jsonl file, or a name in datasets/")
+    check.add_argument(
+        "path",
+        nargs="+",
+        help="the dataset: a file (.jsonl/.json, .csv/.tsv, .parquet, .arrow, .txt/.md), a folder, a name in "
+        "datasets/, or a hub dataset (hf:org/name); several datasets are checked as one run's data.path list",
+    )
     check.add_argument("--model", help="base model whose tokenizer (and chat template) is used (default: SmolLM2)")
     check.add_argument("--format", help=_doc("format"))
     check.add_argument("--cutoff", type=int, help=_doc("cutoff"))
@@ -40,7 +46,8 @@ def run_check(args, extra: list[str]) -> int:
     from loratune.workspace import Workspace
 
     data = load_yaml(args.config) if args.config else {}
-    options = parse_overrides(extra) | {"data.path": args.path}
+    path = args.path[0] if len(args.path) == 1 else args.path
+    options = parse_overrides(extra) | {"data.path": path}
     options.update({f"data.{k}": getattr(args, k) for k in ("format", "cutoff") if getattr(args, k) is not None})
     if args.model is not None:
         options["model.source"] = args.model
@@ -67,6 +74,18 @@ def render(check, color: bool) -> str:
             f"{check.dropped_nothing_to_train}, too short {check.dropped_too_short}), cut {check.truncated}; "
             f"samples training EOS {check.samples_with_eos}/{check.samples}",
         ]
+    if check.shapes:
+        lines.append("  shapes: " + ", ".join(f"{shape} {count}" for shape, count in check.shapes.items()))
+    for summary in check.datasets:
+        lines.append(f"  dataset {summary}")
+    if len(check.file_shapes) > 1 or check.skipped:
+        files = ", ".join(f"{count} {suffix}" for suffix, count in check.files.items())
+        lines.append(f"  files read: {files}")
+        lines += [f"    {line}" for line in check.file_shapes[:FILES_SHOWN]]
+        if len(check.file_shapes) > FILES_SHOWN:
+            lines.append(f"    ... and {len(check.file_shapes) - FILES_SHOWN} more")
+    if check.skipped:
+        lines.append(f"  skipped {len(check.skipped)}: " + "; ".join(check.skipped[:FILES_SHOWN]))
     if any(b.count for b in check.histogram):
         lines.append("sample lengths in tokens:")
         top = max(b.count for b in check.histogram) or 1

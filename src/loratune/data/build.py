@@ -1,14 +1,17 @@
-"""Pick the reader for a dataset path and report what it produced."""
+"""Pick the reader for each dataset and file, and report what each produced."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from loratune.config import DataSpec
-from loratune.data import instructions, raw_text
+from loratune.data import hub, instructions, raw_text
+from loratune.data.files import RECORD_UNIT, FileList, first_record, kind_of, list_files, read_records
 
 # Re-exported: training/, prompting and the tests import the shared names from here.
 from loratune.data.samples import IGNORE, DataReport, Sample, adds_bos, read_text, wants_bos
+from loratune.data.shapes import rename_columns, shape_of, text_of
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace
 
@@ -22,12 +25,14 @@ __all__ = [
     "is_raw_text",
     "read_samples",
     "read_text",
+    "resolved_path",
+    "run_name",
     "wants_bos",
 ]
 
 
 def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample], DataReport]:
-    """Read `spec.path` (raw .txt file/folder, or .json/.jsonl records) into training samples."""
+    """Read `spec.path` (files, folders, hub datasets, or a list of them) into training samples."""
     samples, report = read_samples(spec, tokenizer, ws)
     if not samples:
         raise LoratuneError(f"{report.path}: no usable samples ({report.summary()})")
@@ -36,28 +41,154 @@ def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample
 
 def read_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample], DataReport]:
     """Like build_samples, but an empty result is returned, not refused (the data check reports it)."""
-    path = find_data(spec.path, ws)
-    if is_raw_text(path):
-        samples, report = raw_text.build(path, tokenizer, spec)
-    elif path.suffix.lower() in (".json", ".jsonl"):
-        samples, report = instructions.build(path, tokenizer, spec, ws)
-    else:
-        raise LoratuneError(f"{path}: unsupported data file type; use .txt (or a folder of them), .json or .jsonl")
+    given = spec.path if isinstance(spec.path, list) else [spec.path]
+    samples, parts = [], []
+    for number, (name, weight) in enumerate(zip(given, spec.mix or [1.0] * len(given), strict=True), 1):
+        part_samples, part = read_dataset(name, spec, tokenizer, ws)
+        if weight != 1.0:
+            part.weight = weight
+            part_samples = weighted(part_samples, weight, number)
+            part.samples = len(part_samples)
+            _count_tokens(part, part_samples)
+        samples += part_samples
+        parts.append(part)
+    if len(parts) == 1:
+        return samples, parts[0]
+    kinds = {p.kind for p in parts}
+    report = DataReport(kind=kinds.pop() if len(kinds) == 1 else "mixed", path=", ".join(p.path for p in parts))
+    report.parts = parts
+    for counter in COUNTERS:
+        setattr(report, counter, sum(getattr(p, counter) for p in parts))
+    for part in parts:
+        for total, counts in ((report.shapes, part.shapes), (report.files, part.files)):
+            for key, count in counts.items():
+                total[key] = total.get(key, 0) + count
+        report.skipped += part.skipped
     report.samples = len(samples)
-    report.tokens = sum(len(s.input_ids) for s in samples)
-    report.trained_tokens = sum(sum(1 for x in s.labels if x != IGNORE) for s in samples)
+    _count_tokens(report, samples)
     return samples, report
 
 
-def is_raw_text(path: Path) -> bool:
-    """A .txt file or a folder (of .txt files) is a raw text corpus; anything else is instruction records."""
-    return path.is_dir() or path.suffix.lower() == ".txt"
+COUNTERS = ("records", "too_long", "truncated", "nothing_to_train", "too_short")
 
 
-def find_data(given: str, ws: Workspace) -> Path:
-    """A path as given, else a name inside datasets/."""
+def read_dataset(given: str, spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample], DataReport]:
+    """One dataset: a file, a folder (each file by its own reader), or a hub snapshot (its subset and split)."""
+    path = find_data(given, ws, spec.revision)
+    name = f"{hub.PREFIX}{hub.repo_of(path)}" if hub.is_snapshot(path) else str(path)
+    if hub.is_snapshot(path):
+        listing = FileList(hub.select_files(path, spec.subset, spec.split))
+        name += f" (split {spec.split}{f', subset {spec.subset}' if spec.subset else ''})"
+    else:
+        listing = list_files(path)
+    report = DataReport(kind="", path=name)
+    report.skipped = [f"{f.relative_to(path)} ({why})" for f, why in listing.skipped]
+    samples, plain = [], True
+    for file in listing.files:
+        file_samples, shapes_seen = read_file(file, spec, tokenizer, ws, report, alone=not path.is_dir())
+        plain = plain and set(shapes_seen) <= PLAIN_SHAPES
+        samples += file_samples
+        suffix = file.suffix.lower()
+        report.files[suffix] = report.files.get(suffix, 0) + 1
+        shown = file.relative_to(path) if path.is_dir() else file.name
+        report.file_shapes.append(f"{shown}: {_counts(shapes_seen)}")
+        for shape, count in shapes_seen.items():
+            report.shapes[shape] = report.shapes.get(shape, 0) + count
+    has_raw = any(s in report.shapes for s in PLAIN_SHAPES)
+    report.kind = "raw text" if plain else "mixed" if has_raw else "instruction"
+    report.samples = len(samples)
+    _count_tokens(report, samples)
+    return samples, report
+
+
+PLAIN_SHAPES = {"raw text", "text"}  # trained on every token, no prompt
+
+
+def read_file(
+    file: Path, spec: DataSpec, tokenizer, ws: Workspace, report: DataReport, alone: bool
+) -> tuple[list[Sample], dict[str, int]]:
+    """A file's samples and its records per shape (a .txt / .md file is one 'raw text' document)."""
+    kind = kind_of(file)
+    if kind == "text":
+        return raw_text.build_files([file], tokenizer, spec, report, allow_empty=not alone), {"raw text": 1}
+    unit = RECORD_UNIT[kind]
+    documents, records, seen = [], [], {}
+    through_format = instructions.uses_format_file(spec.format)
+    for number, record in enumerate(read_records(file), 1):
+        record = rename_columns(record, spec.columns)
+        shape = shape_of(record)
+        seen[shape] = seen.get(shape, 0) + 1
+        if shape == "text" and not through_format:
+            documents.append(text_of(record, f"{file} {unit} {number}"))
+        else:
+            records.append((number, record))
+    samples = instructions.build(records, file, unit, tokenizer, spec, ws, report) if records else []
+    if documents:
+        samples += raw_text.chunk_documents(documents, tokenizer, spec, report)
+    if records:
+        report.records += len(records)  # raw text counts its blocks between hard cuts
+    return samples, seen
+
+
+def weighted(samples: list[Sample], weight: float, number: int) -> list[Sample]:
+    """data.mix: each sample `int(weight)` times, plus a seeded share of them for the fraction (the same every run)."""
+    whole, fraction = divmod(weight, 1.0)
+    picked = random.Random(f"data.mix {number}").sample(range(len(samples)), round(fraction * len(samples)))
+    return samples * int(whole) + [samples[i] for i in sorted(picked)]
+
+
+def _count_tokens(report: DataReport, samples: list[Sample]) -> None:
+    report.tokens = sum(len(s.input_ids) for s in samples)
+    report.trained_tokens = sum(sum(1 for x in s.labels if x != IGNORE) for s in samples)
+
+
+def _counts(seen: dict[str, int]) -> str:
+    return ", ".join(f"{shape} {count}" for shape, count in seen.items()) or "nothing"
+
+
+def is_raw_text(path: Path | list[Path]) -> bool:
+    """Is every file of the data raw text (.txt / .md, `text` records)? Then prompts are bare text."""
+    paths = path if isinstance(path, list) else [path]
+    for one in paths:
+        if one.is_dir():
+            files = [f for f in one.rglob("*") if f.is_file() and kind_of(f) and not f.name.startswith(".")]
+            if hub.is_snapshot(one):
+                files = [f for f in files if f.suffix.lower() != ".md"]
+        else:
+            files = [one]
+        for file in files:
+            if kind_of(file) != "text":
+                record = first_record(file) if kind_of(file) else None
+                if record is None or shape_of(record) != "text":
+                    return False
+    return True
+
+
+def resolved_path(spec: DataSpec, ws: Workspace) -> str | list[str]:
+    """data.path as it is saved in a run's loratune.yaml: absolute local paths (a hub dataset: its snapshot), so a
+    resume from another folder, or offline, reads the same data."""
+    found = find_data(spec.path, ws, spec.revision)
+    return [str(p.resolve()) for p in found] if isinstance(found, list) else str(found.resolve())
+
+
+def run_name(path: str | list[str]) -> str:
+    """The adapter's default name: after its (first) dataset; a hub dataset by its name, not its snapshot's commit."""
+    first = Path(path[0] if isinstance(path, list) else path)
+    if hub.is_snapshot(first):
+        return hub.repo_of(first).split("/")[-1]
+    return first.stem
+
+
+def find_data(given: str | list[str], ws: Workspace, revision: str = "") -> Path | list[Path]:
+    """A path as given, else a name inside datasets/, else a hub dataset at `revision` (downloaded once); a list
+    gives a list."""
+    if isinstance(given, list):
+        return [find_data(one, ws, revision) for one in given]
     if not given:
         raise LoratuneError("no dataset given: pass --data <file or folder> (or set data.path in the config)")
+    repo_id = hub.hub_id(given, ws)
+    if repo_id is not None:
+        return hub.download(repo_id, ws, revision)
     path = Path(given).expanduser()
     if not path.exists() and not path.is_absolute() and (ws.datasets / given).exists():
         path = ws.datasets / given

@@ -1,12 +1,14 @@
-"""Instruction records (.json array or .jsonl) -> prompt/response token ids, loss on the response only.
+"""Instruction records (any shape but `text`, see data.shapes) -> prompt/response token ids, loss on the response only.
 
 A record is rendered as text segments, each marked trained or not:
-- `messages` records (a chat) through the chat template (`data.chat_template`: the tokenizer's, or a named one);
-  assistant turns are trained;
-- alpaca records (instruction / input / output) through the chat template when the model has one (format 'auto' or
-  'chat'), else through a text-generation-webui format file ('alpaca' ships with loratune);
-- a format file maps a comma-separated key set to a template with %key% placeholders; the text from the last
-  placeholder on is the response.
+- chats (`messages`, ShareGPT `conversations`, prompt/completion message lists) through the chat template
+  (`data.chat_template`: the tokenizer's, or a named one); assistant turns are trained (`data.train_on`: all of
+  them, or the last); a `tools` list and tool calls go to the template, which must render them;
+- alpaca records (instruction / input / output / system) through the chat template when the model has one (format
+  'auto' or 'chat'), else through a text-generation-webui format file ('alpaca' ships with loratune);
+- prompt/completion texts as they are: the prompt masked, the completion trained;
+- a format file (data.format) maps a comma-separated key set to a template with %key% placeholders; the text from
+  the last placeholder on is the response. Every record that is not a chat goes through it.
 The full text is tokenized once; a token is trained when any of its characters is in a trained segment.
 EOS ends every response.
 """
@@ -20,8 +22,10 @@ from importlib import resources
 from pathlib import Path
 
 from loratune.config import DataSpec
+from loratune.data import shapes
 from loratune.data.chat_templates import NAMED, resolve_chat_template
 from loratune.data.samples import IGNORE, DataReport, Sample, adds_bos, read_text, wants_bos
+from loratune.data.shapes import check_messages
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace, inside
 
@@ -29,19 +33,23 @@ Segments = list[tuple[str, bool]]
 _PLACEHOLDER = re.compile(r"%([A-Za-z0-9_]+)%")
 
 
-def build(path: Path, tokenizer, spec: DataSpec, ws: Workspace) -> tuple[list[Sample], DataReport]:
-    records = read_records(path)
-    report = DataReport(kind="instruction", path=str(path), records=len(records))
+def build(
+    records: list[tuple[int, dict]], file: Path, unit: str, tokenizer, spec: DataSpec, ws: Workspace, report: DataReport
+) -> list[Sample]:
+    """Samples of a file's (number, record) pairs; `unit` ('record', 'row') is how errors count them."""
     budget = char_budget(tokenizer, spec.cutoff)
-    render = make_renderer(spec.format, tokenizer, ws, resolve_chat_template(spec.chat_template, tokenizer), budget)
+    template = resolve_chat_template(spec.chat_template, tokenizer)
+    render = make_renderer(spec.format, tokenizer, ws, template, budget, spec.train_on == "last_assistant")
     samples, unmatched, bos = [], {}, wants_bos(tokenizer, spec.add_bos)
-    for number, record in enumerate(records, 1):
-        where = f"{path} record {number}"
+    for number, record in records:
+        where = f"{file} {unit} {number}"
         try:
             segments = render(record, where)
         except NoKeySet as e:  # collected, so the error lists every key set the data has that the format lacks
             unmatched.setdefault(e.keys, []).append(number)
             continue
+        if not segments:
+            raise LoratuneError(f"{where}: renders to no text; give it a response")
         if spec.add_eos and tokenizer.eos_token and not segments[-1][0].rstrip().endswith(tokenizer.eos_token):
             segments.append((tokenizer.eos_token, True))
         if spec.train_only_after:
@@ -64,12 +72,14 @@ def build(path: Path, tokenizer, spec: DataSpec, ws: Workspace) -> tuple[list[Sa
         else:
             samples.append(sample)
     if unmatched:
-        found = "; ".join(f"{keys or '(no text keys)'} ({_records(numbers)})" for keys, numbers in unmatched.items())
-        raise LoratuneError(
-            f"{path}: records whose keys match no key set of format '{spec.format}': {found}; the format knows: "
-            f"{'; '.join(load_format_keys(spec.format, ws))}; add a template for these keys or fix the records"
+        found = "; ".join(
+            f"{keys or '(no text keys)'} ({_records(numbers, unit)})" for keys, numbers in unmatched.items()
         )
-    return samples, report
+        raise LoratuneError(
+            f"{file}: {unit}s whose keys match no key set of format '{spec.format}': {found}; the format knows: "
+            f"{'; '.join(load_format_keys(spec.format, ws))}; add a template for these keys or fix the {unit}s"
+        )
+    return samples
 
 
 class NoKeySet(LoratuneError):
@@ -115,68 +125,38 @@ def check_text(segments: Segments, where: str) -> None:
             ) from None
 
 
-def _records(numbers: list[int]) -> str:
+def _records(numbers: list[int], unit: str = "record") -> str:
     if len(numbers) == 1:
-        return f"record {numbers[0]}"
+        return f"{unit} {numbers[0]}"
     more = f", ... ({len(numbers)} in all)" if len(numbers) > 5 else ""
-    return f"records {', '.join(map(str, numbers[:5]))}{more}"
+    return f"{unit}s {', '.join(map(str, numbers[:5]))}{more}"
 
 
 def load_format_keys(fmt: str, ws: Workspace) -> list[str]:
     return list(load_format("alpaca" if fmt in ("auto", "chat") else fmt, ws))
 
 
-def read_records(path: Path) -> list[dict]:
-    """A JSON array of objects, or JSON Lines (one object per line); errors name file, line and column."""
-    text = read_text(path)
-    if not text.strip():
-        raise LoratuneError(f"{path}: file is empty")
-    if text.lstrip().startswith("[") or (path.suffix.lower() == ".json" and not _looks_like_jsonl(text)):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise LoratuneError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-        except RecursionError:
-            raise LoratuneError(f"{path}: JSON nested too deeply to be records") from None
-        if isinstance(records, dict):
-            records = [records]
-        if not isinstance(records, list):
-            raise LoratuneError(f"{path}: expected a JSON array of records (objects)")
-    else:
-        records = []
-        for number, line in enumerate(text.split("\n"), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise LoratuneError(f"{path}: invalid JSON on line {number}, column {e.colno}: {e.msg}") from None
-                except RecursionError:
-                    raise LoratuneError(f"{path}: line {number} is JSON nested too deeply to be a record") from None
-    for number, record in enumerate(records, 1):
-        if not isinstance(record, dict):
-            raise LoratuneError(f"{path} record {number}: expected an object with keys, got {type(record).__name__}")
-    return records
-
-
-def _looks_like_jsonl(text: str) -> bool:
-    """JSON Lines saved as .json: the first line alone is a whole object and more lines follow."""
-    first, _, rest = text.strip().partition("\n")
-    try:
-        return isinstance(json.loads(first), dict) and bool(rest.strip())
-    except (json.JSONDecodeError, RecursionError):
-        return False
-
-
 NO_TEMPLATE = f"set data.chat_template ({', '.join(NAMED)} or a .jinja file)"
 
 
+def uses_format_file(fmt: str) -> bool:
+    """data.format names a format file: every record but a chat goes through it."""
+    return fmt not in ("auto", "chat")
+
+
 def make_renderer(
-    fmt: str, tokenizer, ws: Workspace, chat_template: str | None | bool = True, budget: int | None = None
+    fmt: str,
+    tokenizer,
+    ws: Workspace,
+    chat_template: str | None | bool = True,
+    budget: int | None = None,
+    last_only: bool = False,
 ):
     """A function (record, where) -> Segments for the chosen format.
 
     `chat_template`: the Jinja text chats are rendered with (None: there is none; True: the tokenizer's own);
-    a chat stops rendering past `budget` characters (the rest is beyond the cutoff)."""
+    a chat stops rendering past `budget` characters (the rest is beyond the cutoff); `last_only` trains only the
+    last assistant turn of a chat."""
     if chat_template is True:
         chat_template = resolve_chat_template("auto", tokenizer)
     if fmt == "chat" and not chat_template:
@@ -184,16 +164,32 @@ def make_renderer(
             f"data.format 'chat' needs a chat template and this model has none; {NO_TEMPLATE}, "
             "or use data.format alpaca or a format file"
         )
-    templates = None if fmt in ("auto", "chat") else load_format(fmt, ws)
+    templates = load_format(fmt, ws) if uses_format_file(fmt) else None
     fallback = load_format("alpaca", ws) if templates is None and not chat_template else None
 
+    def chat(messages: list[dict], record: dict, where: str) -> Segments:
+        if not chat_template:
+            raise LoratuneError(f"{where}: a chat needs a chat template and this model has none; {NO_TEMPLATE}")
+        messages, tools = check_messages(messages, where), shapes.tools_of(record, where)
+        return chat_segments(messages, tokenizer, where, chat_template, budget, tools=tools, last_only=last_only)
+
     def render(record: dict, where: str) -> Segments:
-        if "messages" in record:
-            if not chat_template:
+        shape = shapes.shape_of(record)
+        if shape == "chat":
+            if not chat_template:  # the message training gave before ShareGPT and tools came
                 raise LoratuneError(f"{where}: 'messages' needs a chat template and this model has none; {NO_TEMPLATE}")
-            return chat_segments(check_messages(record["messages"], where), tokenizer, where, chat_template, budget)
-        if templates is not None or fallback is not None:
-            return format_segments(record, templates or fallback, where)
+            return chat(record["messages"], record, where)
+        if shape == "sharegpt":
+            return chat(shapes.sharegpt_messages(record, where), record, where)
+        if shape == "completion" and isinstance(record["prompt"], list):
+            return chat(shapes.completion_parts(record, where), record, where)
+        if templates is not None:
+            return format_segments(record, templates, where)
+        if shape == "completion":
+            prompt, completion = shapes.completion_parts(record, where)
+            return [(prompt, False), (completion, True)]
+        if fallback is not None:
+            return format_segments(record, fallback, where)
         return chat_segments(alpaca_to_messages(record, where), tokenizer, where, chat_template, budget)
 
     return render
@@ -273,7 +269,8 @@ def alpaca_to_messages(record: dict, where: str) -> list[dict]:
     if not instruction or not output:
         keys = ", ".join(record) or "(none)"
         raise LoratuneError(
-            f"{where}: needs non-empty text 'instruction' and 'output' (or a 'messages' list); it has: {keys}"
+            f"{where}: needs non-empty text 'instruction' and 'output' (or a 'messages' list); it has: {keys}; "
+            "other shapes: 'conversations' (ShareGPT), 'prompt' + 'completion', 'text'; data.columns renames columns"
         )
     extra = record.get("input")
     user = instruction + (f"\n\n{extra}" if isinstance(extra, str) and extra.strip() else "")
@@ -283,33 +280,30 @@ def alpaca_to_messages(record: dict, where: str) -> list[dict]:
     return messages
 
 
-def check_messages(messages, where: str) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
-        raise LoratuneError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
-    for i, m in enumerate(messages, 1):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise LoratuneError(f"{where}: message {i} needs text 'role' and 'content'")
-    if not any(m["role"] == "assistant" for m in messages):
-        raise LoratuneError(f"{where}: no 'assistant' message, so there is nothing to learn")
-    return messages
-
-
 MAX_CHAT_TURNS = 128  # each assistant turn re-renders the chat before it: cost grows with the square of the turns
 
 
 def chat_segments(
-    messages: list[dict], tokenizer, where: str, chat_template: str | None = None, budget: int | None = None
+    messages: list[dict],
+    tokenizer,
+    where: str,
+    chat_template: str | None = None,
+    budget: int | None = None,
+    tools: list[dict] | None = None,
+    last_only: bool = False,
 ) -> Segments:
     """Render progressively: what each assistant turn adds to the prompt before it is the trained text.
 
     `chat_template`: the Jinja text to render with (None: the tokenizer's own). Rendering stops once `budget`
     characters are rendered (an append-only template makes the rest a suffix beyond the cutoff); a chat needing more
-    than MAX_CHAT_TURNS renders is refused rather than taking minutes.
+    than MAX_CHAT_TURNS renders is refused rather than taking minutes. `tools` go to the template, which must show
+    them (and every tool call and tool turn); `last_only` trains the last assistant turn alone.
     """
 
     def render(upto: int, prompt: bool) -> str:
-        return render_chat_text(messages[:upto], tokenizer, chat_template, prompt, where)
+        return render_chat_text(messages[:upto], tokenizer, chat_template, prompt, where, tools)
 
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     segments, done, turns = [], "", 0
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -329,20 +323,54 @@ def chat_segments(
                 f"{where}: the model's chat template does not render this chat by appending turns, so the "
                 "response cannot be masked; use a format file (data.format)"
             )
-        segments += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
+        segments += [(prompt[len(done) :], False), (full[len(prompt) :], not last_only or i == last)]
         done = full
+    if budget is None or len(done) <= budget:  # rendered in full: everything the chat holds must be in the text
+        check_tools_rendered(messages, tools, done, where)
     return [s for s in segments if s[0]]
 
 
+def check_tools_rendered(messages: list[dict], tools: list[dict] | None, text: str, where: str) -> None:
+    """A template that ignores tools would train an empty answer where a tool call was: refuse that in one line."""
+    missing = [f"tool '{_tool_name(t)}'" for t in tools or [] if _tool_name(t) and _tool_name(t) not in text]
+    for n, m in enumerate(messages, 1):
+        for call in m.get("tool_calls") or []:
+            if call["function"]["name"] not in text:
+                missing.append(f"the tool call to '{call['function']['name']}' (message {n})")
+        if m["role"] == "tool" and m["content"].strip() and m["content"].strip() not in text:
+            missing.append(f"the tool turn (message {n})")
+    if missing:
+        raise LoratuneError(
+            f"{where}: the chat template does not render {missing[0]}"
+            f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; use a chat template that supports "
+            "tools (data.chat_template: a .jinja file, or a model whose template has them), or drop the tool data"
+        )
+
+
+def _tool_name(tool: dict) -> str | None:
+    function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+    name = function.get("name")
+    return name if isinstance(name, str) else None
+
+
 def render_chat_text(
-    messages: list[dict], tokenizer, chat_template: str | None, generation_prompt: bool, where: str = "this chat"
+    messages: list[dict],
+    tokenizer,
+    chat_template: str | None,
+    generation_prompt: bool,
+    where: str = "this chat",
+    tools: list[dict] | None = None,
 ) -> str:
     """A chat as text through `chat_template`: what training masks and what generation sends."""
     from jinja2.exceptions import TemplateError
 
     try:
         return tokenizer.apply_chat_template(
-            messages, chat_template=chat_template, tokenize=False, add_generation_prompt=generation_prompt
+            messages,
+            tools=tools,
+            chat_template=chat_template,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
         )
     except TemplateError as e:  # the template's own raise_exception, or the sandbox's SecurityError
         raise LoratuneError(f"{where}: the chat template refuses this chat ({e})") from None

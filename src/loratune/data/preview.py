@@ -44,9 +44,19 @@ class Bin:
 @dataclass
 class DataCheck:
     kind: str
-    """'raw text' or 'instruction' (or '' when the data could not be read at all)."""
+    """'raw text', 'instruction' or 'mixed' (or '' when the data could not be read at all)."""
     path: str
     cutoff: int
+    shapes: dict[str, int] = field(default_factory=dict)
+    """Records per shape (alpaca, chat, sharegpt, completion, text; 'raw text': .txt / .md files)."""
+    files: dict[str, int] = field(default_factory=dict)
+    """Files read per suffix."""
+    file_shapes: list[str] = field(default_factory=list)
+    """One line per file read: its name and its records per shape."""
+    skipped: list[str] = field(default_factory=list)
+    """Files of a folder that were not read, and why."""
+    datasets: list[str] = field(default_factory=list)
+    """One summary line per dataset when data.path is a list."""
     records: int = 0
     """Records read (instruction data) or text blocks between hard cuts (raw text)."""
     samples: int = 0
@@ -94,16 +104,25 @@ def check_data(spec: DataSpec, tokenizer, ws: Workspace | None = None, examples:
         A DataCheck; `has_problems` is True when training on it would be silently useless.
     """
     ws = ws or Workspace.resolve()
-    path = find_data(spec.path, ws)  # a missing file is an error, not a finding
-    check = DataCheck(kind="raw text" if is_raw_text(path) else "instruction", path=str(path), cutoff=spec.cutoff)
+    path = find_data(spec.path, ws, spec.revision)  # a missing file is an error, not a finding
+    shown = ", ".join(map(str, path)) if isinstance(path, list) else str(path)
+    check = DataCheck(kind="", path=shown, cutoff=spec.cutoff)
     try:
         samples, report = read_samples(spec, tokenizer, ws)
         # Instruction samples never exceed the cutoff once built: build again without one to see how long they are.
-        uncapped = samples if check.kind == "raw text" else _uncapped(spec, tokenizer, ws)
+        uncapped = samples if report.kind == "raw text" else _uncapped(spec, tokenizer, ws)
     except LoratuneError as e:  # a record the builders refuse (template, keys, JSON): training would stop there
+        check.kind = "raw text" if is_raw_text(path) else "instruction"
         check.warn(str(e), problem=True)
         return check
 
+    check.kind, check.path = report.kind, report.path
+    check.shapes, check.files, check.skipped = report.shapes, report.files, report.skipped
+    check.file_shapes = report.file_shapes
+    if report.parts:
+        check.datasets = [p.summary() for p in report.parts]
+        for number, part in enumerate(report.parts, 1):
+            check.file_shapes += [f"[{number}] {line}" for line in part.file_shapes]
     check.records, check.samples = report.records, len(samples)
     check.tokens, check.trained_tokens = report.tokens, report.trained_tokens
     check.dropped_nothing_to_train, check.dropped_too_short = report.nothing_to_train, report.too_short

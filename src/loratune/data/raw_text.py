@@ -1,4 +1,4 @@
-"""Raw text corpus (.txt file or folder) -> overlapping chunks of `cutoff` tokens, every token trained.
+"""Raw text (.txt / .md files, folders of them, `text` records) -> overlapping chunks of `cutoff` tokens, all trained.
 
 Each document is split at `hard_cut` (no chunk crosses it); each section is tokenized once and cut into windows of
 `cutoff` tokens that start every `cutoff - overlap` tokens; EOS ends the last section of each document; windows
@@ -21,11 +21,36 @@ PIECE_CHARS = 1 << 16  # long text is tokenized in pieces of about this many cha
 PIECES_PER_CALL = 16
 
 
+TEXT_SUFFIXES = (".txt", ".md")
+
+
 def build(path: Path, tokenizer, spec: DataSpec) -> tuple[list[Sample], DataReport]:
-    files = sorted(p for p in path.rglob("*.txt") if p.is_file()) if path.is_dir() else [path]
+    """A .txt / .md file, or a folder of them (read recursively, in sorted order)."""
+    files = (
+        sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        if path.is_dir()
+        else [path]
+    )
     if not files:
-        raise LoratuneError(f"{path}: folder has no .txt files")
+        raise LoratuneError(f"{path}: folder has no .txt or .md files")
     report = DataReport(kind="raw text", path=str(path))
+    return build_files(files, tokenizer, spec, report, allow_empty=path.is_dir()), report
+
+
+def build_files(files: list[Path], tokenizer, spec: DataSpec, report: DataReport, allow_empty: bool) -> list[Sample]:
+    """Each file is a document; an empty one is refused unless it is one of a folder's (`allow_empty`)."""
+    samples = []
+    for file in files:
+        text = read_text(file)
+        if not allow_empty and (not text or text.isspace()):
+            raise LoratuneError(f"{file}: file is empty")
+        samples += chunk_documents([text], tokenizer, spec, report)
+        del text
+    return samples
+
+
+def chunk_documents(documents: list[str], tokenizer, spec: DataSpec, report: DataReport) -> list[Sample]:
+    """Windows of every document (a .txt file, a `text` record); consumes the list, so each text is freed once cut."""
     bos = [tokenizer.bos_token_id] if wants_bos(tokenizer, spec.add_bos) else []
     eos = [tokenizer.eos_token_id] if spec.add_eos and tokenizer.eos_token_id is not None else []
     length = spec.cutoff - len(bos)
@@ -34,12 +59,10 @@ def build(path: Path, tokenizer, spec: DataSpec) -> tuple[list[Sample], DataRepo
             f"data.overlap ({spec.overlap}) must be smaller than data.cutoff ({spec.cutoff}) for raw text"
         )
     samples = []
-    for file in files:
-        text = read_text(file)
-        if not path.is_dir() and (not text or text.isspace()):
-            raise LoratuneError(f"{file}: file is empty")
+    for d in range(len(documents)):
+        text, documents[d] = documents[d], ""
         sections = [s for s in text.split(spec.hard_cut) if s.strip()] if spec.hard_cut else [text]
-        del text  # a section is its own copy; the whole file need not stay in memory beside it
+        del text  # a section is its own copy; the whole document need not stay in memory beside it
         report.records += len(sections)
         for i in range(len(sections)):
             section = sections[i]
@@ -58,7 +81,7 @@ def build(path: Path, tokenizer, spec: DataSpec) -> tuple[list[Sample], DataRepo
                     samples.append(Sample(ids, ids))  # one list: every token is trained, and nothing mutates it
                 else:
                     report.too_short += 1
-    return samples, report
+    return samples
 
 
 def tokenize_text(text: str, tokenizer, offsets: bool) -> tuple[list[int], array | None]:

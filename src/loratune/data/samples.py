@@ -6,7 +6,7 @@ imports either, so the layers stay one-way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loratune.errors import LoratuneError
@@ -32,12 +32,36 @@ class DataReport:
     too_short: int = 0
     tokens: int = 0
     trained_tokens: int = 0
+    shapes: dict[str, int] = field(default_factory=dict)
+    """Records per shape (alpaca, chat, sharegpt, completion, text) and raw text files ('raw text')."""
+    files: dict[str, int] = field(default_factory=dict)
+    """Files read per suffix ('.jsonl': 2)."""
+    file_shapes: list[str] = field(default_factory=list)
+    """One line per file read: its name and records per shape."""
+    skipped: list[str] = field(default_factory=list)
+    """What a folder holds that was not read, and why."""
+    weight: float = 1.0
+    """data.mix: this dataset's weight."""
+    parts: list[DataReport] = field(default_factory=list)
+    """One report per dataset when data.path is a list."""
 
     def summary(self) -> str:
+        if self.parts:
+            each = "; ".join(f"[{n}] {p.summary()}" for n, p in enumerate(self.parts, 1))
+            return f"{len(self.parts)} datasets, {self.samples} samples, {self.tokens} tokens in all: {each}"
         parts = [
             f"{self.kind} data {self.path}: {self.records} records -> {self.samples} samples",
             f"{self.tokens} tokens ({self.trained_tokens} trained)",
         ]
+        if self.weight != 1.0:
+            parts.append(f"weight {self.weight:g}")
+        if self.shapes:
+            parts.append("shapes: " + ", ".join(f"{shape} {count}" for shape, count in self.shapes.items()))
+        if sum(self.files.values()) > 1 or self.skipped:
+            parts.append("files: " + ", ".join(f"{count} {suffix}" for suffix, count in self.files.items()))
+        if self.skipped:
+            more = f" and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+            parts.append(f"skipped {len(self.skipped)}: {', '.join(self.skipped[:3])}{more}")
         if self.too_long:
             parts.append(f"{self.too_long} dropped as longer than the cutoff (data.too_long: truncate keeps them)")
         if self.truncated:
