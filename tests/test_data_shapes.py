@@ -320,6 +320,15 @@ def test_several_datasets_with_weights_are_reported_each(every_shape, tokenizer,
     assert DataSpec(path="[a.jsonl, b.csv]").path == ["a.jsonl", "b.csv"]
 
 
+def test_one_short_training_on_several_datasets_and_a_hub_dataset(every_shape, tiny_model, home):
+    paths = [str(every_shape / "alpaca.jsonl"), str(every_shape / "story.txt")]
+    result = train(model=str(tiny_model), data=paths, home=home, show_progress=False, **{**FAST, "data.mix": [1, 0.5]})
+    assert result.run_dir.name == "alpaca" and (result.run_dir / "adapter_model.safetensors").is_file()
+    hub_standin(home)
+    result = train(model=str(tiny_model), data="hf:org/tiny", home=home, show_progress=False, **FAST)
+    assert result.run_dir.name == "tiny" and (result.run_dir / "adapter_model.safetensors").is_file()
+
+
 # ---------------------------------------------------------------- hub datasets
 
 

@@ -14,7 +14,7 @@ import torch
 
 from loratune.config import RunConfig, adapter_from_run, from_dict, merge_options, save_yaml, to_dict
 from loratune.data import Sample, build_samples
-from loratune.data.build import find_data
+from loratune.data.build import resolved_path, run_name
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
 from loratune.models.quant import prepare_for_training
@@ -97,8 +97,8 @@ def plan_run(config: RunConfig | None, home, options: dict, guard: RunGuard) -> 
     if tc.resume is True:  # before looking for data: a resume by name alone gets its data from the saved run
         ws.check_resumable(config.name)
     # Saved absolute in loratune.yaml, so a resume from another folder finds the same data (and fails fast if none).
-    config.data.path = str(find_data(config.data.path, ws).resolve())
-    config.name = config.name or Path(config.data.path).stem  # the adapter is named after its data by default
+    config.data.path = resolved_path(config.data, ws)  # a hub dataset: its snapshot; a list: each one
+    config.name = config.name or run_name(config.data.path)  # the adapter is named after its data by default
     run_dir = ws.lora_dir(config.name)
     if config.adapter.copy_from:  # the adapter's shape comes from an earlier run (text-generation-webui's "copy from")
         config.adapter = adapter_from_run(ws.lora_dir(config.adapter.copy_from) / CONFIG, config.adapter)
