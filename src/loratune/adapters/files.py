@@ -5,7 +5,7 @@ Every multi-step write (a checkpoint, the final adapter, promote, merge, export,
 perhaps such a temporary. `clean_stale` removes the temporaries whose process is dead, the next time loratune looks
 at the workspace; a `.old` one (a folder moved aside to be replaced) is put back if its replacement never arrived.
 
-Nothing here imports the rest of loratune, so the training code can use it too.
+Nothing here imports the rest of loratune (only the run folder's file names), so the training code can use it too.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import re
 import shutil
 import time
 from pathlib import Path
+
+from loratune.rundir import COMPLETE
 
 # .<name>.<tag>-<pid>: what our writers leave while they work (tags: see the module docstring).
 TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<tag>tmp|old|promote|merging|deleting)-(?P<pid>\d+)")
@@ -102,7 +104,7 @@ def clean_stale(folder: Path, dead_prefixes: tuple[str, ...] = ()) -> list[str]:
 
 def _remove(entry: Path) -> None:
     if entry.is_dir() and not entry.is_symlink():
-        (entry / "COMPLETE").unlink(missing_ok=True)  # a half-removed checkpoint must never look complete
+        (entry / COMPLETE).unlink(missing_ok=True)  # a half-removed checkpoint must never look complete
         shutil.rmtree(entry, ignore_errors=True)
     else:
         entry.unlink(missing_ok=True)
