@@ -98,6 +98,8 @@ def read_finished(run_dir: Path) -> dict | None:
 
 # ---------------------------------------------------------------- readers for the library, the CLI and the UI
 
+ADAPTER_STEP = "adapter_step.json"  # beside a run folder's adapter: {"step": N, "sha256": of its weights}
+
 
 def _metrics_rows(text: str) -> list[dict]:
     """The whole rows of metrics.jsonl text (the one rule for every reader): a torn or malformed line is skipped."""

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loratune.adapters.files import (
-    ADAPTER_STEP,
     clean_stale,
     fsync_dir,
     read_record,
@@ -27,6 +26,7 @@ from loratune.adapters.files import (
 from loratune.errors import LoratuneError
 from loratune.rundir import (
     ADAPTER_FILES,
+    ADAPTER_STEP,
     CHECKPOINT_PREFIX,
     COMPLETE,
     CONFIG,

@@ -18,14 +18,13 @@ import shutil
 import time
 from pathlib import Path
 
-from loratune.rundir import COMPLETE
+from loratune.rundir import ADAPTER_STEP, COMPLETE, read_json  # noqa: F401 - ADAPTER_STEP: training imports it here
 
 # .<name>.<tag>-<pid>: what our writers leave while they work (tags: see the module docstring).
 TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<tag>tmp|old|promote|merging|deleting)-(?P<pid>\d+)")
 # A merge by loratune before 0.3 used `.<name>.merging` without a pid: stale once a day old.
 _LEGACY_MERGING = re.compile(r"\.(?P<name>.+)\.merging")
 _LEGACY_AGE_S = 24 * 3600
-ADAPTER_STEP = "adapter_step.json"  # beside a run folder's adapter: {"step": N, "sha256": of its weights}
 
 
 def temporary(target: Path, tag: str) -> Path:
@@ -136,12 +135,10 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def read_record(path: Path, digest: str) -> dict | None:
-    """A JSON record about a weights file, if its "sha256" is `digest` (else it describes other weights)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("sha256") == digest else None
+    """A JSON record about a weights file (promoted.json, adapter_step.json), if its "sha256" is `digest` (else it
+    describes other weights); None too when it is absent or torn."""
+    data = read_json(path)
+    return data if data.get("sha256") == digest else None
 
 
 _hashes: dict[tuple, str] = {}
