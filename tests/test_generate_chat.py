@@ -119,3 +119,43 @@ def test_chat_cli_keeps_the_history_resets_and_ends_at_eof(learned):
     assert one == "Arr, matey! Paris." and fresh == "One two three, matey!"
     body = result.stdout.split("\n", 1)[1]
     assert body == f"> {one}\n> {two}\n> (history cleared)\n> {fresh}\n> \n"
+
+
+def test_generate_finds_a_moved_base_as_merge_does_through_loratune_yaml(tmp_path, capsys):
+    """Issue 16.4: peft recorded a base folder that has since moved; the run's loratune.yaml names 'tiny', a model in
+    models/. generate (the library, the CLI) and merge/export resolve the same base through the one resolver."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from loratune.adapters.catalog import adapter_path, base_model_path, recorded_bases
+    from loratune.cli import main
+    from loratune.config import RunConfig, save_yaml
+    from loratune.workspace import Workspace
+
+    home = tmp_path / "home"
+    ws = Workspace.resolve(home)
+    make_tiny_llama(ws.models / "tiny")
+    elsewhere = shutil.copytree(ws.models / "tiny", tmp_path / "old-place" / "tiny")
+    base = AutoModelForCausalLM.from_pretrained(elsewhere)
+    adapter = ws.lora_dir("moved")
+    get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    config = RunConfig(name="moved")
+    config.model.source, config.data.path = "tiny", str(tmp_path / "story.txt")  # a raw-text run
+    save_yaml(config, adapter / "loratune.yaml")
+    shutil.rmtree(elsewhere)  # the folder peft recorded is gone
+
+    assert recorded_bases(adapter) == [str(elsewhere), "tiny"]
+    found = base_model_path(adapter_path("moved", ws), ws)  # what merge and export use
+    assert found == ws.models / "tiny"
+    generator = Generator(lora="moved", home=home)
+    assert generator.contract.kind == "raw"
+    assert generator.model.get_base_model().config._name_or_path == str(found)
+    assert Generator(lora=str(adapter), home=home).lora_path == adapter  # a folder path finds the same adapter
+    capsys.readouterr()
+    assert main(["--home", str(home), "generate", "--lora", "moved", "--prompt", "The", "--max-new-tokens", "2"]) == 0
+
+    (adapter / "loratune.yaml").unlink()  # nothing left that names a base on this machine: one line, not a traceback
+    line = _error_line(home, capsys, "generate", "--lora", "moved", "--prompt", "The")
+    assert "its base model" in line and "is not on this machine" in line and "--model" in line

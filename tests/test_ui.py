@@ -111,7 +111,7 @@ def test_form_round_trips_every_option():
 
 def test_job_log_shows_head_and_end_of_a_long_run(tmp_path):
     """A long progress bar (carriage-return redraws, no newline) must not hide the start and end of the output."""
-    from loratune.ui import jobs
+    from loratune import jobs
 
     ws = Workspace.resolve(tmp_path)
     folder = jobs.job_dir(ws, "run")
@@ -126,27 +126,40 @@ def test_job_log_shows_head_and_end_of_a_long_run(tmp_path):
 
 
 def test_metrics_are_read_incrementally_and_reread_when_rewritten(tmp_path):
-    from loratune.ui.train_tab import read_metrics
+    """The UI's incremental reader gives, at every moment, the rows rundir.read_metrics gives (a torn line skipped)."""
+    from loratune.rundir import MetricsReader
+    from loratune.rundir import read_metrics as whole_file
+
+    reader = MetricsReader()
+
+    def read_metrics(run_dir):
+        rows = reader.rows(run_dir)
+        assert rows == whole_file(run_dir)
+        return rows
 
     def rows(steps, loss):
         return "".join(json.dumps({"step": i, "loss": loss}) + "\n" for i in steps)
 
+    assert read_metrics(tmp_path) == []  # no file yet
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text(rows(range(1, 11), 1.0))
     assert len(read_metrics(tmp_path)) == 10
     with open(metrics, "a") as f:
-        f.write(rows([11], 1.0) + '{"step": 12, "lo')  # a line being written is not read yet
+        f.write(rows([11], 1.0) + '{"step": 12, "lo')  # a line being written (or cut by a kill) is not read yet
     assert [r["step"] for r in read_metrics(tmp_path)][-2:] == [10, 11]
     with open(metrics, "a") as f:
-        f.write('ss": 1.0}\n')
+        f.write('ss": 1.0}')  # whole, but its newline not written yet: read, as the whole-file reader reads it
+    assert [r["step"] for r in read_metrics(tmp_path)][-2:] == [11, 12]
+    with open(metrics, "a") as f:
+        f.write("\nnot json\n[1, 2]\n")  # damaged lines are skipped by both
     assert [r["step"] for r in read_metrics(tmp_path)][-2:] == [11, 12]
     metrics.write_text(rows(range(1, 30), 2.0))  # a new run in the same folder, already longer than the old file
     assert [r["loss"] for r in read_metrics(tmp_path)] == [2.0] * 29
 
 
 def test_job_whose_processes_vanished_is_lost(tmp_path):
-    from loratune.ui import jobs
-    from loratune.ui.supervise import write_job
+    from loratune import jobs
+    from loratune.jobs.supervise import write_job
 
     ws = Workspace.resolve(tmp_path)
     folder = jobs.job_dir(ws, "run")
@@ -279,10 +292,9 @@ def files_in(folder: Path) -> dict[str, bytes]:
 
 def test_start_checks_the_run_name_before_touching_anything(ui_home):
     """Issue 15.2: a start that `train` would refuse is refused before any job is spawned or any record written."""
-    from loratune import train
+    from loratune import jobs, train
     from loratune.config import RunConfig
     from loratune.training.lock import RunLock
-    from loratune.ui import jobs, names
 
     ws = Workspace.resolve(ui_home)
     fast = {"model": str(ws.models / "tiny"), "data": str(ws.datasets / "sums.jsonl"), "adapter.rank": 4}
@@ -297,7 +309,7 @@ def test_start_checks_the_run_name_before_touching_anything(ui_home):
         return run
 
     def refused(match: str, **start) -> None:
-        with pytest.raises(names.NameTaken, match=match):
+        with pytest.raises(jobs.NameTaken, match=match):
             jobs.start(ws, **start)
 
     before = files_in(ws.loras)
@@ -318,9 +330,9 @@ def test_start_checks_the_run_name_before_touching_anything(ui_home):
         lock.release()  # empties .lock again, as the run left it
     after = files_in(ws.loras)
     assert after == before  # no job folder, no log, no status file: nothing was written
-    names.check_run_name(ws, "done", resume=False, overwrite=True)  # ticking overwrite lets the run be replaced
-    names.check_run_name(ws, "half", resume=True, overwrite=False)  # and a stopped run can be resumed
-    names.check_run_name(ws, "other", resume=False, overwrite=False)
+    jobs.check_run_name(ws, "done", resume=False, overwrite=True)  # ticking overwrite lets the run be replaced
+    jobs.check_run_name(ws, "half", resume=True, overwrite=False)  # and a stopped run can be resumed
+    jobs.check_run_name(ws, "other", resume=False, overwrite=False)
 
 
 def test_ui_serves_https_with_the_given_certificate(tmp_path):
@@ -551,7 +563,7 @@ def test_start_on_a_finished_run_is_refused_in_chromium(ui_home, browser_page, t
 
 def _stop_leftover_job(home: Path) -> None:
     """If the test failed mid-run, do not leave the training job running."""
-    from loratune.ui import jobs
+    from loratune import jobs
 
     ws = Workspace.resolve(home)
     for name in jobs.job_names(ws):

@@ -444,6 +444,26 @@ def merge_options(data: dict, options: dict[str, Any], prefix: str = "") -> dict
     return data
 
 
+def parse_overrides(extra: list[str]) -> dict[str, str]:
+    """`--train.lr 2e-4`, `--train.lr=2e-4`, or a bare `--train.resume` (true)."""
+    overrides, i = {}, 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or "." not in token:
+            raise LoratuneError(
+                f"unknown argument '{token}' (options look like --train.lr 2e-4; see loratune train --help)"
+            )
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+                value, i = extra[i + 1], i + 1
+            else:
+                value = "true"
+        overrides[key] = value
+        i += 1
+    return overrides
+
+
 def set_dotted(data: dict, dotted: str, value: Any) -> None:
     """Set `value` at 'train.lr' inside a nested dict (creating levels as needed)."""
     *parents, leaf = dotted.split(".")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -10,10 +9,11 @@ from pathlib import Path
 
 import torch
 
+from loratune.adapters.catalog import adapter_path, base_model_path
 from loratune.config import GenerateSpec
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path
-from loratune.models.checks import check_adapter_folder, load_adapter
+from loratune.models.checks import load_adapter
 from loratune.prompting import (
     PromptContract,
     cut_at_stop,
@@ -24,7 +24,7 @@ from loratune.prompting import (
     render_prompt,
 )
 from loratune.sampling import Sampling, generate_kwargs
-from loratune.workspace import Workspace, inside
+from loratune.workspace import Workspace
 
 
 class Generator:
@@ -42,9 +42,9 @@ class Generator:
         trust_remote_code: bool = False,
     ):
         ws = Workspace.resolve(home)
-        self.lora_path = resolve_lora(lora, ws) if lora else None
+        self.lora_path = adapter_path(lora, ws, folders=True) if lora else None
         if model is None:
-            model = base_of(self.lora_path) if self.lora_path else "default"
+            model = str(base_model_path(self.lora_path, ws, trust_remote_code)) if self.lora_path else "default"
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model_path = resolve_model_path(model, ws, trust_remote_code)
         base, self.tokenizer = load_base(model_path, device, trust_remote_code)
@@ -179,19 +179,5 @@ def generate(
 
 
 def resolve_lora(lora: str, ws: Workspace) -> Path:
-    """An adapter folder given as a path, or `name` / `name/checkpoint-000200` inside loras/."""
-    path = Path(lora).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        path = inside(ws.loras, lora)
-    if not (path / "adapter_config.json").is_file():
-        raise LoratuneError(f"no adapter at '{lora}' (looked for adapter_config.json as given and in {ws.loras})")
-    check_adapter_folder(path)  # safetensors only: a pickled adapter_model.bin is never loaded
-    return path
-
-
-def base_of(adapter: Path) -> str:
-    """The base model an adapter was trained on, as recorded by peft."""
-    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base or not Path(base).is_dir():
-        raise LoratuneError(f"{adapter}: its base model {base!r} is not on this machine; pass --model")
-    return base
+    """`adapters.adapter_path(lora, ws, folders=True)`, under the name serve/models.py still imports."""
+    return adapter_path(lora, ws, folders=True)

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from loratune.config import DataSpec, from_dict, load_yaml
+from loratune.config import DataSpec, from_dict
 from loratune.data import instructions as ins
 from loratune.data.build import IGNORE, adds_bos, find_data, is_raw_text, wants_bos
 from loratune.data.chat_templates import format_to_jinja, resolve_chat_template
 from loratune.errors import LoratuneError
+from loratune.rundir import CONFIG, config_folder, read_run_config
 from loratune.workspace import Workspace
 
 CONTRACT_FILE = "prompt.json"
@@ -224,11 +225,10 @@ def load_contract(adapter: Path, tokenizer=None, ws: Workspace | None = None) ->
             break
     if tokenizer is None:
         raise LoratuneError(f"{adapter} has no {CONTRACT_FILE}; pass its tokenizer to derive the prompt contract")
-    for folder in (adapter, adapter.parent):
-        if (folder / "loratune.yaml").is_file():
-            saved = load_yaml(folder / "loratune.yaml").get("data") or {}
-            spec = from_dict(DataSpec, saved, f"{folder / 'loratune.yaml'}: data")
-            return contract_for(spec, tokenizer, ws or Workspace.resolve(None), raw=is_raw_text(Path(spec.path)))
+    saved = read_run_config(config_folder(adapter))
+    if saved is not None:
+        spec = from_dict(DataSpec, saved.get("data") or {}, f"{config_folder(adapter) / CONFIG}: data")
+        return contract_for(spec, tokenizer, ws or Workspace.resolve(None), raw=is_raw_text(Path(spec.path)))
     return model_contract(tokenizer)
 
 

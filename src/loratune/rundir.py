@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 
 CONFIG = "loratune.yaml"
@@ -49,15 +50,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
         text = (run_dir / METRICS).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
+    return _metrics_rows(text)
 
 
 def read_losses(run_dir: Path) -> dict[int, float]:
@@ -121,3 +114,84 @@ def trim_metrics(run_dir: Path, step: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
     tmp.replace(path)
+
+
+# ---------------------------------------------------------------- readers for the library, the CLI and the UI
+
+ADAPTER_STEP = "adapter_step.json"  # beside a run folder's adapter: {"step": N, "sha256": of its weights}
+
+
+def _metrics_rows(text: str) -> list[dict]:
+    """The whole rows of metrics.jsonl text (the one rule for every reader): a torn or malformed line is skipped."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+class MetricsReader:
+    """`read_metrics`, read incrementally: each call reads only what was appended since the last one.
+
+    The file can also be rewritten (a resume trims the rows past its checkpoint, --overwrite starts it again): the
+    last line read is compared with the file at the same place, and on any difference the file is read afresh.
+    A last line without its newline yet is parsed on each call but not kept, so the rows are always read_metrics's.
+    """
+
+    def __init__(self):
+        self.seen: dict[Path, tuple[int, bytes, list[dict]]] = {}  # file -> (bytes read, last line read, rows)
+        self.lock = threading.Lock()
+
+    def rows(self, run_dir: Path) -> list[dict]:
+        path = run_dir / METRICS
+        try:
+            f = open(path, "rb")
+        except OSError:
+            return []
+        with self.lock, f:
+            offset, last, rows = self.seen.get(path, (0, b"", []))
+            f.seek(offset - len(last))
+            if f.read(len(last)) != last:
+                offset, last, rows = 0, b"", []
+                f.seek(0)
+            data = f.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            lines = complete.splitlines(keepends=True)
+            rows = rows + _metrics_rows(complete.decode("utf-8", errors="replace"))
+            self.seen[path] = (offset + len(complete), lines[-1] if lines else last, rows)
+            return rows + _metrics_rows(data[len(complete) :].decode("utf-8", errors="replace"))
+
+
+def read_run_config(run_dir: Path) -> dict | None:
+    """loratune.yaml of a run folder, for options taken from it (resume, the UI's form, the prompt contract): None
+    when there is none; a damaged one is a LoratuneError naming the file (it is written atomically, so never torn)."""
+    from loratune.config import load_yaml
+
+    path = run_dir / CONFIG
+    return load_yaml(path) if path.is_file() else None
+
+
+def config_folder(adapter: Path) -> Path:
+    """The folder whose loratune.yaml describes an adapter folder: the folder itself, or the run above a checkpoint."""
+    return adapter.parent if checkpoint_step(adapter.name) is not None else adapter
+
+
+def saved_model_source(adapter: Path) -> str:
+    """model.source in the loratune.yaml describing an adapter folder ('' when unknown or unreadable)."""
+    model = read_saved_config(config_folder(adapter)).get("model")
+    return str(model.get("source") or "") if isinstance(model, dict) else ""
+
+
+def checkpoint_folders(run_dir: Path) -> list[Path]:
+    """The run's checkpoint-NNNNNN folders, oldest first (complete or not: see is_complete)."""
+    found = run_dir.glob(CHECKPOINT_PREFIX + "*") if run_dir.is_dir() else []
+    return sorted(p for p in found if checkpoint_step(p.name) is not None and p.is_dir())
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """Whether a checkpoint was written to the end (its COMPLETE marker is written last)."""
+    return (checkpoint / COMPLETE).is_file()

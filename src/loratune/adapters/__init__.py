@@ -4,10 +4,12 @@ from loratune.adapters.catalog import (
     AdapterInfo,
     CheckpointInfo,
     adapter_path,
+    base_model_path,
     delete,
     get_adapter,
     list_adapters,
     promote,
+    recorded_bases,
     undo_promote,
 )
 from loratune.adapters.merge import merge
@@ -16,10 +18,12 @@ __all__ = [
     "AdapterInfo",
     "CheckpointInfo",
     "adapter_path",
+    "base_model_path",
     "delete",
     "get_adapter",
     "list_adapters",
     "merge",
     "promote",
+    "recorded_bases",
     "undo_promote",
 ]

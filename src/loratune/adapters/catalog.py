@@ -10,17 +10,12 @@ make a record that no longer matches the weights (a later training run rewrote t
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from loratune.adapters.files import (
-    ADAPTER_STEP,
     clean_stale,
     fsync_dir,
     read_record,
@@ -29,14 +24,26 @@ from loratune.adapters.files import (
     write_json,
 )
 from loratune.errors import LoratuneError
+from loratune.rundir import (
+    ADAPTER_FILES,
+    ADAPTER_STEP,
+    CHECKPOINT_PREFIX,
+    COMPLETE,
+    CONFIG,
+    PROMOTED,
+    checkpoint_folders,
+    checkpoint_name,
+    checkpoint_step,
+    is_complete,
+    read_json,
+    read_losses,
+    saved_model_source,
+)
 from loratune.training.lock import hold, is_training
 from loratune.workspace import Workspace, check_name, inside
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 WEIGHTS = "adapter_model.safetensors"
-PROMOTED = "promoted.json"
 BEFORE_PROMOTE = "adapter-before-promote"  # a copy of the adapter promote replaced, when no checkpoint holds it
-_CHECKPOINT_PREFIX = "checkpoint-"
 
 
 @dataclass
@@ -52,7 +59,7 @@ class CheckpointInfo:
 class AdapterInfo:
     name: str
     path: Path
-    base_model: str  # as recorded by peft (a folder path for models trained here)
+    base_model: str  # as recorded by peft (a folder path for models trained here), else by the run's loratune.yaml
     rank: int | None
     alpha: float | None
     targets: list[str]
@@ -98,16 +105,16 @@ def clean_workspace(ws: Workspace) -> list[str]:
         if run.name.startswith(".") or not run.is_dir() or run.is_symlink() or is_training(run):
             continue
         cleaned += clean_stale(run)
-        for checkpoint in run.glob(_CHECKPOINT_PREFIX + "*"):
-            if checkpoint.is_dir() and not checkpoint.is_symlink():
+        for checkpoint in checkpoint_folders(run):
+            if not checkpoint.is_symlink():
                 cleaned += clean_stale(checkpoint)
     return cleaned
 
 
 def adapter_info(folder: Path) -> AdapterInfo:
-    losses = read_losses(folder / "metrics.jsonl")
+    losses = read_losses(folder)
     checkpoints = _checkpoints(folder, losses)
-    config = _read_json(folder / "adapter_config.json")
+    config = read_json(folder / "adapter_config.json")
     has_adapter = all((folder / f).is_file() for f in ADAPTER_FILES)
     training = is_training(folder)
     promoted, step = None, None
@@ -116,14 +123,14 @@ def adapter_info(folder: Path) -> AdapterInfo:
         record = read_record(folder / PROMOTED, digest)
         if record is not None:
             promoted = str(record["checkpoint"])
-            step = record.get("step", _checkpoint_step(promoted))
+            step = record.get("step", checkpoint_step(promoted))
         else:
             step = _adapter_step(folder, digest, checkpoints, losses, training)
     targets = config.get("target_modules") or []
     return AdapterInfo(
         name=folder.name,
         path=folder,
-        base_model=str(config.get("base_model_name_or_path") or _saved_model_source(folder)),
+        base_model=(recorded_bases(folder) or [""])[0],
         rank=config.get("r"),
         alpha=config.get("lora_alpha"),
         targets=sorted(targets) if isinstance(targets, list) else [str(targets)],
@@ -138,10 +145,9 @@ def adapter_info(folder: Path) -> AdapterInfo:
 
 def _checkpoints(folder: Path, losses: dict[int, float]) -> list[CheckpointInfo]:
     found = []
-    for path in sorted(folder.glob(_CHECKPOINT_PREFIX + "*")):
-        step = _checkpoint_step(path.name)
-        if path.is_dir() and step is not None:
-            found.append(CheckpointInfo(path.name, path, step, losses.get(step), (path / "COMPLETE").is_file()))
+    for path in checkpoint_folders(folder):
+        step = checkpoint_step(path.name)
+        found.append(CheckpointInfo(path.name, path, step, losses.get(step), is_complete(path)))
     return found
 
 
@@ -162,21 +168,6 @@ def _adapter_step(folder: Path, digest: str, checkpoints: list, losses: dict, tr
     return max(losses)
 
 
-def read_losses(metrics: Path) -> dict[int, float]:
-    """step -> loss from metrics.jsonl; a torn last line (a run killed mid-write) is skipped."""
-    losses: dict[int, float] = {}
-    if not metrics.is_file():
-        return losses
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-            loss = float(row["loss"])
-            losses[int(row["step"])] = loss if math.isfinite(loss) else float("nan")
-        except (ValueError, KeyError, TypeError):
-            continue
-    return losses
-
-
 def promote(name: str, checkpoint: str, home: str | Path | Workspace | None = None) -> AdapterInfo:
     """Make `checkpoint` (e.g. 'checkpoint-000200' or '200') the run's adapter; returns the updated info.
 
@@ -185,7 +176,7 @@ def promote(name: str, checkpoint: str, home: str | Path | Workspace | None = No
     """
     folder = _run_folder(name, home)
     source = checkpoint_path(folder, checkpoint)
-    if not (source / "COMPLETE").is_file():
+    if not is_complete(source):
         raise LoratuneError(f"{source} is not a complete checkpoint (it was interrupted while being written)")
     missing = [f for f in ADAPTER_FILES if not (source / f).is_file()]
     if missing:
@@ -195,7 +186,7 @@ def promote(name: str, checkpoint: str, home: str | Path | Workspace | None = No
         way_back = _way_back(folder)
         # The record first, naming the weights it describes: until they are copied it matches nothing, and a kill
         # at any point leaves the old adapter or the new one, with the way back already written down.
-        record = {"checkpoint": source.name, "step": _checkpoint_step(source.name), "sha256": sha256(source / WEIGHTS)}
+        record = {"checkpoint": source.name, "step": checkpoint_step(source.name), "sha256": sha256(source / WEIGHTS)}
         write_json(folder / PROMOTED, {**record, "undo": way_back})
         _copy_adapter(source, folder, "promote")
     return adapter_info(folder)
@@ -236,7 +227,7 @@ def _way_back(folder: Path) -> dict | None:
     promoted = read_record(folder / PROMOTED, digest)
     if promoted is not None:  # promoted already: the way back stays the one to the adapter before the first promote
         return promoted.get("undo")
-    losses = read_losses(folder / "metrics.jsonl")
+    losses = read_losses(folder)
     checkpoints = _checkpoints(folder, losses)
     for c in reversed(checkpoints):
         if c.complete and (c.path / WEIGHTS).is_file() and sha256(c.path / WEIGHTS) == digest:
@@ -300,7 +291,7 @@ def _remove_atomically(target: Path) -> None:
     target.rename(aside)
     fsync_dir(target.parent)
     pause_point("delete")
-    (aside / "COMPLETE").unlink(missing_ok=True)  # a half-removed checkpoint must never look complete
+    (aside / COMPLETE).unlink(missing_ok=True)  # a half-removed checkpoint must never look complete
     shutil.rmtree(aside)
 
 
@@ -320,68 +311,76 @@ def _sync_files(folder: Path) -> None:
 
 def checkpoint_path(folder: Path, checkpoint: str) -> Path:
     """'checkpoint-000200', '000200' or '200' inside a run folder, checked to exist and to stay inside it."""
-    text = checkpoint.removeprefix(_CHECKPOINT_PREFIX)
+    text = checkpoint.removeprefix(CHECKPOINT_PREFIX)
     if text.isdigit():
-        checkpoint = f"{_CHECKPOINT_PREFIX}{int(text):06d}"
+        checkpoint = checkpoint_name(int(text))
     path = inside(folder, check_name(checkpoint, "checkpoint name"))
-    if not path.is_dir() or _checkpoint_step(path.name) is None:
-        have = ", ".join(p.name for p in sorted(folder.glob(_CHECKPOINT_PREFIX + "*"))) or "none"
+    if not path.is_dir() or checkpoint_step(path.name) is None:
+        have = ", ".join(p.name for p in sorted(folder.glob(CHECKPOINT_PREFIX + "*"))) or "none"
         raise LoratuneError(f"no checkpoint {checkpoint!r} in {folder} (have: {have})")
     return path
 
 
-def adapter_path(spec: str, home: str | Path | Workspace | None = None) -> Path:
-    """`name` or `name/checkpoint-000200` in loras/ -> the folder holding adapter_config.json."""
+# ---------------------------------------------------------------- the one resolver of adapters and their base models
+# generate, chat, merge, export, serve and the UI all find an adapter and its base model here.
+
+
+def adapter_path(spec: str, home: str | Path | Workspace | None = None, folders: bool = False) -> Path:
+    """The folder holding the adapter `spec` names: `name` or `name/checkpoint-000200` (or `name/200`) in loras/;
+    with `folders` (the command line's --lora), also an adapter folder anywhere, given as its path (looked at first).
+
+    The browser and the API never pass `folders`: they can only name what is in loras/. Either way the folder passes
+    the same safetensors-only check (never a pickle).
+    """
     ws = _workspace(home)
+    if folders:
+        given = Path(spec).expanduser()
+        if (given / "adapter_config.json").is_file():
+            return _checked_adapter(given)
+        if given.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1:
+            raise LoratuneError(f"no adapter at '{spec}' (looked for adapter_config.json as given and in {ws.loras})")
     name, _, checkpoint = spec.partition("/")
     folder = ws.lora_dir(name)
     path = checkpoint_path(folder, checkpoint) if checkpoint else folder
     if not (path / "adapter_config.json").is_file():
         raise LoratuneError(f"no adapter at {spec!r} (no adapter_config.json in {path})")
+    return _checked_adapter(path)
+
+
+def _checked_adapter(path: Path) -> Path:
     from loratune.models.checks import check_adapter_folder
 
     check_adapter_folder(path)  # one rule everywhere (serve, merge, export): safetensors only, never a pickle
     return path
 
 
-def base_model_path(adapter: Path, home: str | Path | Workspace | None = None) -> Path:
-    """The base model folder an adapter was trained on: peft's record, else the run's saved model source."""
+def recorded_bases(adapter: Path) -> list[str]:
+    """The base model of an adapter folder as recorded: by peft (adapter_config.json's base_model_name_or_path, the
+    model's folder for models trained here), then by the run (model.source in its loratune.yaml). Either may be
+    missing, and a recorded folder may since have moved."""
+    peft = read_json(adapter / "adapter_config.json").get("base_model_name_or_path")
+    return [str(base) for base in (peft, saved_model_source(adapter)) if base]
+
+
+def base_model_path(adapter: Path, home: str | Path | Workspace | None = None, trust_remote_code: bool = False) -> Path:
+    """The base model folder an adapter was trained on: the folder peft recorded while it is still there, else the
+    model source the run's loratune.yaml gives, found as `train` found it (models/<name>, a hub id's download folder,
+    'default'), so a workspace moved elsewhere still works."""
     from loratune.models import resolve_model_path
 
-    recorded = _read_json(adapter / "adapter_config.json").get("base_model_name_or_path")
-    if recorded and (Path(recorded) / "config.json").is_file():
-        return Path(recorded)
-    source = _saved_model_source(adapter) or _saved_model_source(adapter.parent)
+    recorded = read_json(adapter / "adapter_config.json").get("base_model_name_or_path")
+    if recorded and (Path(str(recorded)) / "config.json").is_file():
+        return Path(str(recorded))
+    source = saved_model_source(adapter)
     if source:
-        return resolve_model_path(source, _workspace(home))
-    raise LoratuneError(f"{adapter}: its base model {recorded!r} is not on this machine; pass the model explicitly")
-
-
-def _saved_model_source(folder: Path) -> str:
-    saved = folder / "loratune.yaml"
-    if not saved.is_file():
-        return ""
-    data = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-    return str((data.get("model") or {}).get("source") or "")
-
-
-def _looks_like_run(folder: Path) -> bool:
-    return any((folder / f).exists() for f in (*ADAPTER_FILES, "loratune.yaml")) or any(
-        folder.glob(_CHECKPOINT_PREFIX + "*")
+        return resolve_model_path(source, _workspace(home), trust_remote_code)
+    raise LoratuneError(
+        f"{adapter}: its base model {recorded!r} is not on this machine; pass the model explicitly (--model)"
     )
 
 
-def _checkpoint_step(name: str) -> int | None:
-    digits = name.removeprefix(_CHECKPOINT_PREFIX)
-    return int(digits) if name.startswith(_CHECKPOINT_PREFIX) and digits.isdigit() else None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def _looks_like_run(folder: Path) -> bool:
+    return any((folder / f).exists() for f in (*ADAPTER_FILES, CONFIG)) or any(folder.glob(CHECKPOINT_PREFIX + "*"))
 
 
 def _workspace(home: str | Path | Workspace | None) -> Workspace:

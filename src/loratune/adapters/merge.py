@@ -10,7 +10,6 @@ from loratune.adapters.catalog import adapter_path, base_model_path
 from loratune.adapters.files import clean_stale, fsync_dir, normal_permissions, temporary
 from loratune.errors import LoratuneError
 from loratune.models.checks import check_model_folder, load_adapter
-from loratune.prompting import load_contract, save_contract
 from loratune.training.pause import pause_point
 from loratune.workspace import Workspace, check_name, inside
 
@@ -60,6 +59,8 @@ def write_merged(
     the adapter's prompt contract (tokenizer files carrying its chat template and EOS, prompt.json)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loratune.prompting import load_contract, save_contract  # it imports torch: `loratune --help` must not
 
     check_model_folder(base)  # pickled or broken weights: one line, as for train and generate
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", trust_remote_code=trust_remote_code)

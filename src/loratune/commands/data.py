@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from loratune.config import DataSpec, ModelSpec, from_dict, load_yaml, merge_options
+from loratune.config import DataSpec, ModelSpec, from_dict, load_yaml, merge_options, parse_overrides
 
 TRAINED, MASKED, RESET = "\033[32m", "\033[90m", "\033[0m"
 BAR_WIDTH = 40
@@ -40,7 +40,6 @@ def add(sub) -> None:
 
 
 def run_check(args, extra: list[str]) -> int:
-    from loratune.commands.train import parse_overrides
     from loratune.data.preview import check_data
     from loratune.models.sources import load_tokenizer, resolve_model_path
     from loratune.workspace import Workspace

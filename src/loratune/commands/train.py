@@ -6,8 +6,8 @@ import argparse
 import copy
 import os
 
-from loratune.config import RunConfig, field_help, from_dict, load_yaml, merge_options
-from loratune.errors import LoratuneError
+from loratune.config import RunConfig, field_help, from_dict, load_yaml, merge_options, parse_overrides
+from loratune.rundir import read_run_config
 from loratune.workspace import Workspace
 
 
@@ -56,9 +56,8 @@ def train_config(args, extra: list[str]) -> RunConfig:
     data = load_yaml(args.config) if args.config else {}
     given = from_dict(RunConfig, merge_options(copy.deepcopy(data), overrides))
     if given.train.resume and given.name:  # --resume or train.resume auto: the saved run's options come first
-        saved = Workspace.resolve(args.home).lora_dir(given.name) / "loratune.yaml"
-        if saved.is_file():
-            options = load_yaml(saved)
+        options = read_run_config(Workspace.resolve(args.home).lora_dir(given.name))
+        if options is not None:
             for what_that_command_did in ("resume", "overwrite"):  # never inherit an --overwrite
                 (options.get("train") or {}).pop(what_that_command_did, None)
             data = merge_options(options, data)
@@ -72,23 +71,3 @@ def train_config(args, extra: list[str]) -> RunConfig:
     if config.train.resume is True:
         ws.check_resumable(config.name)
     return config
-
-
-def parse_overrides(extra: list[str]) -> dict[str, str]:
-    """`--train.lr 2e-4`, `--train.lr=2e-4`, or a bare `--train.resume` (true)."""
-    overrides, i = {}, 0
-    while i < len(extra):
-        token = extra[i]
-        if not token.startswith("--") or "." not in token:
-            raise LoratuneError(
-                f"unknown argument '{token}' (options look like --train.lr 2e-4; see loratune train --help)"
-            )
-        key, eq, value = token[2:].partition("=")
-        if not eq:
-            if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
-                value, i = extra[i + 1], i + 1
-            else:
-                value = "true"
-        overrides[key] = value
-        i += 1
-    return overrides

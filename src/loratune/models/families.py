@@ -54,10 +54,6 @@ FAMILIES: dict[str, Family] = {
 PRESETS = ("attention", "attention+mlp", "all-linear")
 
 
-def family_of(model_type: str) -> Family | None:
-    return FAMILIES.get(model_type)
-
-
 def resolve_targets(model, targets: str) -> list[str] | str:
     """Module-name suffixes for peft's `target_modules` (or 'all-linear'), checked against the model."""
     if targets == "all-linear":

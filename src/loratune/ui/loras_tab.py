@@ -8,10 +8,9 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from loratune import adapters
+from loratune import adapters, jobs
 from loratune.adapters.export_gguf import export_gguf
 from loratune.errors import LoratuneError
-from loratune.ui import jobs
 from loratune.ui.feedback import shows_errors
 from loratune.workspace import Workspace
 

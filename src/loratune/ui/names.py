@@ -2,7 +2,6 @@
 
 The UI may listen on a network (with a password), so a browser never names an arbitrary path on this machine: models
 are 'default', a folder in models/ or a hub id; datasets are files in datasets/ (LoRAs: loratune.adapters checks).
-A run name is also checked against what loras/<name> already holds before a job is started on it (check_run_name).
 """
 
 from __future__ import annotations
@@ -11,10 +10,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from loratune.adapters.catalog import adapter_info, read_losses
 from loratune.errors import LoratuneError
-from loratune.rundir import read_finished
-from loratune.training.lock import LOCK_FILE
 from loratune.workspace import Workspace, check_name, inside
 
 DATA_SUFFIXES = (".txt", ".json", ".jsonl")
@@ -104,77 +100,3 @@ def upload_target(ws: Workspace, filename: str) -> Path:
     if Path(name).suffix.lower() not in DATA_SUFFIXES:
         raise LoratuneError(f"{name}: upload a {', '.join(DATA_SUFFIXES)} file")
     return inside(ws.datasets, name)
-
-
-class NameTaken(LoratuneError):
-    """loras/<name> holds a run that this start must leave alone; the UI shows that run beside the message."""
-
-
-def check_run_name(ws: Workspace, name: str, resume: bool, overwrite: bool, last_job: str | None = None) -> None:
-    """Refuse, before any job is spawned, a start that `loratune train` would refuse (or get wrong) seconds later.
-
-    A new run needs a free name, or train.overwrite; a resume needs a run stopped at a complete checkpoint, not a
-    finished one. A live training run holding the folder's lock (one started from the CLI) refuses both.
-
-    Args:
-        last_job: the state of the UI's last job on this name ('finished', 'stopped', ...), None if it had none.
-    """
-    folder = ws.lora_dir(name)
-    holder = lock_holder(folder)
-    if holder is not None:
-        raise NameTaken(
-            f"loras/{name} is in use by a training run (pid {holder}); wait for it to end, or choose another name"
-        )
-    if not folder.is_dir() or not any(p.name != LOCK_FILE for p in folder.iterdir()):
-        if resume:
-            raise NameTaken(f"nothing to resume: no run named '{name}' in {ws.loras}")
-        return
-    info = adapter_info(folder)
-    saved = [c.step for c in info.checkpoints if c.complete]
-    reached = max(read_losses(folder / "metrics.jsonl"), default=saved[-1] if saved else 0)
-    # finished.json is written last by a run that ended by design; older runs: a stop checkpoints its last step.
-    done = read_finished(folder)
-    if done is not None:
-        reached = int(done["step"])
-    finished = info.has_adapter and (done is not None or last_job == "finished" or not saved or saved[-1] < reached)
-    if resume:
-        if finished:
-            raise NameTaken(f"'{name}' already finished at step {reached}: nothing to resume")
-        if not saved:
-            raise NameTaken(f"nothing to resume: loras/{name} has no complete checkpoint")
-    elif overwrite:
-        return
-    elif finished:
-        raise NameTaken(
-            f"'{name}' already holds a finished run (step {reached}); choose another name, or tick "
-            "train.overwrite to replace it"
-        )
-    elif saved:
-        raise NameTaken(
-            f"'{name}' holds a run saved at step {saved[-1]}: press Resume to continue it (it is chosen under Job "
-            "now), or choose another name, or tick train.overwrite to start it again"
-        )
-    else:
-        raise NameTaken(f"loras/{name} already exists; choose another name, or tick train.overwrite to replace it")
-
-
-def lock_holder(folder: Path) -> str | None:
-    """The pid recorded in loras/<name>/.lock while a live run holds that lock, else None.
-
-    Probed with a shared lock, taken and dropped at once (never held), so a run starting in that instant is the
-    only one that could be turned away, and it says so.
-    """
-    path = folder / LOCK_FILE
-    if not path.is_file():
-        return None
-    try:
-        import fcntl
-    except ImportError:  # Windows: `train` itself still refuses a held lock, only later
-        return None
-    with open(path, "rb") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return f.read(64).decode(errors="replace").strip() or "unknown"
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return None

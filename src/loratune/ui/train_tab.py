@@ -3,17 +3,16 @@ live progress read from the run folder, so a reloaded page or a restarted UI sho
 
 from __future__ import annotations
 
-import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from loratune import adapters
+from loratune import adapters, jobs
 from loratune.config import RunConfig, from_dict, load_yaml
-from loratune.ui import jobs, names
+from loratune.rundir import MetricsReader, read_run_config
+from loratune.ui import names
 from loratune.ui.feedback import shows_errors
 from loratune.ui.form import build_form, form_values, read_form
 from loratune.workspace import Workspace
@@ -67,7 +66,7 @@ def build(ws: Workspace) -> TrainTab:
         config.name = config.name or Path(config.data.path).stem  # as `loratune train` names it
         try:
             jobs.start(ws, config)
-        except names.NameTaken as taken:
+        except jobs.NameTaken as taken:
             # One message, and the run that holds the name is chosen under Job: its record shows, untouched,
             # and Resume acts on it.
             gr.Warning(str(taken))
@@ -126,17 +125,17 @@ def run_names(ws: Workspace) -> list[str]:
 
 def saved_config(ws: Workspace, name: str) -> RunConfig | None:
     """The run's resolved loratune.yaml, else the config the UI wrote for a job that has not got that far."""
-    for path in (ws.lora_dir(name) / "loratune.yaml", jobs.job_dir(ws, name) / "config.yaml"):
-        if path.is_file():
-            return from_dict(RunConfig, load_yaml(path))
-    return None
+    saved = read_run_config(ws.lora_dir(name))
+    if saved is None and (jobs.job_dir(ws, name) / jobs.JOB_CONFIG).is_file():
+        saved = load_yaml(jobs.job_dir(ws, name) / jobs.JOB_CONFIG)
+    return None if saved is None else from_dict(RunConfig, saved)
 
 
 def job_view(ws: Workspace, name: str | None):
     if not name:
         return "No job yet.", None, ""
     state = jobs.status(ws, name)
-    rows = read_metrics(ws.lora_dir(name))
+    rows = metrics_rows(ws.lora_dir(name))
     heading = f"### `{name}`: {state.state}" if state else f"### `{name}`"
     if state and state.exit_code is not None:
         heading += f" (exit code {state.exit_code})"
@@ -161,43 +160,8 @@ def job_view(ws: Workspace, name: str | None):
     return "\n\n".join(lines), loss_curve(train_rows, eval_rows), jobs.log_tail(ws, name)
 
 
-class MetricsReader:
-    """metrics.jsonl rows, read incrementally: each refresh reads only what was appended since the last one.
-
-    The file can also be rewritten (a resume trims the rows past its checkpoint, --overwrite starts it again): the
-    last line read is compared with the file at the same place, and on any difference the file is read afresh.
-    """
-
-    def __init__(self):
-        self.seen: dict[Path, tuple[int, bytes, list[dict]]] = {}  # file -> (bytes read, last line read, rows)
-        self.lock = threading.Lock()
-
-    def rows(self, run_dir: Path) -> list[dict]:
-        path = run_dir / "metrics.jsonl"
-        if not path.is_file():
-            return []
-        with self.lock, open(path, "rb") as f:
-            offset, last, rows = self.seen.get(path, (0, b"", []))
-            f.seek(offset - len(last))
-            if f.read(len(last)) != last:
-                offset, last, rows = 0, b"", []
-                f.seek(0)
-            data = f.read()
-            complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next refresh
-            lines = complete.splitlines(keepends=True)
-            rows = rows + [row for row in map(_parse, lines) if row is not None]
-            self.seen[path] = (offset + len(complete), lines[-1] if lines else last, rows)
-            return rows
-
-
-def _parse(line: bytes) -> dict | None:
-    try:
-        return json.loads(line)
-    except ValueError:
-        return None
-
-
-read_metrics = MetricsReader().rows
+# One reader for the UI process: each refresh reads only what was appended to metrics.jsonl since the last one.
+metrics_rows = MetricsReader().rows
 
 
 def loss_curve(train_rows: list[dict], eval_rows: list[dict]) -> pd.DataFrame | None:

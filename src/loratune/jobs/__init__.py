@@ -1,9 +1,11 @@
-"""Training jobs run by the web UI: the real CLI (`python -m loratune.cli train`) in a detached background process.
+"""Training jobs in the background: the real CLI (`python -m loratune.cli train`) in a detached process.
 
-Each job has a folder `loras/.jobs/<name>/` holding the config the UI wrote (config.yaml), the job's output
-(train.log) and its state (job.json: pid, running/stopped/finished/failed, exit code), kept by supervise.py. Progress
-comes from the run folder the CLI writes (loras/<name>/metrics.jsonl, checkpoints). Nothing lives only in the UI's
-memory, so a page reload or a UI restart finds the job again.
+The web UI starts, stops and watches them; nothing here needs the UI. Each job has a folder `loras/.jobs/<name>/`
+holding the config it was started with (config.yaml), the job's output (train.log) and its state (job.json: pid,
+running/stopped/finished/failed, exit code), kept by supervise.py. Progress comes from the run folder the CLI writes
+(loras/<name>/metrics.jsonl, checkpoints; see loratune.rundir). Nothing lives only in a process's memory, so a page
+reload or a UI restart finds the job again. A start is checked against what loras/<name> already holds before
+anything is spawned (check_run_name).
 
 Why not in the run folder itself: `train` refuses to start in a non-empty run folder and `--overwrite` empties it,
 so the job's own files must sit beside it. The folder name starts with '.', which no adapter name can.
@@ -20,13 +22,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from loratune.adapters.catalog import adapter_info
 from loratune.config import RunConfig, save_yaml
 from loratune.errors import LoratuneError
-from loratune.ui.names import check_run_name
-from loratune.ui.supervise import JOB_FILE, LOG_FILE, STOP_FILE, write_job
+from loratune.jobs.supervise import JOB_FILE, LOG_FILE, STOP_FILE, write_job
+from loratune.rundir import LOCK, read_finished, read_losses
 from loratune.workspace import Workspace, check_name, inside
 
 JOBS = ".jobs"
+JOB_CONFIG = "config.yaml"  # the config a new run was started with
 SUPERVISOR = Path(__file__).with_name("supervise.py")
 
 
@@ -69,8 +73,8 @@ def start(ws: Workspace, config: RunConfig | None = None, name: str | None = Non
     if resume:
         command += ["--name", name, "--resume"]  # the saved loratune.yaml gives every option back
     else:
-        save_yaml(config, folder / "config.yaml")
-        command += ["--config", str(folder / "config.yaml")]
+        save_yaml(config, folder / JOB_CONFIG)
+        command += ["--config", str(folder / JOB_CONFIG)]
     with open(folder / LOG_FILE, "a" if resume else "w", encoding="utf-8") as log:  # a resume continues the story
         log.write(f"\n$ {' '.join(command)}\n")
     write_job(folder, {"name": name, "state": "starting", "started": time.time(), "resume": resume, "pid": None})
@@ -97,6 +101,80 @@ def stop(ws: Workspace, name: str) -> JobStatus:
     (job_dir(ws, name) / STOP_FILE).write_text(f"{time.time()}\n")
     os.kill(current.pid, signal.SIGTERM)
     return status(ws, name)
+
+
+class NameTaken(LoratuneError):
+    """loras/<name> holds a run that this start must leave alone; the UI shows that run beside the message."""
+
+
+def check_run_name(ws: Workspace, name: str, resume: bool, overwrite: bool, last_job: str | None = None) -> None:
+    """Refuse, before any job is spawned, a start that `loratune train` would refuse (or get wrong) seconds later.
+
+    A new run needs a free name, or train.overwrite; a resume needs a run stopped at a complete checkpoint, not a
+    finished one. A live training run holding the folder's lock (one started from the CLI) refuses both.
+
+    Args:
+        last_job: the state of the UI's last job on this name ('finished', 'stopped', ...), None if it had none.
+    """
+    folder = ws.lora_dir(name)
+    holder = lock_holder(folder)
+    if holder is not None:
+        raise NameTaken(
+            f"loras/{name} is in use by a training run (pid {holder}); wait for it to end, or choose another name"
+        )
+    if not folder.is_dir() or not any(p.name != LOCK for p in folder.iterdir()):
+        if resume:
+            raise NameTaken(f"nothing to resume: no run named '{name}' in {ws.loras}")
+        return
+    info = adapter_info(folder)
+    saved = [c.step for c in info.checkpoints if c.complete]
+    reached = max(read_losses(folder), default=saved[-1] if saved else 0)
+    # finished.json is written last by a run that ended by design; older runs: a stop checkpoints its last step.
+    done = read_finished(folder)
+    if done is not None:
+        reached = int(done["step"])
+    finished = info.has_adapter and (done is not None or last_job == "finished" or not saved or saved[-1] < reached)
+    if resume:
+        if finished:
+            raise NameTaken(f"'{name}' already finished at step {reached}: nothing to resume")
+        if not saved:
+            raise NameTaken(f"nothing to resume: loras/{name} has no complete checkpoint")
+    elif overwrite:
+        return
+    elif finished:
+        raise NameTaken(
+            f"'{name}' already holds a finished run (step {reached}); choose another name, or tick "
+            "train.overwrite to replace it"
+        )
+    elif saved:
+        raise NameTaken(
+            f"'{name}' holds a run saved at step {saved[-1]}: press Resume to continue it (it is chosen under Job "
+            "now), or choose another name, or tick train.overwrite to start it again"
+        )
+    else:
+        raise NameTaken(f"loras/{name} already exists; choose another name, or tick train.overwrite to replace it")
+
+
+def lock_holder(folder: Path) -> str | None:
+    """The pid recorded in loras/<name>/.lock while a live run holds that lock, else None.
+
+    Probed with a shared lock, taken and dropped at once (never held), so a run starting in that instant is the
+    only one that could be turned away, and it says so.
+    """
+    path = folder / LOCK
+    if not path.is_file():
+        return None
+    try:
+        import fcntl
+    except ImportError:  # Windows: `train` itself still refuses a held lock, only later
+        return None
+    with open(path, "rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return f.read(64).decode(errors="replace").strip() or "unknown"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
 
 
 def status(ws: Workspace, name: str) -> JobStatus | None:
