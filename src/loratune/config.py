@@ -420,11 +420,14 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     tmp.replace(path)
 
 
-def adapter_from_run(saved: Path, current: AdapterSpec) -> AdapterSpec:
+def adapter_from_run(run_dir: Path, current: AdapterSpec) -> AdapterSpec:
     """The adapter group of an earlier run's loratune.yaml (for adapter.copy_from); copy_from itself is kept."""
-    if not saved.is_file():
-        raise LoratuneError(f"adapter.copy_from: {saved} not found; name an existing LoRA in loras/")
-    copied = from_dict(AdapterSpec, load_yaml(saved).get("adapter") or {}, f"{saved}: adapter")
+    from loratune.rundir import CONFIG, read_run_config
+
+    saved = read_run_config(run_dir)
+    if saved is None:
+        raise LoratuneError(f"adapter.copy_from: {run_dir / CONFIG} not found; name an existing LoRA in loras/")
+    copied = from_dict(AdapterSpec, saved.get("adapter") or {}, f"{run_dir / CONFIG}: adapter")
     return dataclasses.replace(copied, copy_from=current.copy_from)
 
 

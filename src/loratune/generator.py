@@ -176,8 +176,3 @@ def generate(
 ) -> str:
     """One completion (loads the model each call; keep a `Generator` for many prompts)."""
     return Generator(model, lora, home).complete(prompt, GenerateSpec(**options))
-
-
-def resolve_lora(lora: str, ws: Workspace) -> Path:
-    """`adapters.adapter_path(lora, ws, folders=True)`, under the name serve/models.py still imports."""
-    return adapter_path(lora, ws, folders=True)

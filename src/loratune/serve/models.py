@@ -10,16 +10,12 @@ are safetensors. Removing an adapter that running requests use deletes its weigh
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
-from loratune.adapters import adapter_path, list_adapters
+from loratune.adapters import adapter_path, list_adapters, recorded_bases
 from loratune.errors import LoratuneError
-from loratune.generator import resolve_lora
 from loratune.models import load_base, resolve_model_path
 from loratune.models.checks import check_adapter_folder
 from loratune.models.sources import DEFAULT_NAME
@@ -119,7 +115,7 @@ class ModelPool:
         except LoratuneError as e:
             raise UnknownModel(f"{unknown}: {e}") from None
         try:
-            resolve_lora(str(folder), self.ws)  # the same safetensors-only check as `loratune generate`
+            adapter_path(str(folder), self.ws, folders=True)  # the same safetensors-only check as `loratune generate`
         except LoratuneError as e:
             raise AdapterRefused(str(e)) from None
         refusal = self._refusal(folder)
@@ -246,7 +242,7 @@ class ModelPool:
 
     def _refusal(self, adapter: Path) -> str | None:
         """Why this adapter was not trained on the served base (None: it was, or it records no base at all)."""
-        recorded = _recorded_bases(adapter)
+        recorded = recorded_bases(adapter)
         if not recorded:
             return None
         for source in recorded:
@@ -259,27 +255,6 @@ class ModelPool:
                     f"serve it with `loratune serve --model {folder}`"
                 )
         return f"was trained on {recorded[0]!r}, which is not the served model {self.base_path} (nor on this machine)"
-
-
-def _recorded_bases(adapter: Path) -> list[str]:
-    """The base model as peft recorded it (adapter_config.json), then as the run's loratune.yaml gives it."""
-    found = []
-    try:
-        peft = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-        if isinstance(peft, dict) and peft.get("base_model_name_or_path"):
-            found.append(str(peft["base_model_name_or_path"]))
-    except (OSError, ValueError):
-        pass
-    for folder in (adapter, adapter.parent):  # a checkpoint's run config is in the run folder above it
-        try:
-            saved = yaml.safe_load((folder / "loratune.yaml").read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-        source = (saved.get("model") or {}).get("source") if isinstance(saved, dict) else None
-        if source:
-            found.append(str(source))
-        break
-    return found
 
 
 def _local_model_folder(source: str, ws: Workspace) -> Path | None:

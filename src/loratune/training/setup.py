@@ -101,7 +101,7 @@ def plan_run(config: RunConfig | None, home, options: dict, guard: RunGuard) -> 
     config.name = config.name or run_name(config.data.path)  # the adapter is named after its data by default
     run_dir = ws.lora_dir(config.name)
     if config.adapter.copy_from:  # the adapter's shape comes from an earlier run (text-generation-webui's "copy from")
-        config.adapter = adapter_from_run(ws.lora_dir(config.adapter.copy_from) / CONFIG, config.adapter)
+        config.adapter = adapter_from_run(ws.lora_dir(config.adapter.copy_from), config.adapter)
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     guard.claim(run_dir, ws.home, accelerator.is_main_process)  # a second run on the same name is refused here

@@ -4,7 +4,6 @@ live progress read from the run folder, so a reloaded page or a restarted UI sho
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -63,7 +62,9 @@ def build(ws: Workspace) -> TrainTab:
             config.data.eval_path = names.data_path(ws, config.data.eval_path)
         if config.adapter.copy_from:
             adapters.get_adapter(config.adapter.copy_from, ws)  # a name in loras/, not a folder elsewhere
-        config.name = config.name or Path(config.data.path).stem  # as `loratune train` names it
+        from loratune.data.build import run_name
+
+        config.name = config.name or run_name(config.data.path)  # as `loratune train` names it
         try:
             jobs.start(ws, config)
         except jobs.NameTaken as taken:
