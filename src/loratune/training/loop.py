@@ -81,11 +81,7 @@ def train_loop(run: Run, stopping: StopRequest, on_step) -> str | None:
     """The optimizer steps from `run.step` to `run.total_steps`; returns why the run ended early (None: it did not)."""
     tc, main = run.config.train, run.accelerator.is_main_process
     left = run.total_steps - run.step
-    run.say(
-        f"training: {left} steps, {run.step + 1} to {run.total_steps}"
-        if left
-        else "training: no steps left, only finishing"
-    )
+    run.say(f"training: {left} steps, {run.step + 1} to {run.total_steps}" if left else "training: no step left")
     own = run.run_dir if main else None  # only the main process writes the run's files
     board = Board(own / "tensorboard" if own and tc.report_to == "tensorboard" else None)
     pad_id = run.tokenizer.pad_token_id

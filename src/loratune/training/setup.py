@@ -39,7 +39,7 @@ from loratune.training.resume import already_finished, check_resume_options
 from loratune.workspace import Workspace
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     """What this call does, decided before anything is loaded."""
 
@@ -47,9 +47,9 @@ class Plan:
     ws: Workspace
     run_dir: Path
     accelerator: object  # accelerate.Accelerator: the device, and this process's place under `accelerate launch`
-    finished: dict | None = None  # the record of a finished run that these options would not train further
-    resume_from: Path | None = None  # the checkpoint to continue from
-    clear_first: bool = False  # empty the folder before writing: --overwrite, or a resume over a run with no weights
+    finished: dict | None  # the record of a finished run that these options would not train further
+    resume_from: Path | None  # the checkpoint to continue from
+    clear_first: bool  # empty the folder before writing: --overwrite, or a resume over a run with no weights
 
 
 @dataclass
@@ -105,13 +105,11 @@ def plan_run(config: RunConfig | None, home, options: dict, guard: RunGuard) -> 
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     guard.claim(run_dir, ws.home, accelerator.is_main_process)  # a second run on the same name is refused here
-    plan = Plan(config, ws, run_dir, accelerator)
-    plan.finished = already_finished(run_dir, config) if tc.resume else None
-    if plan.finished is None:
-        plan.resume_from, plan.clear_first = check_run_dir(run_dir, tc.resume, tc.overwrite)
-    if plan.resume_from is not None or plan.finished is not None:  # continuing: the options must describe the same run
+    finished = already_finished(run_dir, config) if tc.resume else None
+    resume_from, clear_first = check_run_dir(run_dir, tc.resume, tc.overwrite) if finished is None else (None, False)
+    if resume_from is not None or finished is not None:  # continuing: the options must describe the same run
         check_resume_options(run_dir / CONFIG, config)
-    return plan
+    return Plan(config, ws, run_dir, accelerator, finished, resume_from, clear_first)
 
 
 def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
