@@ -212,70 +212,71 @@ class ChatPieces:
     default_system: str | None  # the template's built-in system prompt, if it has one
 
 
-def chat_pieces(template: str, tokenizer) -> ChatPieces:
-    """Cut a chat template's pieces out of probe renderings; refuse a layout the pieces do not reproduce."""
+class _Probe:
+    """Renders probe conversations with the run's chat template and cuts pieces out of them."""
 
-    def render(messages, generation=False, continue_final=False):
+    def __init__(self, template: str, tokenizer):
+        self.template, self.tokenizer = template, tokenizer
+
+    def render(self, messages, generation=False, continue_final=False) -> str | None:
         try:
-            return tokenizer.apply_chat_template(
+            return self.tokenizer.apply_chat_template(
                 messages,
-                chat_template=template,
+                chat_template=self.template,
                 tokenize=False,
                 add_generation_prompt=generation,
                 continue_final_message=continue_final,
             )
-        except Exception:  # noqa: BLE001 - Jinja errors and raise_exception(): the layout is not usable
+        except Exception:  # Jinja errors and raise_exception(): the layout is not usable
             return None
 
+    @staticmethod
     def refuse(reason: str):
         raise LoratuneError(
             f"the run's chat template has a layout an Ollama TEMPLATE cannot reproduce ({reason}); export with "
             "--format gguf and write the Modelfile's TEMPLATE by hand, or train with a format file (data.format)"
         )
 
-    def split(text: str | None, marker: str, what: str) -> tuple[str, str]:
+    def split(self, text: str | None, marker: str, what: str) -> tuple[str, str]:
         if text is None or text.count(marker) != 1:
-            refuse(f"{what} is not rendered once")
+            self.refuse(f"{what} is not rendered once")
         before, _, after = text.partition(marker)
         return before, after
 
-    def after_prefix(longer: str | None, prefix: str | None, what: str) -> str:
+    def after_prefix(self, longer: str | None, prefix: str | None, what: str) -> str:
         if longer is None or prefix is None or not longer.startswith(prefix):
-            refuse(f"{what} does not extend the conversation before it")
+            self.refuse(f"{what} does not extend the conversation before it")
         return longer[len(prefix) :]
 
+
+def chat_pieces(template: str, tokenizer) -> ChatPieces:
+    """Cut a chat template's pieces out of probe renderings; refuse a layout the pieces do not reproduce."""
+    probe = _Probe(template, tokenizer)
     user1, assistant1, user2 = _msg("user", _USER1), _msg("assistant", _ASSISTANT1), _msg("user", _USER2)
-    one, one_open = render([user1]), render([user1], generation=True)
-    two, three = render([user1, assistant1]), render([user1, assistant1, user2])
-    generation = after_prefix(one_open, one, "the generation prompt")
-    assistant_before, assistant_after = split(after_prefix(two, one, "an assistant turn"), _ASSISTANT1, "an answer")
-    user_before, user_after = split(after_prefix(three, two, "a second user turn"), _USER2, "a user message")
-    head, first_after = split(one, _USER1, "the first user message")
+    one, one_open = probe.render([user1]), probe.render([user1], generation=True)
+    two, three = probe.render([user1, assistant1]), probe.render([user1, assistant1, user2])
+    generation = probe.after_prefix(one_open, one, "the generation prompt")
+    assistant_before, assistant_after = probe.split(
+        probe.after_prefix(two, one, "an assistant turn"), _ASSISTANT1, "an answer"
+    )
+    user_before, user_after = probe.split(
+        probe.after_prefix(three, two, "a second user turn"), _USER2, "a user message"
+    )
+    head, first_after = probe.split(one, _USER1, "the first user message")
     if first_after != user_after:
-        refuse("the first user message ends differently from later ones")
+        probe.refuse("the first user message ends differently from later ones")
     bos = tokenizer.bos_token if tokenizer.bos_token and "bos_token" in template else None
     if bos and head.startswith(bos):
         head = head[len(bos) :]
     else:
         bos = None
-    system_before = system_after = None
-    with_system = render([_msg("system", _SYSTEM), user1])
-    if with_system is not None and _SYSTEM in with_system:
-        system_before, rest = split(with_system, _SYSTEM, "the system message")
-        system_after, first_after = split(rest, _USER1, "the first user message after a system message")
-        if first_after != user_after:
-            refuse("a user message after the system message ends differently")
-        system_before = system_before.removeprefix(bos) if bos else system_before
+    system_before, system_after = _system_pieces(probe, user1, user_after, bos)
     # The first user message shares user_before with later ones when head (and system_after) end with it.
     first_user_before = bool(user_before) and head.endswith(user_before)
     first_user_before = first_user_before and (system_after is None or system_after.endswith(user_before))
     if first_user_before:
         head = head[: len(head) - len(user_before)]
         system_after = system_after[: len(system_after) - len(user_before)] if system_after is not None else None
-    default = None
-    if system_before is not None and len(head) > len(system_before) + len(system_after):
-        if head.startswith(system_before) and head.endswith(system_after):
-            default = head[len(system_before) : len(head) - len(system_after)]
     pieces = ChatPieces(
         head,
         system_before,
@@ -287,20 +288,46 @@ def chat_pieces(template: str, tokenizer) -> ChatPieces:
         assistant_after,
         generation,
         bos,
-        default,
+        _default_system(head, system_before, system_after),
     )
+    _check_pieces(probe, pieces)
+    return pieces
+
+
+def _system_pieces(probe: _Probe, user1: dict, user_after: str, bos: str | None) -> tuple[str | None, str | None]:
+    """The texts before and after a system message (None, None: the template shows no system message)."""
+    with_system = probe.render([_msg("system", _SYSTEM), user1])
+    if with_system is None or _SYSTEM not in with_system:
+        return None, None
+    system_before, rest = probe.split(with_system, _SYSTEM, "the system message")
+    system_after, first_after = probe.split(rest, _USER1, "the first user message after a system message")
+    if first_after != user_after:
+        probe.refuse("a user message after the system message ends differently")
+    return (system_before.removeprefix(bos) if bos else system_before), system_after
+
+
+def _default_system(head: str, system_before: str | None, system_after: str | None) -> str | None:
+    """The template's built-in system prompt: what head holds between the system message's pieces."""
+    if system_before is None or len(head) <= len(system_before) + len(system_after):
+        return None
+    if head.startswith(system_before) and head.endswith(system_after):
+        return head[len(system_before) : len(head) - len(system_after)]
+    return None
+
+
+def _check_pieces(probe: _Probe, pieces: ChatPieces) -> None:
+    """The pieces must rebuild the template's own rendering of every check conversation, character for character."""
     for messages in _CHECK_CONVERSATIONS:
         if pieces.system_before is None and messages[0]["role"] == "system":
             continue
         final = messages[-1]["role"] == "assistant"
-        jinja = render(messages, generation=not final, continue_final=final)
+        jinja = probe.render(messages, generation=not final, continue_final=final)
         if jinja is None:
-            refuse(f"it cannot render the conversation {_roles(messages)}")
-        if bos and jinja.startswith(bos):
-            jinja = jinja[len(bos) :]
+            probe.refuse(f"it cannot render the conversation {_roles(messages)}")
+        if pieces.bos and jinja.startswith(pieces.bos):
+            jinja = jinja[len(pieces.bos) :]
         if render_pieces(pieces, messages) != jinja:
-            refuse(f"its rendering of {_roles(messages)} is not built from fixed pieces around each message")
-    return pieces
+            probe.refuse(f"its rendering of {_roles(messages)} is not built from fixed pieces around each message")
 
 
 def render_pieces(pieces: ChatPieces, messages: list[dict]) -> str:
