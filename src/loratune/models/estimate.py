@@ -242,7 +242,7 @@ def _hub_config(repo_id: str) -> Path:
         # retries for a minute and then blames the local cache.
         revision = HfApi().model_info(repo_id).sha
         return Path(hf_hub_download(repo_id, "config.json", revision=revision)).parent
-    except Exception as e:  # noqa: BLE001 - the hub raises many types; all mean "could not get it"
+    except Exception as e:
         raise LoratuneError(
             f"cannot fetch config.json of '{repo_id}' from the Hugging Face hub ({type(e).__name__}: "
             f"{first_line(e, 160)}); check the id and your connection, or pass a model folder"

@@ -115,7 +115,7 @@ def download(repo_id: str, ws: Workspace, trust_remote_code: bool = False) -> Pa
         target.mkdir(parents=True, exist_ok=True)
         (target / _PARTIAL).write_text(f"downloading {repo_id}; run again to resume\n")
         snapshot_download(repo_id, local_dir=target, allow_patterns=patterns, revision=revision)
-    except Exception as e:  # noqa: BLE001 - the hub raises many types; all mean "could not get it"
+    except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LoratuneError(
             f"could not download model '{repo_id}' from the Hugging Face hub ({type(e).__name__}: {reason[:160]}); "

@@ -99,7 +99,7 @@ class RunGuard:
             return f"{checkpoint_name(step)} holds all finished steps"
         try:
             self.run.save_checkpoint(step)
-        except Exception as e:  # noqa: BLE001 - the original failure matters more; say the rescue did not work
+        except Exception as e:
             return f"saving {checkpoint_name(step)} failed too ({type(e).__name__}: {e})"
         return f"saved the {step} finished steps as {checkpoint_name(step)}"
 
