@@ -196,6 +196,9 @@ def phase(name: str, port: int, model: str, args, abusive: float, count: int) ->
         "phase": name,
         "good_requests": len(latencies),
         "good_per_s": len(latencies) / elapsed,
+        # Little's law for clients that send back to back: the rate without the phase's ragged end (the requests
+        # still running when time is up are waited for, which weighs on phases of few, long requests)
+        "steady_per_s": count / statistics.mean(latencies) if latencies else float("nan"),
         "p50_s": statistics.median(latencies) if latencies else float("nan"),
         "p95_s": p95,
         "max_s": latencies[-1] if latencies else float("nan"),
@@ -203,7 +206,8 @@ def phase(name: str, port: int, model: str, args, abusive: float, count: int) ->
         "abusive": abuse,
     }
     print(
-        f"{name:11s} good: {len(latencies)} in {elapsed:.0f} s = {result['good_per_s']:.2f} req/s, "
+        f"{name:11s} good: {len(latencies)} in {elapsed:.0f} s = {result['good_per_s']:.3f} req/s "
+        f"(clients / mean latency: {result['steady_per_s']:.3f}), "
         f"p50 {result['p50_s']:.2f} s, p95 {p95:.2f} s, max {result['max_s']:.2f} s, errors {len(errors)}"
         + (f" {sorted(set(errors))}" if errors else ""),
         flush=True,
@@ -250,7 +254,10 @@ def main() -> None:
         rss.append(rss_mb(server.pid))
         if len(clean) > 1:
             ratio = clean[-1]["good_per_s"] / clean[0]["good_per_s"]
-            print(f"requests/s at {counts[-1]} clients / at {counts[0]}: {ratio:.2f}x", flush=True)
+            steady = clean[-1]["steady_per_s"] / clean[0]["steady_per_s"]
+            print(
+                f"requests/s at {counts[-1]} clients / at {counts[0]}: {ratio:.2f}x ({steady:.2f}x steady)", flush=True
+            )
         if args.abusive > 0:
             abused = phase(f"abusive x{counts[-1]}", port, model, args, args.abusive, counts[-1])
             rss.append(rss_mb(server.pid))

@@ -78,7 +78,14 @@ class Batcher:
         with self.pool.lock, torch.no_grad():
             self._drop_finished()
             if new:
-                self._prefill(new)
+                try:
+                    self._prefill(new)
+                except Exception as e:  # e.g. out of memory for these prompts: they fail, the running rows go on
+                    traceback.print_exc()
+                    for row in new:
+                        if row not in self.rows:
+                            row.events.put(e)
+                            self.pool.release(row)
             if self.rows:
                 self._decode()
 
