@@ -46,6 +46,7 @@ LIGHT = [
     (["data", "check", "notes.docx"], 2),
     (["completion", "bash"], 0),
     (["loras", "list", "--help"], 0),
+    (["train", "--help"], 0),
     ([], 1),  # usage errors from here on
     (["bogus"], 1),
     (["loras", "list", "--nope"], 1),
