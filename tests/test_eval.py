@@ -69,7 +69,29 @@ def test_eval_split_rows_best_checkpoint_and_loss_png(tiny_model, tmp_path, home
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, png
 
 
-def test_eval_file_is_measured_not_trained(tiny_model, tmp_path, home):
+def test_each_evaluation_is_one_console_line_and_the_result_one_repr_line(tiny_model, tmp_path, home, capsys):
+    result = train(
+        model=str(tiny_model),
+        data=str(_jsonl(tmp_path / "sums.jsonl", RECORDS)),
+        home=home,
+        **{"data.eval_split": 0.2},
+        train={"max_steps": 4, "batch_size": 4, "micro_batch": 4, "lr": 1e-2, "eval_every": 2, "save_every": 0},
+    )
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval ")]
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    first, last = [r for r in rows if "eval_loss" in r]
+    better = " (best)" if last["eval_loss"] < first["eval_loss"] else ""
+    assert printed == [
+        f"eval step 2: loss {first['eval_loss']:.4f}, ppl {first['eval_ppl']:.2f} (best)",
+        f"eval step 4: loss {last['eval_loss']:.4f}, ppl {last['eval_ppl']:.2f}{better}",
+    ]
+    assert repr(result) == (
+        f"TrainResult(run_dir={result.run_dir!r}, steps=4, final_loss={result.final_loss!r}, "
+        f"seconds={result.seconds!r}, stopped=False, already_finished=False)"
+    )
+
+
+def test_eval_file_is_measured_not_trained(tiny_model, tmp_path, home, capsys):
     data = _jsonl(tmp_path / "train.jsonl", RECORDS[:8])
     held = _jsonl(tmp_path / "held.jsonl", RECORDS[8:11])
     result = train(
@@ -89,6 +111,7 @@ def test_eval_file_is_measured_not_trained(tiny_model, tmp_path, home):
     )
     best = json.loads((result.run_dir / "best.json").read_text())
     assert best["best_checkpoint"] == "." and best["step"] == 2
+    assert "eval step" not in capsys.readouterr().out  # show_progress=False: quiet
 
 
 def test_resume_forgets_a_best_step_past_the_checkpoint(tmp_path):

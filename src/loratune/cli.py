@@ -14,19 +14,61 @@ import sys
 from loratune.commands import COMMANDS
 from loratune.errors import LoratuneError
 
+HOME_HELP = "workspace folder (default: $LORATUNE_HOME or the current directory)"
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not usage + error
         raise LoratuneError(f"{message} (see: {self.prog} --help)")
 
 
+class _Version(argparse.Action):
+    """`--version`: the version is looked up only when asked for (reading package metadata costs a little)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"loratune {version()}")
+        parser.exit()
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("loratune")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        import loratune
+
+        return getattr(loratune, "__version__", "unknown")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="loratune", description="LoRA fine-tuning of text-generation models.")
-    parser.add_argument("--home", help="workspace folder (default: $LORATUNE_HOME or the current directory)")
+    parser.add_argument("--home", help=HOME_HELP)
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         importlib.import_module(f"loratune.commands.{name}").add(sub)
+    for _, command in walk(parser):
+        # `loratune loras list --home X` as `loratune --home X loras list`; SUPPRESS keeps the top-level value
+        # when the option is not given again after the command.
+        command.add_argument("--home", default=argparse.SUPPRESS, help=HOME_HELP)
     return parser
+
+
+def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """(command path, parser) for every subcommand below `parser`, depth first: ("loras",), ("loras", "list"), ..."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            seen = set()
+            for name, child in action.choices.items():
+                if id(child) not in seen:  # an alias names the same parser again
+                    seen.add(id(child))
+                    yield (*path, name), child
+                    yield from walk(child, (*path, name))
 
 
 def main(argv: list[str] | None = None) -> int:

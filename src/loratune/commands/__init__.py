@@ -3,4 +3,4 @@
 A new command is a new module here plus its name in COMMANDS.
 """
 
-COMMANDS = ("train", "generate", "chat", "data", "models", "estimate", "loras", "serve", "ui")
+COMMANDS = ("train", "generate", "chat", "data", "models", "estimate", "loras", "serve", "ui", "completion")

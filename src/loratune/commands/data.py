@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from loratune.config import DataSpec, ModelSpec, from_dict, load_yaml, merge_options, parse_overrides
 
@@ -15,6 +16,8 @@ TRAINED, MASKED, RESET = "\033[32m", "\033[90m", "\033[0m"
 BAR_WIDTH = 40
 FILES_SHOWN = 20  # a folder of thousands of files lists the first ones
 PROBLEM_EXIT = 2  # 1 is a user error (bad file, bad option), as for every command
+# The suffixes data/files.py reads (its KINDS; a test keeps the two equal): importing loratune.data loads torch.
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".txt", ".md")
 
 
 def add(sub) -> None:
@@ -36,12 +39,10 @@ def add(sub) -> None:
     check.add_argument("--cutoff", type=int, help=_doc("cutoff"))
     check.add_argument("--config", help="a run's YAML config; its model and data options are used")
     check.add_argument("--examples", type=int, default=3, help="how many samples to show (default 3)")
-    check.set_defaults(run=run_check, takes_overrides=True)
+    check.set_defaults(run=run_check, takes_overrides=("model", "data"))  # the dotted options it uses
 
 
 def run_check(args, extra: list[str]) -> int:
-    from loratune.data.preview import check_data
-    from loratune.models.sources import load_tokenizer, resolve_model_path
     from loratune.workspace import Workspace
 
     data = load_yaml(args.config) if args.config else {}
@@ -54,11 +55,32 @@ def run_check(args, extra: list[str]) -> int:
     model = from_dict(ModelSpec, data.get("model") or {}, "model")
     spec = from_dict(DataSpec, data.get("data") or {}, "data")
     ws = Workspace.resolve(args.home)
+    unsupported = _unsupported_file(spec.path, ws)
+    if unsupported is not None:  # said in a second, before the tokenizer and torch load
+        suffixes = ", ".join(DATA_SUFFIXES)
+        print(f"PROBLEM: {unsupported}: unsupported data file type; use {suffixes} (or a folder of them)")
+        print("1 problem(s): training on this data would be silently useless")
+        return PROBLEM_EXIT
+
+    from loratune.data.preview import check_data
+    from loratune.models.sources import load_tokenizer, resolve_model_path
+
     tokenizer = load_tokenizer(resolve_model_path(model.source, ws, model.trust_remote_code), model.trust_remote_code)
     check = check_data(spec, tokenizer, ws, examples=args.examples)
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     print(render(check, color))
     return PROBLEM_EXIT if check.has_problems else 0
+
+
+def _unsupported_file(given: str | list[str], ws) -> Path | None:
+    """The first given dataset that is a file of a type no reader takes (found as data/build.py's find_data does)."""
+    for name in given if isinstance(given, list) else [given]:
+        path = Path(name).expanduser()
+        if not path.exists() and not path.is_absolute() and (ws.datasets / name).exists():
+            path = ws.datasets / name
+        if path.is_file() and path.suffix.lower() not in DATA_SUFFIXES:
+            return path
+    return None
 
 
 def render(check, color: bool) -> str:

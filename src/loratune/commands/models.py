@@ -19,7 +19,6 @@ def run_models(args, extra: list[str]) -> int:
     from loratune.errors import LoratuneError
     from loratune.models.catalog import installed, recommend
     from loratune.models.estimate import human
-    from loratune.models.sources import download
     from loratune.workspace import Workspace
 
     ws = Workspace.resolve(args.home)
@@ -40,6 +39,8 @@ def run_models(args, extra: list[str]) -> int:
         return 0
     if "/" not in args.hub_id:
         raise LoratuneError(f"'{args.hub_id}' is not a hub id (they look like org/name, e.g. Qwen/Qwen2.5-0.5B)")
+    from loratune.models.sources import download  # the hub client: only for a download
+
     path = download(args.hub_id, ws, args.trust_remote_code)
     print(f"{args.hub_id} is in {path}")
     return 0

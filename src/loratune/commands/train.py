@@ -29,9 +29,9 @@ def add(sub) -> None:
 
 
 def run_train(args, extra: list[str]) -> int:
+    config = train_config(args, extra)  # a bad option is refused before torch loads
     from loratune.training.loop import train
 
-    config = train_config(args, extra)
     result = train(config, home=args.home)
     if result.already_finished:
         return 0  # train() said so; nothing was changed

@@ -26,8 +26,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from loratune.errors import LoratuneError
 
 GB = 1024**3
@@ -152,6 +150,7 @@ def _largest(fits, low: int, high: int) -> int:
 
 def shape_of(config, rank: int, targets: str) -> Shape:
     """Count an architecture on the meta device (no memory, no weights) and measure the LoRA it would get."""
+    import torch  # here, not at the top: `loratune models list` formats sizes with human() and needs no torch
     from transformers import AutoModelForCausalLM
 
     from loratune.models.families import linear_module_paths, resolve_targets

@@ -61,6 +61,7 @@ class Evaluator:
     def __init__(self, samples: list[Sample], run_dir: Path | None, every: int, total_steps: int, micro, pad_id):
         self.samples, self.run_dir, self.every, self.total = samples, run_dir, every, total_steps
         self.micro_batch, self.pad_id = micro, pad_id
+        self.last_was_best = False  # only the main process (it has the run folder) keeps best.json
         if run_dir is not None and (run_dir / BEST).is_file():
             self._rebuild_best()
 
@@ -75,6 +76,7 @@ class Evaluator:
         return bool(self.samples) and (step == self.total or (self.every > 0 and step % self.every == 0))
 
     def __call__(self, model, step: int, epoch: float | None = None) -> dict:
+        """The metrics row; `self.last_was_best` then says whether it is the lowest eval loss of the run so far."""
         loss = eval_loss(model, self.samples, self.micro_batch, self.pad_id)
         row = {"step": step, "eval_loss": round(loss, 6), "eval_ppl": round(math.exp(min(loss, 50.0)), 4)}
         if epoch is not None:
@@ -82,14 +84,15 @@ class Evaluator:
         if self.run_dir is not None:
             with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-            self._record_best(row)
+            self.last_was_best = self._record_best(row)
         return row
 
-    def _record_best(self, row: dict) -> None:
+    def _record_best(self, row: dict) -> bool:
+        """Keep best.json; True when `row` is (now) the best."""
         path = self.run_dir / BEST
         best = read_json(path)
         if "eval_loss" in best and best["eval_loss"] <= row["eval_loss"] and best.get("step") != row["step"]:
-            return
+            return False
         step = row["step"]
         if checkpoint_dir(self.run_dir, step).is_dir():
             where = checkpoint_dir(self.run_dir, step).name
@@ -97,3 +100,4 @@ class Evaluator:
             where = "." if step == self.total else None  # the final adapter is the run folder itself
         best = {"step": step, "eval_loss": row["eval_loss"], "eval_ppl": row["eval_ppl"], "best_checkpoint": where}
         path.write_text(json.dumps(best, indent=2) + "\n", encoding="utf-8")
+        return True

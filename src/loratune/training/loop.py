@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import closing, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,8 +40,8 @@ class TrainResult:
     steps: int
     final_loss: float
     seconds: float
-    model: object  # the trained PeftModel, still in memory
-    tokenizer: object
+    model: object = field(repr=False)  # the trained PeftModel, still in memory (its repr is ~200 lines)
+    tokenizer: object = field(repr=False)
     stopped: bool = False  # ended early by a signal or the caller's stop; resumable from its last checkpoint
     already_finished: bool = False  # a resume of a finished run: nothing trained or changed (model is None then)
 
@@ -109,7 +109,9 @@ def train_loop(run: Run, stopping: StopRequest, on_step) -> str | None:
                 run.save_checkpoint(run.step)
                 plot_loss(run.run_dir / METRICS, checkpoint_dir(run.run_dir, run.step) / LOSS_PLOT)
             if evaluate.due(run.step):
-                board.log(evaluate(run.model, run.step, epoch))
+                evaluation = evaluate(run.model, run.step, epoch)
+                board.log(evaluation)
+                progress.evaluation(evaluation, evaluate.last_was_best)
             ended_by = stop_reason(stopping, run.accelerator, run.loss, tc.stop_at_loss)
             if ended_by is not None:  # Ctrl-C, SIGTERM, the caller's stop, train.stop_at_loss
                 break

@@ -47,5 +47,12 @@ class Progress:
                 f.write(json.dumps(row) + "\n")
         return row
 
+    def evaluation(self, row: dict, best: bool) -> None:
+        """One console line per evaluation, above the bar (whose postfix shows the training loss only)."""
+        if not self.bar.disable:
+            mark = " (best)" if best else ""
+            line = f"eval step {row['step']}: loss {row['eval_loss']:.4f}, ppl {row['eval_ppl']:.2f}{mark}"
+            self.bar.write(line, file=sys.stdout)
+
     def close(self) -> None:
         self.bar.close()
