@@ -446,7 +446,7 @@ def gguf_fields(path: Path) -> dict:
     reader = GGUFReader(path)
     out = {}
     for key, field in reader.fields.items():
-        if len(field.data) != 1:
+        if len(field.data) != 1 or field.types[0].name == "ARRAY":
             continue
         value = field.parts[field.data[0]]
         out[key] = bytes(value).decode("utf-8", "replace") if field.types[0].name == "STRING" else value.item()
