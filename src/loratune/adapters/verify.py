@@ -103,7 +103,7 @@ def verify(
 
 def format_table(checks: list[Check]) -> str:
     rows = [("artifact", "check", "result")] + [(c.artifact, c.check, f"{c.status}: {c.result}") for c in checks]
-    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    lines = ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]  # Markdown
     lines.insert(1, "|---|---|---|")
     return "\n".join(lines)
 
@@ -266,9 +266,11 @@ def check_merged_folder(folder: Path, label: str, tokenizer, contract, reference
     checks = []
     if stored_dtype == "float32":
         status = "ok" if worst <= LOGIT_TOLERANCE else "FAIL"
-        checks.append(Check(label, "logits vs base + adapter", status, f"max |diff| {worst:.2e} (limit 1e-4)"))
+        checks.append(Check(label, "logits vs base + adapter", status, f"max abs diff {worst:.2e} (limit 1e-4)"))
     else:  # merged in the stored half precision: rounding moves logits by more than 1e-4; the tokens must agree
-        checks.append(Check(label, "logits vs base + adapter", "measured", f"max |diff| {worst:.2e} ({stored_dtype})"))
+        checks.append(
+            Check(label, "logits vs base + adapter", "measured", f"max abs diff {worst:.2e} ({stored_dtype})")
+        )
     # Plain transformers: greedy with the folder's own generation_config, which must stop where the adapter stops.
     answers = [
         greedy_answer(model, tokenizer, ids, max(len(a), 1), {})
