@@ -47,7 +47,7 @@ def test_merged_folder_and_rendering_pass_and_missing_llama_cpp_is_said(home, ca
     table = rows(capsys.readouterr().out)
     assert table[("prompts", "source")].startswith("note: 3 held-out prompts of data.eval_path eval.jsonl")
     merged = "merged folder (merged for the check)"
-    assert table[(merged, "logits vs base + adapter")].startswith("ok: max |diff|")
+    assert table[(merged, "logits vs base + adapter")].startswith("ok: max abs diff")
     assert table[(merged, "greedy tokens, own generation_config")].startswith("ok: 3 / 3 answers identical")
     assert table[(merged, "prompt contract in the folder")].startswith("ok:")
     skipped = table[("GGUF adapter and merged GGUF", "llama.cpp runs")]
@@ -69,7 +69,7 @@ def test_a_corrupted_merged_weight_fails_and_is_named(home, capsys):
     assert main(["--home", str(home), "loras", "verify", "pirate", "--tokens", "4"]) == 1
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if "logits vs base + adapter" in line)
-    assert line.startswith("| merged folder models/pirate-merged | logits vs base + adapter | FAIL: max |diff|")
+    assert line.startswith("| merged folder models/pirate-merged | logits vs base + adapter | FAIL: max abs diff")
     shutil.rmtree(home / "models/pirate-merged")
 
 

@@ -103,7 +103,7 @@ def verify(
 
 def format_table(checks: list[Check]) -> str:
     rows = [("artifact", "check", "result")] + [(c.artifact, c.check, f"{c.status}: {c.result}") for c in checks]
-    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    lines = ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]  # Markdown
     lines.insert(1, "|---|---|---|")
     return "\n".join(lines)
 
@@ -220,6 +220,17 @@ def agreement(reference: Reference, answers: list[list[int]]) -> tuple[int, int,
     return agree, compared, same
 
 
+def divergence_margins(reference: Reference, answers: list[list[int]]) -> list[float]:
+    """For each answer that differs: the reference's top-2 logit gap at the first differing token."""
+    margins = []
+    for ids, ours, theirs, logits in zip(reference.ids, reference.answers, answers, reference.logits, strict=True):
+        at = common_prefix(ours, theirs)
+        if ours != theirs and at < len(ours):
+            top = logits[len(ids) - 1 + at].topk(2).values
+            margins.append((top[0] - top[1]).item())
+    return margins
+
+
 def _rate(agree: int, compared: int) -> str:
     return f"{agree} / {compared} tokens ({100 * agree / max(compared, 1):.1f} %)"
 
@@ -266,9 +277,11 @@ def check_merged_folder(folder: Path, label: str, tokenizer, contract, reference
     checks = []
     if stored_dtype == "float32":
         status = "ok" if worst <= LOGIT_TOLERANCE else "FAIL"
-        checks.append(Check(label, "logits vs base + adapter", status, f"max |diff| {worst:.2e} (limit 1e-4)"))
+        checks.append(Check(label, "logits vs base + adapter", status, f"max abs diff {worst:.2e} (limit 1e-4)"))
     else:  # merged in the stored half precision: rounding moves logits by more than 1e-4; the tokens must agree
-        checks.append(Check(label, "logits vs base + adapter", "measured", f"max |diff| {worst:.2e} ({stored_dtype})"))
+        checks.append(
+            Check(label, "logits vs base + adapter", "measured", f"max abs diff {worst:.2e} ({stored_dtype})")
+        )
     # Plain transformers: greedy with the folder's own generation_config, which must stop where the adapter stops.
     answers = [
         greedy_answer(model, tokenizer, ids, max(len(a), 1), {})
@@ -486,6 +499,9 @@ def check_gguf(program, label, model_file, lora, tokenizer, contract, prompts, r
     agree, compared, same = agreement(reference, answers)
     quant = file_type.removeprefix("ALL_").removeprefix("MOSTLY_").lower()
     result = f"{same} / {len(prompts)} answers identical, {_rate(agree, compared)} ({quant})"
+    margins = divergence_margins(reference, answers)
+    if margins:  # a split at a near-tie of the reference is rounding; a large margin is a wrong export
+        result += f"; reference top-2 logit margin where they split: {', '.join(f'{m:.3f}' for m in margins)}"
     if exact:
         checks.append(Check(label, f"greedy tokens (up to {tokens})", "ok" if same == len(prompts) else "FAIL", result))
     else:
