@@ -27,7 +27,7 @@ from typing import Literal
 
 from loratune.adapters.catalog import adapter_path, base_model_path
 from loratune.adapters.files import temporary
-from loratune.config import DataSpec, from_dict, load_yaml
+from loratune.config import DataSpec, from_dict
 from loratune.errors import LoratuneError
 from loratune.prompting import (
     PromptContract,
@@ -127,19 +127,23 @@ def verify_prompts(
         if not lines:
             raise LoratuneError(f"{path}: no prompts in it (one per line)")
         return [_prompt(contract, line) for line in lines[:limit]], f"prompts from {path}"
-    config = next((f / "loratune.yaml" for f in (adapter, adapter.parent) if (f / "loratune.yaml").is_file()), None)
-    if config is None:
-        raise LoratuneError(f"{adapter}: no loratune.yaml, so its eval prompts are unknown; pass --prompts-file")
-    spec = from_dict(DataSpec, load_yaml(config).get("data") or {}, f"{config}: data")
+    from loratune.rundir import CONFIG, config_folder, read_run_config
+
+    saved = read_run_config(config_folder(adapter))
+    if saved is None:
+        raise LoratuneError(f"{adapter}: no {CONFIG}, so its eval prompts are unknown; pass --prompts-file")
+    spec = from_dict(DataSpec, saved.get("data") or {}, f"{config_folder(adapter) / CONFIG}: data")
     from loratune.data.build import find_data, is_raw_text
+    from loratune.data.files import kind_of, list_files, read_records
 
-    path = find_data(spec.eval_path or spec.path, ws)
+    found = find_data(spec.eval_path or spec.path, ws)
     what = "held-out prompts of data.eval_path" if spec.eval_path else "prompts of the training data (no eval file)"
-    if is_raw_text(path) or contract.kind == "raw":
+    if is_raw_text(found) or contract.kind == "raw":
         raise LoratuneError(f"{adapter} was trained on raw text: give the texts to continue with --prompts-file")
-    from loratune.data.instructions import read_records
-
-    prompts = [p for p in (_record_prompt(contract, r) for r in read_records(path)) if p is not None]
+    files = [f for one in (found if isinstance(found, list) else [found]) for f in list_files(one).files]
+    records = [r for f in files if kind_of(f) != "text" for r in read_records(f)]
+    path = files[0]
+    prompts = [p for p in (_record_prompt(contract, r) for r in records) if p is not None]
     if not prompts:
         raise LoratuneError(f"{path}: no record gives a prompt in the run's prompt format; pass --prompts-file")
     return prompts[:limit], f"{what} {path.name}"
