@@ -16,9 +16,9 @@ import os
 import shlex
 from pathlib import Path
 
-from loratune.config import RunConfig, from_dict, load_yaml
+from loratune.config import RunConfig, from_dict
 from loratune.errors import LoratuneError
-from loratune.rundir import FINISHED, read_finished
+from loratune.rundir import CONFIG, FINISHED, read_finished, read_run_config
 
 RESUME_MAY_CHANGE = {
     # how long the run is (the learning-rate schedule stretches or shrinks to the new total from the resumed step)
@@ -43,14 +43,15 @@ RESUME_MAY_CHANGE = {
 }
 
 
-def check_resume_options(saved_yaml: Path, config: RunConfig) -> None:
+def check_resume_options(run_dir: Path, config: RunConfig) -> None:
     """Refuse, in one line naming it, an option given with another value than the run was trained with."""
-    if not saved_yaml.is_file():
+    data = read_run_config(run_dir)
+    if data is None:
         return  # nothing to compare with (deleted by hand); the checkpoint still checks the data position
     try:
-        saved = from_dict(RunConfig, load_yaml(saved_yaml))
+        saved = from_dict(RunConfig, data)
     except LoratuneError as e:
-        raise LoratuneError(f"{saved_yaml}: {e}") from None
+        raise LoratuneError(f"{run_dir / CONFIG}: {e}") from None
     was, now = _flat(saved), _flat(config)
     for name, value in now.items():
         if name in RESUME_MAY_CHANGE or name == "name" or was.get(name) == value:

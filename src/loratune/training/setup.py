@@ -108,7 +108,7 @@ def plan_run(config: RunConfig | None, home, options: dict, guard: RunGuard) -> 
     finished = already_finished(run_dir, config) if tc.resume else None
     resume_from, clear_first = check_run_dir(run_dir, tc.resume, tc.overwrite) if finished is None else (None, False)
     if resume_from is not None or finished is not None:  # continuing: the options must describe the same run
-        check_resume_options(run_dir / CONFIG, config)
+        check_resume_options(run_dir, config)
     return Plan(config, ws, run_dir, accelerator, finished, resume_from, clear_first)
 
 
