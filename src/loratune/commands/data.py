@@ -64,7 +64,8 @@ def run_check(args, extra: list[str]) -> int:
 
 def render(check, color: bool) -> str:
     """The check as terminal text; `color` paints trained / masked text, else trained text is ⟦bracketed⟧."""
-    lines = [f"{check.kind} data {check.path} (cutoff {check.cutoff} tokens)"]
+    cached = ", tokenized samples (cached)" if check.cached else ""
+    lines = [f"{check.kind} data {check.path} (cutoff {check.cutoff} tokens{cached})"]
     if check.kind and check.records:
         share = f"{100 * check.trained_tokens / check.tokens:.1f} %" if check.tokens else "-"
         lines += [

@@ -180,8 +180,15 @@ def read_file(
         texts.add_file(file, allow_empty=not alone)
         return {"raw text": 1}
     unit = RECORD_UNIT[kind]
-    documents, records, seen = [], [], {}
+    documents, records, seen, count = [], [], {}, 0
     through_format = instructions.uses_format_file(spec.format)
+
+    def build_block() -> None:  # instruction records go to the store a block at a time, never all held at once
+        if records:
+            texts.flush()  # the raw text before these samples is in the store first, so the order is the files'
+            texts.writer.add_samples(instructions.build(records, file, unit, tokenizer, spec, ws, report))
+            records.clear()
+
     for number, record in enumerate(read_records(file), 1):
         record = rename_columns(record, spec.columns)
         shape = shape_of(record)
@@ -190,14 +197,14 @@ def read_file(
             documents.append(text_of(record, f"{file} {unit} {number}"))
         else:
             records.append((number, record))
-    if records:
-        texts.flush()  # the raw text before these samples is in the store first, so the order is the files' order
-        texts.writer.add_samples(instructions.build(records, file, unit, tokenizer, spec, ws, report))
+            count += 1
+            if len(records) >= INSTRUCTION_BLOCK:
+                build_block()
+    build_block()
     for d in range(len(documents)):
         text, documents[d] = documents[d], ""
         texts.add_document([text])
-    if records:
-        report.records += len(records)  # raw text counts its blocks between hard cuts
+    report.records += count  # raw text counts its blocks between hard cuts
     return seen
 
 

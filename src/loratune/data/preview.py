@@ -50,6 +50,8 @@ class DataCheck:
     """'raw text', 'instruction' or 'mixed' (or '' when the data could not be read at all)."""
     path: str
     cutoff: int
+    cached: bool = False
+    """The samples were read from the tokenized-data cache (datasets/.cache/), not tokenized again."""
     shapes: dict[str, int] = field(default_factory=dict)
     """Records per shape (alpaca, chat, sharegpt, completion, text; 'raw text': .txt / .md files)."""
     files: dict[str, int] = field(default_factory=dict)
@@ -119,7 +121,7 @@ def check_data(spec: DataSpec, tokenizer, ws: Workspace | None = None, examples:
         check.warn(str(e), problem=True)
         return check
 
-    check.kind, check.path = report.kind, report.path
+    check.kind, check.path, check.cached = report.kind, report.path, report.cached
     check.shapes, check.files, check.skipped = report.shapes, report.files, report.skipped
     check.file_shapes = report.file_shapes
     if report.parts:
