@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/loratune-data-scale")
     ap.add_argument("--out", default="")
     ap.add_argument("--skip", nargs="*", default=[], help="label:corpus pairs to skip, e.g. before:400")
+    ap.add_argument("--phases", nargs="*", default=["check1", "check2", "train1", "train2"])
     args = ap.parse_args()
 
     work = Path(args.work)
@@ -155,6 +156,8 @@ def main() -> None:
             train += ["--train.max_steps", "2", "--overwrite"]
             row = {"corpus": name, "code": label, "src": src}
             for phase, cmd in (("check1", check), ("check2", check), ("train1", train), ("train2", train)):
+                if phase not in args.phases:
+                    continue
                 if phase in ("check1", "train1"):
                     shutil.rmtree(home / "datasets" / ".cache", ignore_errors=True)
                 shutil.rmtree(home / "loras" / "b", ignore_errors=True)

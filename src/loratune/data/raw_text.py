@@ -251,10 +251,9 @@ class TextTokenizer:
             if self.spec.newline_cut:
                 section.starts.append(np.array([len("".join(section.text or []))]))
         n = section.tokens
-        spans = chunk_spans(n, self.length, self.spec.overlap)
-        starts = np.array([s for s, _ in spans], dtype=np.int64)
-        ends = np.array([e for _, e in spans], dtype=np.int64)
+        starts, ends = window_bounds(n, self.length, self.spec.overlap)  # arrays: a 100 MB section has 1M windows
         if self.spec.newline_cut and n:
+            spans = list(zip(starts.tolist(), ends.tolist(), strict=True))
             text = "".join(section.text or [])
             char_starts = np.concatenate(section.starts).tolist()
             if last and self.eos is not None:
@@ -324,6 +323,16 @@ def _piece_end(text: str, pos: int) -> int:
         if not text[at - 1].isspace() and not text[at + 1].isspace():
             return at
     return end
+
+
+def window_bounds(n: int, length: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
+    """chunk_spans as two arrays (starts, ends)."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    step = length - overlap
+    count = 1 + max(0, -(-(n - length) // step))
+    starts = np.arange(count, dtype=np.int64) * step
+    return starts, np.minimum(starts + length, n)
 
 
 def chunk_tokens(tokens: list[int], length: int, overlap: int) -> list[list[int]]:
