@@ -85,7 +85,8 @@ def _unsupported_file(given: str | list[str], ws) -> Path | None:
 
 def render(check, color: bool) -> str:
     """The check as terminal text; `color` paints trained / masked text, else trained text is ⟦bracketed⟧."""
-    lines = [f"{check.kind} data {check.path} (cutoff {check.cutoff} tokens)"]
+    cached = ", tokenized samples (cached)" if check.cached else ""
+    lines = [f"{check.kind} data {check.path} (cutoff {check.cutoff} tokens{cached})"]
     if check.kind and check.records:
         share = f"{100 * check.trained_tokens / check.tokens:.1f} %" if check.tokens else "-"
         lines += [

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import random
 from pathlib import Path
 
-from loratune.config import DataSpec
-from loratune.data import hub, instructions, raw_text
+import numpy as np
+
+from loratune.config import DataSpec, to_dict
+from loratune.data import hub, instructions, raw_text, store
+from loratune.data.chat_templates import resolve_chat_template
 from loratune.data.files import RECORD_UNIT, FileList, first_record, kind_of, list_files, read_records
 
 # Re-exported: training/, prompting and the tests import the shared names from here.
 from loratune.data.samples import IGNORE, DataReport, Sample, adds_bos, read_text, wants_bos
 from loratune.data.shapes import rename_columns, shape_of, text_of
+from loratune.data.store import SampleSet, StoreWriter
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace
 
@@ -19,6 +26,7 @@ __all__ = [
     "IGNORE",
     "DataReport",
     "Sample",
+    "SampleSet",
     "adds_bos",
     "build_samples",
     "find_data",
@@ -31,7 +39,7 @@ __all__ = [
 ]
 
 
-def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample], DataReport]:
+def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[SampleSet, DataReport]:
     """Read `spec.path` (files, folders, hub datasets, or a list of them) into training samples."""
     samples, report = read_samples(spec, tokenizer, ws)
     if not samples:
@@ -39,10 +47,10 @@ def build_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample
     return samples, report
 
 
-def read_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample], DataReport]:
+def read_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[SampleSet, DataReport]:
     """Like build_samples, but an empty result is returned, not refused (the data check reports it)."""
     given = spec.path if isinstance(spec.path, list) else [spec.path]
-    samples, parts = [], []
+    samples, parts = SampleSet([]), []
     for number, (name, weight) in enumerate(zip(given, spec.mix or [1.0] * len(given), strict=True), 1):
         part_samples, part = read_dataset(name, spec, tokenizer, ws)
         if weight != 1.0:
@@ -65,6 +73,7 @@ def read_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample]
                 total[key] = total.get(key, 0) + count
         report.skipped += part.skipped
     report.samples = len(samples)
+    report.cached = all(p.cached for p in parts)
     _count_tokens(report, samples)
     return samples, report
 
@@ -72,8 +81,12 @@ def read_samples(spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample]
 COUNTERS = ("records", "too_long", "truncated", "nothing_to_train", "too_short")
 
 
-def read_dataset(given: str, spec: DataSpec, tokenizer, ws: Workspace) -> tuple[list[Sample], DataReport]:
-    """One dataset: a file, a folder (each file by its own reader), or a hub snapshot (its subset and split)."""
+def read_dataset(given: str, spec: DataSpec, tokenizer, ws: Workspace) -> tuple[SampleSet, DataReport]:
+    """One dataset: a file, a folder (each file by its own reader), or a hub snapshot (its subset and split).
+
+    Its samples come from the cache when the same bytes were read before with the same tokenizer, templates and
+    options (see data.store); otherwise they are built, and cached for the next run, resume or data check.
+    """
     path = find_data(given, ws, spec.revision)
     name = f"{hub.PREFIX}{hub.repo_of(path)}" if hub.is_snapshot(path) else str(path)
     if hub.is_snapshot(path):
@@ -81,39 +94,101 @@ def read_dataset(given: str, spec: DataSpec, tokenizer, ws: Workspace) -> tuple[
         name += f" (split {spec.split}{f', subset {spec.subset}' if spec.subset else ''})"
     else:
         listing = list_files(path)
+    cache_root = ws.datasets / CACHE_FOLDER
+    key = cache_key(name, path, listing.files, spec, tokenizer, ws)
+    hit = store.cached(cache_root, key)
+    if hit is not None:
+        found, meta = hit
+        report = DataReport(**meta["report"])
+        report.cached = True
+        return SampleSet([(found, None)]), report
     report = DataReport(kind="", path=name)
     report.skipped = [f"{f.relative_to(path)} ({why})" for f, why in listing.skipped]
-    samples, plain = [], True
-    for file in listing.files:
-        file_samples, shapes_seen = read_file(file, spec, tokenizer, ws, report, alone=not path.is_dir())
-        plain = plain and set(shapes_seen) <= PLAIN_SHAPES
-        samples += file_samples
-        suffix = file.suffix.lower()
-        report.files[suffix] = report.files.get(suffix, 0) + 1
-        shown = file.relative_to(path) if path.is_dir() else file.name
-        report.file_shapes.append(f"{shown}: {_counts(shapes_seen)}")
-        for shape, count in shapes_seen.items():
-            report.shapes[shape] = report.shapes.get(shape, 0) + count
-    has_raw = any(s in report.shapes for s in PLAIN_SHAPES)
-    report.kind = "raw text" if plain else "mixed" if has_raw else "instruction"
-    report.samples = len(samples)
-    _count_tokens(report, samples)
+    with store.CacheWrite(cache_root, key) as folder:
+        writer = StoreWriter(folder, tokenizer.bos_token_id, tokenizer.eos_token_id)
+        try:
+            plain = True
+            text_files = [f for f in listing.files if kind_of(f) == "text"]
+            with raw_text.TextTokenizer(tokenizer, spec, report, writer, raw_text.workers_for(text_files)) as texts:
+                for file in listing.files:
+                    shapes_seen = read_file(file, spec, tokenizer, ws, report, texts, alone=not path.is_dir())
+                    plain = plain and set(shapes_seen) <= PLAIN_SHAPES
+                    suffix = file.suffix.lower()
+                    report.files[suffix] = report.files.get(suffix, 0) + 1
+                    shown = file.relative_to(path) if path.is_dir() else file.name
+                    report.file_shapes.append(f"{shown}: {_counts(shapes_seen)}")
+                    for shape, count in shapes_seen.items():
+                        report.shapes[shape] = report.shapes.get(shape, 0) + count
+            has_raw = any(s in report.shapes for s in PLAIN_SHAPES)
+            report.kind = "raw text" if plain else "mixed" if has_raw else "instruction"
+            samples = SampleSet([(writer.finish({}), None)])
+        finally:
+            writer.close()
+        report.samples = len(samples)
+        _count_tokens(report, samples)
+        _save_report(folder, report)  # last, inside the temporary folder: the rename then makes it a cache
     return samples, report
 
 
+CACHE_FOLDER = ".cache"
+CACHE_VERSION = b"loratune samples v1"  # change when the way samples are built changes, so old caches are not read
+NOT_SHAPING = ("path", "eval_path", "eval_split", "mix")  # data options that never change a dataset's own samples
+
+
+def cache_key(name: str, path: Path, files: list[Path], spec: DataSpec, tokenizer, ws: Workspace) -> str:
+    """A hash of everything a dataset's samples depend on: the files' bytes (hashed, not their size and time), the
+    tokenizer, the format or chat template in use, and the data options."""
+    digest = hashlib.sha256(CACHE_VERSION)
+    digest.update(name.encode())
+    for file in files:
+        shown = file.relative_to(path) if path.is_dir() else file.name
+        digest.update(f"{shown}\0{store.file_digest(file)}\0".encode())
+    options = {k: v for k, v in to_dict(spec).items() if k not in NOT_SHAPING}
+    digest.update(json.dumps(options, sort_keys=True).encode())
+    digest.update(store.tokenizer_digest(tokenizer).encode())
+    fmt = "alpaca" if spec.format in ("auto", "chat") else spec.format  # the format file 'auto' falls back to
+    for read in (
+        lambda: instructions.load_format(fmt, ws),
+        lambda: resolve_chat_template(spec.chat_template, tokenizer),
+    ):
+        try:
+            value = read()
+        except LoratuneError as e:  # the builder raises it too, if the data needs this template
+            value = str(e)
+        digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:32]
+
+
+def _save_report(folder: Path, report: DataReport) -> None:
+    """The dataset's report beside its store, so a cached run reports what the first one did."""
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["report"] = {k: v for k, v in dataclasses.asdict(report).items() if k not in ("parts", "cached")}
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
 PLAIN_SHAPES = {"raw text", "text"}  # trained on every token, no prompt
+INSTRUCTION_BLOCK = 10_000  # instruction samples go to the store this many at a time
 
 
 def read_file(
-    file: Path, spec: DataSpec, tokenizer, ws: Workspace, report: DataReport, alone: bool
-) -> tuple[list[Sample], dict[str, int]]:
-    """A file's samples and its records per shape (a .txt / .md file is one 'raw text' document)."""
+    file: Path, spec: DataSpec, tokenizer, ws: Workspace, report: DataReport, texts: raw_text.TextTokenizer, alone: bool
+) -> dict[str, int]:
+    """Write a file's samples (through `texts` and its writer); return its records per shape (a .txt / .md file is
+    one 'raw text' document)."""
     kind = kind_of(file)
     if kind == "text":
-        return raw_text.build_files([file], tokenizer, spec, report, allow_empty=not alone), {"raw text": 1}
+        texts.add_file(file, allow_empty=not alone)
+        return {"raw text": 1}
     unit = RECORD_UNIT[kind]
-    documents, records, seen = [], [], {}
+    documents, records, seen, count = [], [], {}, 0
     through_format = instructions.uses_format_file(spec.format)
+
+    def build_block() -> None:  # instruction records go to the store a block at a time, never all held at once
+        if records:
+            texts.flush()  # the raw text before these samples is in the store first, so the order is the files'
+            texts.writer.add_samples(instructions.build(records, file, unit, tokenizer, spec, ws, report))
+            records.clear()
+
     for number, record in enumerate(read_records(file), 1):
         record = rename_columns(record, spec.columns)
         shape = shape_of(record)
@@ -122,24 +197,28 @@ def read_file(
             documents.append(text_of(record, f"{file} {unit} {number}"))
         else:
             records.append((number, record))
-    samples = instructions.build(records, file, unit, tokenizer, spec, ws, report) if records else []
-    if documents:
-        samples += raw_text.chunk_documents(documents, tokenizer, spec, report)
-    if records:
-        report.records += len(records)  # raw text counts its blocks between hard cuts
-    return samples, seen
+            count += 1
+            if len(records) >= INSTRUCTION_BLOCK:
+                build_block()
+    build_block()
+    for d in range(len(documents)):
+        text, documents[d] = documents[d], ""
+        texts.add_document([text])
+    report.records += count  # raw text counts its blocks between hard cuts
+    return seen
 
 
-def weighted(samples: list[Sample], weight: float, number: int) -> list[Sample]:
+def weighted(samples: SampleSet, weight: float, number: int) -> SampleSet:
     """data.mix: each sample `int(weight)` times, plus a seeded share of them for the fraction (the same every run)."""
     whole, fraction = divmod(weight, 1.0)
     picked = random.Random(f"data.mix {number}").sample(range(len(samples)), round(fraction * len(samples)))
-    return samples * int(whole) + [samples[i] for i in sorted(picked)]
+    rows = [np.arange(len(samples))] * int(whole) + [np.array(sorted(picked), dtype=np.int64)]
+    return SampleSet([]).__add__(samples.select(np.concatenate(rows)))
 
 
-def _count_tokens(report: DataReport, samples: list[Sample]) -> None:
-    report.tokens = sum(len(s.input_ids) for s in samples)
-    report.trained_tokens = sum(sum(1 for x in s.labels if x != IGNORE) for s in samples)
+def _count_tokens(report: DataReport, samples: SampleSet) -> None:
+    report.tokens = int(samples.column("length").sum())
+    report.trained_tokens = int(samples.column("trained").sum())
 
 
 def _counts(seen: dict[str, int]) -> str:

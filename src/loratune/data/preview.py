@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from loratune.config import DataSpec
 from loratune.data.batching import collate
 from loratune.data.build import find_data, is_raw_text, read_samples
 from loratune.data.samples import IGNORE, Sample
+from loratune.data.store import SampleSet
 from loratune.errors import LoratuneError
 from loratune.workspace import Workspace
 
@@ -47,6 +50,8 @@ class DataCheck:
     """'raw text', 'instruction' or 'mixed' (or '' when the data could not be read at all)."""
     path: str
     cutoff: int
+    cached: bool = False
+    """The samples were read from the tokenized-data cache (datasets/.cache/), not tokenized again."""
     shapes: dict[str, int] = field(default_factory=dict)
     """Records per shape (alpaca, chat, sharegpt, completion, text; 'raw text': .txt / .md files)."""
     files: dict[str, int] = field(default_factory=dict)
@@ -116,7 +121,7 @@ def check_data(spec: DataSpec, tokenizer, ws: Workspace | None = None, examples:
         check.warn(str(e), problem=True)
         return check
 
-    check.kind, check.path = report.kind, report.path
+    check.kind, check.path, check.cached = report.kind, report.path, report.cached
     check.shapes, check.files, check.skipped = report.shapes, report.files, report.skipped
     check.file_shapes = report.file_shapes
     if report.parts:
@@ -126,19 +131,19 @@ def check_data(spec: DataSpec, tokenizer, ws: Workspace | None = None, examples:
     check.records, check.samples = report.records, len(samples)
     check.tokens, check.trained_tokens = report.tokens, report.trained_tokens
     check.dropped_nothing_to_train, check.dropped_too_short = report.nothing_to_train, report.too_short
-    lengths = [len(s.input_ids) for s in uncapped]
-    check.over_cutoff = sum(n > spec.cutoff for n in lengths)
+    lengths = uncapped.column("length")  # from the sample table: no sample is built to be measured
+    check.over_cutoff = int((lengths > spec.cutoff).sum())
     # Whatever rule data options set for long samples, a sample either survives (cut) or does not (dropped).
     check.dropped_too_long, check.truncated = report.too_long, report.truncated
     check.histogram = histogram(lengths, spec.cutoff)
     check.examples = [segments(s, tokenizer) for s in samples[:examples]]
     eos = tokenizer.eos_token_id
-    check.samples_with_eos = sum(eos is not None and eos in _trained_ids(s) for s in samples)
+    check.samples_with_eos = int(samples.column("eos").sum()) if eos is not None else 0
     _warn(check, spec, tokenizer, samples)
     return check
 
 
-def _uncapped(spec: DataSpec, tokenizer, ws: Workspace) -> list[Sample]:
+def _uncapped(spec: DataSpec, tokenizer, ws: Workspace) -> SampleSet:
     longer = dataclasses.replace(spec, cutoff=spec.cutoff * UNCAPPED_FACTOR, too_long="truncate")
     try:
         return read_samples(longer, tokenizer, ws)[0]
@@ -146,9 +151,9 @@ def _uncapped(spec: DataSpec, tokenizer, ws: Workspace) -> list[Sample]:
         return read_samples(spec, tokenizer, ws)[0]
 
 
-def _warn(check: DataCheck, spec: DataSpec, tokenizer, samples: list[Sample]) -> None:
+def _warn(check: DataCheck, spec: DataSpec, tokenizer, samples: SampleSet) -> None:
     where = check.path
-    only_eos = sum(_trained_ids(s) == [tokenizer.eos_token_id] for s in samples)
+    only_eos = int(samples.column("only_eos").sum())
     if only_eos:  # a template that drops the response still gets the EOS appended: that alone teaches nothing
         check.warn(
             f"{only_eos} of {len(samples)} samples train only the EOS token, no response text", only_eos == len(samples)
@@ -174,7 +179,7 @@ def _warn(check: DataCheck, spec: DataSpec, tokenizer, samples: list[Sample]) ->
     _warn_eos(check, spec, tokenizer, samples)
 
 
-def _warn_eos(check: DataCheck, spec: DataSpec, tokenizer, samples: list[Sample]) -> None:
+def _warn_eos(check: DataCheck, spec: DataSpec, tokenizer, samples: SampleSet) -> None:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if eos is None:
         check.warn("the tokenizer has no EOS token: the model cannot learn where an answer ends")
@@ -190,7 +195,9 @@ def _warn_eos(check: DataCheck, spec: DataSpec, tokenizer, samples: list[Sample]
             )
     elif check.kind == "instruction" and check.samples_with_eos < check.samples:
         check.warn(f"{check.samples - check.samples_with_eos} of {check.samples} samples train no EOS")
-    if pad is not None and pad == eos and eos_masked_by_padding(samples, pad, collate):
+    # The first samples that train EOS (== pad here), found in the sample table.
+    with_eos = [samples[int(i)] for i in np.flatnonzero(samples.column("eos"))[:8]] if pad == eos else []
+    if pad is not None and pad == eos and eos_masked_by_padding(with_eos, pad, collate):
         check.warn("pad token == EOS and the batches mask padding by token id, so EOS is never trained", True)
 
 
@@ -208,10 +215,13 @@ def histogram(lengths: list[int], cutoff: int, bins: int = HISTOGRAM_BINS) -> li
     """Equal bins over 1..cutoff, then one bin for lengths over the cutoff (empty when none are)."""
     width = max(1, -(-cutoff // bins))
     edges = list(range(0, cutoff, width)) + [cutoff]
-    result = [Bin(lo + 1, hi, sum(lo < n <= hi for n in lengths)) for lo, hi in zip(edges, edges[1:], strict=False)]
-    over = [n for n in lengths if n > cutoff]
-    if over:
-        result.append(Bin(cutoff + 1, max(over), len(over), over_cutoff=True))
+    lengths = np.asarray(lengths, dtype=np.int64)
+    result = [
+        Bin(lo + 1, hi, int(((lengths > lo) & (lengths <= hi)).sum())) for lo, hi in zip(edges, edges[1:], strict=False)
+    ]
+    over = lengths[lengths > cutoff]
+    if len(over):
+        result.append(Bin(cutoff + 1, int(over.max()), len(over), over_cutoff=True))
     return result
 
 

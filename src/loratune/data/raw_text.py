@@ -5,27 +5,40 @@ Each document is split at `hard_cut` (no chunk crosses it); each section is toke
 shorter than `min_chunk` are dropped. With `newline_cut` N, a window's start moves just past a newline found within its
 first N characters, and its end back to just after a newline found within its last N characters (text-generation-webui's
 "prefer newline cut"), so chunks begin and end on whole lines.
+
+Files are read and tokenized streaming: blocks of text are cut into pieces, the pieces' ids go straight into a flat
+uint32 stream (data.store), and windows are spans of that stream, never copies. A large corpus is tokenized by a pool
+of worker processes (one per core), pieces in order, so the ids are the same as with one process.
 """
 
 from __future__ import annotations
 
-from array import array
+import codecs
+import multiprocessing
+import os
 from bisect import bisect_left
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
+
 from loratune.config import DataSpec
-from loratune.data.samples import DataReport, Sample, read_text, wants_bos
+from loratune.data.samples import DataReport, read_text, wants_bos
+from loratune.data.store import SampleSet, StoreWriter
 from loratune.errors import LoratuneError
 
-PIECE_CHARS = 1 << 16  # long text is tokenized in pieces of about this many characters (see tokenize_text)
+PIECE_CHARS = 1 << 16  # long text is tokenized in pieces of about this many characters (see _piece_end)
 PIECES_PER_CALL = 16
-
+READ_BYTES = 1 << 22  # files are decoded in blocks of this many bytes
+PARALLEL_BYTES = 8 << 20  # below this much raw text, tokenize in this process (a pool costs more than it saves)
+WORKERS_ENV = "LORATUNE_TOKENIZE_WORKERS"  # force a number of tokenizer processes (1: none)
 
 TEXT_SUFFIXES = (".txt", ".md")
 
 
-def build(path: Path, tokenizer, spec: DataSpec) -> tuple[list[Sample], DataReport]:
-    """A .txt / .md file, or a folder of them (read recursively, in sorted order)."""
+def build(path: Path, tokenizer, spec: DataSpec) -> tuple[SampleSet, DataReport]:
+    """A .txt / .md file, or a folder of them (read recursively, in sorted order); not cached (see data.build)."""
     files = (
         sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
         if path.is_dir()
@@ -34,84 +47,269 @@ def build(path: Path, tokenizer, spec: DataSpec) -> tuple[list[Sample], DataRepo
     if not files:
         raise LoratuneError(f"{path}: folder has no .txt or .md files")
     report = DataReport(kind="raw text", path=str(path))
-    return build_files(files, tokenizer, spec, report, allow_empty=path.is_dir()), report
+    writer = StoreWriter(None, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    with TextTokenizer(tokenizer, spec, report, writer, workers_for(files)) as texts:
+        for file in files:
+            texts.add_file(file, allow_empty=path.is_dir())
+    return SampleSet([(writer.finish({}), None)]), report
 
 
-def build_files(files: list[Path], tokenizer, spec: DataSpec, report: DataReport, allow_empty: bool) -> list[Sample]:
-    """Each file is a document; an empty one is refused unless it is one of a folder's (`allow_empty`)."""
-    samples = []
-    for file in files:
-        text = read_text(file)
-        if not allow_empty and (not text or text.isspace()):
+def workers_for(files: list[Path]) -> int:
+    """Tokenizer processes for these files: one per core for a large corpus, else none (1)."""
+    if WORKERS_ENV in os.environ:
+        return max(1, int(os.environ[WORKERS_ENV]))
+    size = sum(f.stat().st_size for f in files)
+    return len(os.sched_getaffinity(0)) if size >= PARALLEL_BYTES else 1
+
+
+def read_blocks(file: Path) -> Iterator[str]:
+    """The file's text in blocks (UTF-8, a BOM skipped, CRLF as LF); other encodings are refused as read_text does."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    held = ""  # a CR at a block's end may start a CRLF
+    with open(file, "rb") as f:
+        while True:
+            data = f.read(READ_BYTES)
+            try:
+                text = held + decoder.decode(data, final=not data)
+            except UnicodeDecodeError:
+                read_text(file)  # raises the error naming the line
+                raise
+            held = ""
+            if data and text.endswith("\r"):
+                text, held = text[:-1], "\r"
+            yield text.replace("\r\n", "\n")
+            if not data:
+                return
+
+
+class _Section:
+    def __init__(self):
+        self.pending = ""  # text not yet cut into pieces
+        self.offset = 0  # characters of the section before `pending`
+        self.has_text = False
+        self.first: int | None = None  # its first token's place in the stream
+        self.tokens = 0
+        self.text: list[str] | None = None  # newline_cut: the section's text and each token's first character
+        self.starts: list[np.ndarray] = []
+
+
+class TextTokenizer:
+    """Documents in, windows out (into a StoreWriter); pieces are tokenized in order, by a pool when `workers` > 1."""
+
+    def __init__(self, tokenizer, spec: DataSpec, report: DataReport, writer: StoreWriter, workers: int = 1):
+        self.tokenizer, self.spec, self.report, self.writer = tokenizer, spec, report, writer
+        self.bos = wants_bos(tokenizer, spec.add_bos)
+        self.eos = tokenizer.eos_token_id if spec.add_eos and tokenizer.eos_token_id is not None else None
+        self.length = spec.cutoff - int(self.bos)
+        self.eos_id = tokenizer.eos_token_id
+        self.eos_at: list[np.ndarray] = []  # stream positions of EOS tokens, per section
+        self.queue: deque = deque()  # ("tokens", section, result) and ("end", section, last) in stream order
+        self.workers = workers
+        self.pool = None
+        self.batch: list[tuple[str, int]] = []
+        self.batch_section: _Section | None = None
+
+    def __enter__(self) -> TextTokenizer:
+        return self
+
+    def flush(self) -> None:
+        """Everything added so far is in the writer."""
+        self._submit()
+        self._drain(0)
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self.flush()
+        if self.pool is not None:
+            self.pool.terminate() if kind is not None else self.pool.close()
+            self.pool.join()
+
+    # ------------------------------------------------------------ documents and sections
+    def add_file(self, file: Path, allow_empty: bool) -> None:
+        """A .txt / .md file is one document; an empty one is refused unless `allow_empty` (one of a folder's)."""
+        if not self.add_document(read_blocks(file)) and not allow_empty:
             raise LoratuneError(f"{file}: file is empty")
-        samples += chunk_documents([text], tokenizer, spec, report)
-        del text
-    return samples
 
+    def add_document(self, blocks: Iterable[str]) -> bool:
+        """A document given as blocks of text; returns whether it held any text besides whitespace."""
+        if self.spec.overlap >= self.length:  # only raw text has windows: instruction data may set any overlap
+            raise LoratuneError(
+                f"data.overlap ({self.spec.overlap}) must be smaller than data.cutoff ({self.spec.cutoff}) for raw text"
+            )
+        hard, keep = self.spec.hard_cut, max(len(self.spec.hard_cut) - 1, 0)
+        buffer, section, last, any_text = "", self._new_section(), None, False
+        for block in blocks:
+            any_text = any_text or bool(block.strip())
+            buffer += block
+            if hard:
+                *done, buffer = buffer.split(hard)
+                for text in done:
+                    self._feed(section, text)
+                    last = self._end_section(section, last)
+                    section = self._new_section()
+            safe = len(buffer) - keep if hard else len(buffer)
+            if safe > 0:
+                self._feed(section, buffer[:safe])
+                buffer = buffer[safe:]
+        self._feed(section, buffer)
+        last = self._end_section(section, last)
+        if last is not None:
+            self.queue.append(("end", last, True))
+            self._drain(self._limit())
+        return any_text
 
-def chunk_documents(documents: list[str], tokenizer, spec: DataSpec, report: DataReport) -> list[Sample]:
-    """Windows of every document (a .txt file, a `text` record); consumes the list, so each text is freed once cut."""
-    bos = [tokenizer.bos_token_id] if wants_bos(tokenizer, spec.add_bos) else []
-    eos = [tokenizer.eos_token_id] if spec.add_eos and tokenizer.eos_token_id is not None else []
-    length = spec.cutoff - len(bos)
-    if spec.overlap >= length:
-        raise LoratuneError(
-            f"data.overlap ({spec.overlap}) must be smaller than data.cutoff ({spec.cutoff}) for raw text"
-        )
-    samples = []
-    for d in range(len(documents)):
-        text, documents[d] = documents[d], ""
-        sections = [s for s in text.split(spec.hard_cut) if s.strip()] if spec.hard_cut else [text]
-        del text  # a section is its own copy; the whole document need not stay in memory beside it
-        report.records += len(sections)
-        for i in range(len(sections)):
-            section = sections[i]
-            sections[i] = ""  # freed once tokenized
-            tokens, starts = tokenize_text(section, tokenizer, spec.newline_cut > 0)
-            if i == len(sections) - 1:
-                tokens += eos
-                if starts is not None:
-                    starts.extend([len(section)] * len(eos))
-            for start, end in chunk_spans(len(tokens), length, spec.overlap):
-                if spec.newline_cut:
-                    start, end = snap_to_newlines(section, starts, start, end, spec.newline_cut)
-                chunk = tokens[start:end]
-                if len(chunk) >= spec.min_chunk:
-                    ids = bos + chunk
-                    samples.append(Sample(ids, ids))  # one list: every token is trained, and nothing mutates it
-                else:
-                    report.too_short += 1
-    return samples
+    def _new_section(self) -> _Section:
+        section = _Section()
+        section.has_text = not self.spec.hard_cut  # without hard cuts the document is one section, whatever it holds
+        return section
 
+    def _feed(self, section: _Section, text: str) -> None:
+        section.pending += text
+        section.has_text = section.has_text or bool(text.strip())
+        if section.has_text:  # a section of whitespace alone is dropped, so it is not tokenized until text shows
+            self._cut_pieces(section, final=False)
 
-def tokenize_text(text: str, tokenizer, offsets: bool) -> tuple[list[int], array | None]:
-    """Token ids of `text` (and each token's first character when `offsets`), tokenized in pieces.
+    def _end_section(self, section: _Section, last: _Section | None) -> _Section | None:
+        """Tokenize the rest of `section`; the section before it is then not its document's last (no EOS)."""
+        if not section.has_text:
+            return last
+        self._cut_pieces(section, final=True)
+        self.report.records += 1
+        if last is not None:
+            self.queue.append(("end", last, False))
+            self._drain(self._limit())
+        return section
 
-    One tokenizer call on a 200 MB line holds tens of GB of encodings; pieces of PIECE_CHARS, PIECES_PER_CALL at a
-    time, keep that bounded (and run faster). Pieces end just before a space that starts a word, so they tokenize as
-    the whole text does. For long text the ids are shared int objects (one per vocabulary entry), so the
-    overlapping windows cut from them cost a pointer per token.
-    """
-    if len(text) <= PIECE_CHARS:
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=offsets)
-        starts = array("q", (a for a, _ in encoded["offset_mapping"])) if offsets else None
-        return list(encoded["input_ids"]), starts
-    shared = list(range(len(tokenizer)))
-    ids: list[int] = []
-    starts = array("q") if offsets else None
-    pos = 0
-    while pos < len(text):
-        bounds = []
-        while pos < len(text) and len(bounds) < PIECES_PER_CALL:
+    def _cut_pieces(self, section: _Section, final: bool) -> None:
+        """Pieces end just before a space that starts a word, so they tokenize as the whole section does; a piece is
+        cut only once more than PIECE_CHARS follow its start (or the section is complete), so the cuts are the same
+        whatever the block sizes."""
+        text, pos = section.pending, 0
+        while len(text) - pos > PIECE_CHARS or (final and pos < len(text)):
             end = _piece_end(text, pos)
-            bounds.append((pos, end))
+            self._add_piece(section, text[pos:end], section.offset + pos)
             pos = end
-        encoded = tokenizer([text[a:b] for a, b in bounds], add_special_tokens=False, return_offsets_mapping=offsets)
-        for n, (first, _) in enumerate(bounds):
-            ids += [shared[t] if t < len(shared) else t for t in encoded["input_ids"][n]]
-            if starts is not None:
-                starts.extend(first + a for a, _ in encoded["offset_mapping"][n])
-    return ids, starts
+        section.pending, section.offset = text[pos:], section.offset + pos
+        if final:
+            self._submit()
+
+    def _add_piece(self, section: _Section, piece: str, offset: int) -> None:
+        if self.batch_section is not section:
+            self._submit()
+            self.batch_section = section
+        self.batch.append((piece, offset))
+        if self.spec.newline_cut:
+            section.text = section.text if section.text is not None else []
+            section.text.append(piece)
+        if len(self.batch) >= PIECES_PER_CALL:
+            self._submit()
+
+    # ------------------------------------------------------------ tokenizing, in order
+    def _submit(self) -> None:
+        if not self.batch:
+            return
+        pieces, offsets = [p for p, _ in self.batch], [o for _, o in self.batch]
+        want = bool(self.spec.newline_cut)
+        if self.workers > 1:
+            if self.pool is None:
+                self.pool = _start_pool(self.tokenizer, self.workers)
+            result = self.pool.apply_async(_encode, (pieces, offsets, want))
+        else:
+            result = _Done(_encode_with(self.tokenizer, pieces, offsets, want))
+        self.queue.append(("tokens", self.batch_section, result))
+        self.batch, self.batch_section = [], None
+        self._drain(self._limit())
+
+    def _limit(self) -> int:
+        return 2 * self.workers + 2 if self.workers > 1 else 0
+
+    def _drain(self, keep: int) -> None:
+        """Take finished work off the front of the queue, in order, until at most `keep` items are waiting."""
+        while len(self.queue) > keep:
+            kind, section, value = self.queue.popleft()
+            if kind == "tokens":
+                for ids, starts in value.get():
+                    self._write(section, ids, starts)
+            else:
+                self._windows(section, last=value)
+
+    def _write(self, section: _Section, ids: np.ndarray, starts: np.ndarray | None) -> None:
+        at = self.writer.add_tokens(ids)
+        if section.first is None:
+            section.first = at
+        section.tokens += len(ids)
+        if self.eos_id is not None:
+            found = np.flatnonzero(ids == self.eos_id)
+            if len(found):
+                self.eos_at.append(found + at)
+        if starts is not None:
+            section.starts.append(starts)
+
+    def _windows(self, section: _Section, last: bool) -> None:
+        if last and self.eos is not None:
+            self._write(section, np.array([self.eos], dtype=np.uint32), None)
+            if self.spec.newline_cut:
+                section.starts.append(np.array([len("".join(section.text or []))]))
+        n = section.tokens
+        starts, ends = window_bounds(n, self.length, self.spec.overlap)  # arrays: a 100 MB section has 1M windows
+        if self.spec.newline_cut and n:
+            spans = list(zip(starts.tolist(), ends.tolist(), strict=True))
+            text = "".join(section.text or [])
+            char_starts = np.concatenate(section.starts).tolist()
+            if last and self.eos is not None:
+                char_starts = char_starts[:n]
+            snapped = [snap_to_newlines(text, char_starts, s, e, self.spec.newline_cut) for s, e in spans]
+            starts = np.array([s for s, _ in snapped], dtype=np.int64)
+            ends = np.array([e for _, e in snapped], dtype=np.int64)
+        keep = ends - starts >= self.spec.min_chunk
+        self.report.too_short += int((~keep).sum())
+        first = section.first if section.first is not None else self.writer.count
+        eos_at = np.concatenate(self.eos_at) if self.eos_at else np.zeros(0, dtype=np.int64)
+        self.eos_at = [eos_at[eos_at >= first]] if len(eos_at) else []
+        self.writer.add_windows(starts[keep] + first, ends[keep] + first, self.bos, eos_at)
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def get(self):
+        return self.value
+
+
+_WORKER_TOKENIZER = None  # set in the parent before the pool forks; each worker inherits it
+
+
+def _start_pool(tokenizer, workers: int):
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+    # Forked workers inherit the tokenizer (no pickling, no imports); the Rust tokenizer's own threads stay off in
+    # them, as each worker is one core's worth already.
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        return multiprocessing.get_context("fork").Pool(workers)
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+
+
+def _encode(pieces: list[str], offsets: list[int], want_starts: bool):
+    return _encode_with(_WORKER_TOKENIZER, pieces, offsets, want_starts)
+
+
+def _encode_with(tokenizer, pieces: list[str], offsets: list[int], want_starts: bool):
+    """Each piece's ids (uint32) and, when wanted, each token's first character in its section."""
+    encoded = tokenizer(pieces, add_special_tokens=False, return_offsets_mapping=want_starts)
+    out = []
+    for n, ids in enumerate(encoded["input_ids"]):
+        starts = None
+        if want_starts:
+            starts = np.array([offsets[n] + a for a, _ in encoded["offset_mapping"][n]], dtype=np.int64)
+        out.append((np.array(ids, dtype=np.uint32), starts))
+    return out
 
 
 def _piece_end(text: str, pos: int) -> int:
@@ -125,6 +323,16 @@ def _piece_end(text: str, pos: int) -> int:
         if not text[at - 1].isspace() and not text[at + 1].isspace():
             return at
     return end
+
+
+def window_bounds(n: int, length: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
+    """chunk_spans as two arrays (starts, ends)."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    step = length - overlap
+    count = 1 + max(0, -(-(n - length) // step))
+    starts = np.arange(count, dtype=np.int64) * step
+    return starts, np.minimum(starts + length, n)
 
 
 def chunk_tokens(tokens: list[int], length: int, overlap: int) -> list[list[int]]:

@@ -44,14 +44,17 @@ class DataReport:
     """data.mix: this dataset's weight."""
     parts: list[DataReport] = field(default_factory=list)
     """One report per dataset when data.path is a list."""
+    cached: bool = False
+    """The samples came from the tokenized-data cache (datasets/.cache/), not from tokenizing again."""
 
     def summary(self) -> str:
         if self.parts:
             each = "; ".join(f"[{n}] {p.summary()}" for n, p in enumerate(self.parts, 1))
-            return f"{len(self.parts)} datasets, {self.samples} samples, {self.tokens} tokens in all: {each}"
+            cached = " (cached)" if self.cached else ""
+            return f"{len(self.parts)} datasets, {self.samples} samples, {self.tokens} tokens in all{cached}: {each}"
         parts = [
             f"{self.kind} data {self.path}: {self.records} records -> {self.samples} samples",
-            f"{self.tokens} tokens ({self.trained_tokens} trained)",
+            f"{self.tokens} tokens ({self.trained_tokens} trained)" + (" (cached)" if self.cached else ""),
         ]
         if self.weight != 1.0:
             parts.append(f"weight {self.weight:g}")

@@ -181,15 +181,23 @@ def prune(run_dir: Path, keep: int, protect: Path | None = None) -> None:
 
 
 def data_position(samples: list, steps_per_epoch: int, seed: int) -> dict:
-    """Besides the step, what fixes the data a step sees: the samples (a fingerprint), the epoch length, the seed."""
-    digest = hashlib.sha256()
-    for sample in samples:
-        digest.update(array("q", sample.input_ids).tobytes())
-        digest.update(array("q", sample.labels).tobytes())
-        digest.update(b"|")
+    """Besides the step, what fixes the data a step sees: the samples (a fingerprint), the epoch length, the seed.
+
+    A data.store.SampleSet (the cached samples) knows its fingerprint from its stores' digests, with no pass over
+    the tokens; a plain list of samples (e.g. after data.eval_split) is hashed sample by sample.
+    """
+    if hasattr(samples, "fingerprint"):
+        fingerprint = samples.fingerprint()
+    else:
+        digest = hashlib.sha256()
+        for sample in samples:
+            digest.update(array("q", sample.input_ids).tobytes())
+            digest.update(array("q", sample.labels).tobytes())
+            digest.update(b"|")
+        fingerprint = digest.hexdigest()[:16]
     return {
         "samples": len(samples),
-        "fingerprint": digest.hexdigest()[:16],
+        "fingerprint": fingerprint,
         "steps_per_epoch": steps_per_epoch,
         "seed": seed,
     }

@@ -1,0 +1,308 @@
+"""Tokenized samples as flat numpy arrays, cached on disk and memory-mapped; `Sample`s are made one at a time.
+
+A store is one dataset's tokens: `ids.npy` (uint32, every token once), `labels.npy` (int32, only for samples whose
+labels differ from their inputs: instruction samples) and `rows.npz`, one entry per sample: its span of `ids`, whether
+BOS goes first (raw-text windows overlap in `ids` and get BOS on the fly, so nothing is copied), where its labels
+start (-1: the labels are the inputs) and its trained-token counts for the reports. Plain numpy (`np.load(mmap_mode=
+'r')`) rather than Arrow: two flat arrays and a table of spans need no schema, and a sample is two slices.
+
+The cache lives in `<home>/datasets/.cache/<key>/`, the key a hash of the files' bytes, the tokenizer, the templates
+and the options that shape samples. A store is written into a temporary folder beside it and renamed into place
+once complete, so a killed writer leaves no cache that could be read.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from loratune.data.samples import IGNORE, Sample
+
+ROW_FIELDS = ("start", "end", "bos", "label_start", "trained", "eos", "only_eos")
+TMP_PREFIX = ".tmp-"
+
+
+class Store:
+    """One dataset's tokens and sample table (arrays in memory or memory-mapped from a cache folder)."""
+
+    def __init__(self, ids: np.ndarray, labels: np.ndarray, rows: dict[str, np.ndarray], bos_id: int, digest: str):
+        self.ids, self.labels, self.rows, self.bos_id, self.digest = ids, labels, rows, bos_id, digest
+
+    def __len__(self) -> int:
+        return len(self.rows["start"])
+
+    def sample(self, i: int) -> Sample:
+        start, end = int(self.rows["start"][i]), int(self.rows["end"][i])
+        ids = self.ids[start:end].tolist()
+        if self.rows["bos"][i]:
+            ids.insert(0, self.bos_id)
+        at = int(self.rows["label_start"][i])
+        labels = ids if at < 0 else self.labels[at : at + len(ids)].tolist()
+        return Sample(ids, labels)  # raw text: one list, as every token is trained and nothing mutates it
+
+    @classmethod
+    def load(cls, folder: Path) -> Store:
+        meta = json.loads((folder / "meta.json").read_text())
+        table = np.load(folder / "rows.npz")
+        rows = {name: table[name] for name in ROW_FIELDS}
+        ids = np.load(folder / "ids.npy", mmap_mode="r")
+        labels = np.load(folder / "labels.npy", mmap_mode="r")
+        return cls(ids, labels, rows, meta["bos_id"], meta["digest"])
+
+
+class SampleSet(Sequence):
+    """The samples of one or more stores, each part all of a store's samples or a selection (data.mix), in order."""
+
+    def __init__(self, parts: list[tuple[Store, np.ndarray | None]]):
+        self.parts = [(s, sel) for s, sel in parts if (len(s) if sel is None else len(sel))]
+        self._ends = np.cumsum([len(s) if sel is None else len(sel) for s, sel in self.parts]).tolist()
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        part = bisect.bisect_right(self._ends, i)
+        store, sel = self.parts[part]
+        row = i - (self._ends[part - 1] if part else 0)
+        return store.sample(row if sel is None else int(sel[row]))
+
+    def __eq__(self, other) -> bool:  # as lists of samples compare: sample by sample
+        if not isinstance(other, SampleSet | list):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None
+
+    def __add__(self, other: SampleSet) -> SampleSet:
+        return SampleSet(self.parts + other.parts)
+
+    def select(self, rows: np.ndarray) -> SampleSet:
+        """The samples at `rows` (indices into this set, repeats allowed), in that order."""
+        parts, rows = [], np.asarray(rows, dtype=np.int64)
+        ends = np.asarray(self._ends)
+        which = np.searchsorted(ends, rows, side="right")
+        for part, (store, sel) in enumerate(self.parts):
+            local = rows[which == part] - (self._ends[part - 1] if part else 0)
+            parts.append((store, local if sel is None else sel[local]))
+        if len(self.parts) > 1 and not np.all(np.diff(which) >= 0):
+            raise ValueError("select keeps each part's order only for rows sorted by part")
+        return SampleSet(parts)
+
+    def column(self, name: str) -> np.ndarray:
+        """One field of the sample table over the whole set ('trained', 'eos', 'only_eos'), or 'length'."""
+        columns = []
+        for store, sel in self.parts:
+            rows = store.rows
+            if name == "length":
+                value = rows["end"] - rows["start"] + rows["bos"].astype(np.int64)
+            else:
+                value = rows[name]
+            columns.append(value if sel is None else value[sel])
+        return np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)
+
+    def fingerprint(self) -> str:
+        """The samples and their order: each store's content digest and each selection's rows."""
+        digest = hashlib.sha256()
+        for store, sel in self.parts:
+            digest.update(store.digest.encode())
+            digest.update(b"all" if sel is None else np.ascontiguousarray(sel, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
+
+
+class StoreWriter:
+    """Collects a dataset's tokens and samples; `finish` returns the Store (and writes it when given a folder)."""
+
+    FLUSH_TOKENS = 1 << 22  # tokens held before they go to disk
+
+    def __init__(self, folder: Path | None, bos_id: int | None, eos_id: int | None):
+        self.folder, self.bos_id, self.eos_id = folder, bos_id, eos_id
+        self.digest = hashlib.sha256()
+        self.count = 0  # tokens written
+        self.label_count = 0
+        self._ids: list[np.ndarray] = []
+        self._pending = 0
+        self._labels: list[np.ndarray] = []
+        self._rows: dict[str, list[np.ndarray]] = {name: [] for name in ROW_FIELDS}
+        self._ids_file = open(folder / "ids.bin", "wb") if folder is not None else None
+
+    def add_tokens(self, ids: np.ndarray) -> int:
+        """Append tokens to the stream; returns where they start."""
+        at = self.count
+        ids = np.ascontiguousarray(ids, dtype=np.uint32)
+        self.digest.update(ids.tobytes())
+        self.count += len(ids)
+        self._ids.append(ids)
+        self._pending += len(ids)
+        if self._ids_file is not None and self._pending >= self.FLUSH_TOKENS:
+            self._flush()
+        return at
+
+    def add_windows(self, starts: np.ndarray, ends: np.ndarray, bos: bool, eos_at: np.ndarray) -> None:
+        """Raw-text windows over the stream: every token trained; `eos_at` are the stream positions holding EOS."""
+        starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+        n = len(starts)
+        has_eos = np.searchsorted(eos_at, starts) < np.searchsorted(eos_at, ends)
+        if bos and self.bos_id == self.eos_id:
+            has_eos[:] = True
+        length = ends - starts + int(bos)
+        self._add_rows(starts, ends, np.full(n, bos), np.full(n, -1), length, has_eos, has_eos & (length == 1))
+
+    def add_samples(self, samples: list[Sample]) -> None:
+        """Instruction samples: their tokens, and their labels where those differ from the tokens."""
+        if not samples:
+            return
+        starts, ends, label_starts, trained, eos, only_eos = [], [], [], [], [], []
+        for s in samples:
+            at = self.add_tokens(np.asarray(s.input_ids, dtype=np.uint32))
+            starts.append(at)
+            ends.append(at + len(s.input_ids))
+            kept = [x for x in s.labels if x != IGNORE]
+            if list(s.labels) == list(s.input_ids):
+                label_starts.append(-1)
+            else:
+                label_starts.append(self.label_count)
+                self._labels.append(np.asarray(s.labels, dtype=np.int32))
+                self.label_count += len(s.labels)
+                self.digest.update(self._labels[-1].tobytes())
+            trained.append(len(kept))
+            eos.append(self.eos_id is not None and self.eos_id in kept)
+            only_eos.append(kept == [self.eos_id])
+        n = len(samples)
+        self._add_rows(starts, ends, np.zeros(n, bool), label_starts, trained, eos, only_eos)
+
+    def _add_rows(self, *columns) -> None:
+        types = (np.int64, np.int64, bool, np.int64, np.int32, bool, bool)
+        for name, column, kind in zip(ROW_FIELDS, columns, types, strict=True):
+            self._rows[name].append(np.asarray(column, dtype=kind))
+
+    def _flush(self) -> None:
+        for chunk in self._ids:
+            self._ids_file.write(chunk.tobytes())
+        self._ids, self._pending = [], 0
+
+    def finish(self, meta: dict) -> Store:
+        rows = {
+            name: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64) for name, parts in self._rows.items()
+        }
+        for name in ("start", "end", "label_start"):
+            self.digest.update(rows[name].tobytes())
+        self.digest.update(rows["bos"].tobytes())
+        digest = self.digest.hexdigest()[:32]
+        labels = np.concatenate(self._labels) if self._labels else np.zeros(0, dtype=np.int32)
+        if self.folder is None:
+            ids = np.concatenate(self._ids) if self._ids else np.zeros(0, dtype=np.uint32)
+            return Store(ids, labels, rows, self.bos_id, digest)
+        self._flush()
+        self._ids_file.close()
+        _bin_to_npy(self.folder / "ids.bin", self.folder / "ids.npy", self.count)
+        np.save(self.folder / "labels.npy", labels)
+        np.savez(self.folder / "rows.npz", **rows)
+        meta = dict(meta, bos_id=self.bos_id, digest=digest, tokens=self.count)
+        (self.folder / "meta.json").write_text(json.dumps(meta))
+        return Store.load(self.folder)
+
+    def close(self) -> None:
+        if self._ids_file is not None and not self._ids_file.closed:
+            self._ids_file.close()
+
+
+def _bin_to_npy(raw: Path, target: Path, count: int) -> None:
+    """Give the raw uint32 stream an .npy header, streaming (np.load then memory-maps it)."""
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(0, dtype=np.uint32))
+    header["shape"] = (count,)
+    with open(target, "wb") as out, open(raw, "rb") as src:
+        np.lib.format.write_array_header_1_0(out, header)
+        shutil.copyfileobj(src, out, 1 << 24)
+        out.flush()
+        os.fsync(out.fileno())
+    raw.unlink()
+
+
+def cached(cache_root: Path, key: str) -> tuple[Store, dict] | None:
+    """The store of `key` and its meta (the report), if a complete one exists."""
+    folder = cache_root / key
+    if not (folder / "meta.json").is_file():
+        return None
+    try:
+        return Store.load(folder), json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError, KeyError):  # a damaged cache is rebuilt, never trusted
+        return None
+
+
+class CacheWrite:
+    """`with CacheWrite(root, key) as folder:` write the store into `folder`; on success it becomes `root/key`."""
+
+    def __init__(self, cache_root: Path, key: str):
+        self.root, self.key = cache_root, key
+
+    def __enter__(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _remove_dead_writers(self.root)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=self.root))
+        return self.tmp
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        target = self.root / self.key
+        try:
+            os.rename(self.tmp, target)
+        except OSError:  # another run wrote the same key meanwhile: theirs is as good
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _remove_dead_writers(root: Path) -> None:
+    """Temporary folders of writers that were killed (their process is gone)."""
+    for folder in root.glob(f"{TMP_PREFIX}*"):
+        pid = folder.name[len(TMP_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """What makes this tokenizer's ids: its whole definition (vocab, merges, normalizer, specials) and template."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    specials = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, len(tokenizer))
+    digest.update(repr(specials).encode())
+    digest.update(repr(tokenizer("a")["input_ids"]).encode())  # the default BOS/EOS rule (data.add_bos auto)
+    digest.update(str(getattr(tokenizer, "chat_template", None)).encode())
+    return digest.hexdigest()

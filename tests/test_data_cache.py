@@ -1,0 +1,157 @@
+"""The tokenized-data cache (datasets/.cache/): a hit on the second build, invalidation by bytes, templates and options,
+a killed writer's leftovers ignored, exact resume on the cached set, and the tokenizer pool giving the same ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import CORPUS
+from helpers import run_config, sum_records, write_jsonl
+from loratune import train
+from loratune.config import AdapterSpec, DataSpec
+from loratune.data import raw_text
+from loratune.data.build import build_samples
+from loratune.workspace import Workspace
+
+
+def _cache(home: Path) -> list[Path]:
+    root = home / "datasets" / ".cache"
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
+
+
+def _no_tokenizing(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("tokenized again although the cache holds these samples")
+
+    monkeypatch.setattr(raw_text, "_encode_with", refuse)
+
+
+@pytest.fixture
+def corpus(home) -> Path:
+    path = home / "datasets" / "story.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(CORPUS * 3, encoding="utf-8")
+    return path
+
+
+def _build(path, tokenizer, home, **options):
+    spec = DataSpec(path=str(path), **({"cutoff": 32, "overlap": 8} | options))
+    return build_samples(spec, tokenizer, Workspace.resolve(home))
+
+
+def test_second_build_reads_the_cache_and_tokenizes_nothing(corpus, tokenizer, home, monkeypatch):
+    first, report = _build(corpus, tokenizer, home)
+    assert not report.cached and len(_cache(home)) == 1
+    _no_tokenizing(monkeypatch)
+    second, again = _build(corpus, tokenizer, home)
+    assert again.cached and "(cached)" in again.summary()
+    assert second == first and again.summary().replace(" (cached)", "") == report.summary()
+    assert second.fingerprint() == first.fingerprint()
+    assert len(_cache(home)) == 1
+
+
+def test_a_changed_byte_option_or_template_builds_again(corpus, tokenizer, home, tmp_path):
+    _build(corpus, tokenizer, home)
+    stat = corpus.stat()
+    text = corpus.read_bytes()
+    corpus.write_bytes(text[:10] + (b"X" if text[10:11] != b"X" else b"Y") + text[11:])  # same size, same mtime
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    _, report = _build(corpus, tokenizer, home)
+    assert not report.cached and len(_cache(home)) == 2
+    _, report = _build(corpus, tokenizer, home, add_eos=False)  # an option that shapes samples
+    assert not report.cached and len(_cache(home)) == 3
+    _, report = _build(corpus, tokenizer, home, eval_split=0.1)  # one that does not
+    assert report.cached and len(_cache(home)) == 3
+
+    records = write_jsonl(home / "datasets" / "sums.jsonl", sum_records(range(1, 3), range(1, 3)))
+    formats = home / "formats"
+    formats.mkdir(exist_ok=True)
+    template = {"instruction,output": "Q: %instruction%\nA: %output%"}
+    (formats / "qa-format.json").write_text(json.dumps(template))
+    built, report = _build(records, tokenizer, home, format="qa", cutoff=256)
+    assert not report.cached
+    _, report = _build(records, tokenizer, home, format="qa", cutoff=256)
+    assert report.cached
+    (formats / "qa-format.json").write_text(json.dumps({"instruction,output": "Question: %instruction%\nA: %output%"}))
+    rebuilt, report = _build(records, tokenizer, home, format="qa", cutoff=256)
+    assert not report.cached and rebuilt != built
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from loratune.config import DataSpec
+from loratune.data import store
+from loratune.data.build import build_samples
+from loratune.workspace import Workspace
+from transformers import AutoTokenizer
+
+def killed(*args):  # the tokens are on disk, the store is not finished: kill -9 here
+    os.kill(os.getpid(), signal.SIGKILL)
+
+store._bin_to_npy = killed
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[3])
+build_samples(DataSpec(path=sys.argv[1], cutoff=32, overlap=8), tokenizer, Workspace.resolve(sys.argv[2]))
+"""
+
+
+def test_a_killed_writer_leaves_no_cache_and_its_leftovers_are_ignored(corpus, tokenizer, tiny_model, home):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(corpus), str(home), str(tiny_model)], env=env)
+    assert done.returncode == -9
+    root = home / "datasets" / ".cache"
+    leftovers = [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    assert leftovers and (leftovers[0] / "ids.bin").stat().st_size > 0  # it died mid-write
+    assert _cache(home) == []  # and nothing looks like a complete cache
+
+    samples, report = _build(corpus, tokenizer, home)
+    assert not report.cached and len(samples) > 0
+    assert not any(p.name.startswith(".tmp-") for p in root.iterdir())  # the dead writer's folder is cleared
+    again, report = _build(corpus, tokenizer, home)
+    assert report.cached and again == samples
+
+
+def test_resume_on_the_cached_set_equals_the_straight_run(tiny_model, corpus, home, monkeypatch):
+    def config(name, **train_options):
+        options = dict(epochs=2, batch_size=4, micro_batch=2, lr=3e-3, save_every=2, seed=3, **train_options)
+        cfg = run_config(tiny_model, corpus, name, AdapterSpec(rank=4, alpha=8, dropout=0.1), **options)
+        cfg.data.cutoff, cfg.data.overlap = 32, 8
+        return cfg
+
+    straight = train(config("straight"), home=home, show_progress=False)
+    assert len(_cache(home)) == 1
+    _no_tokenizing(monkeypatch)  # every later run reads the cached set
+    stop = threading.Event()
+    cut = train(
+        config("cut"), home=home, show_progress=False, stop=stop, on_step=lambda r: r["step"] == 3 and stop.set()
+    )
+    assert cut.stopped and cut.steps == 3
+    resumed = train(config("cut", resume=True), home=home, show_progress=False)
+    assert resumed.steps == straight.steps
+
+    def losses(run_dir):
+        return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(cut.run_dir) == pytest.approx(losses(straight.run_dir), abs=1e-5)
+    assert len(_cache(home)) == 1
+
+
+def test_the_tokenizer_pool_gives_the_ids_of_one_process(tmp_path, tokenizer, monkeypatch):
+    file = tmp_path / "long.txt"
+    file.write_text((CORPUS + "\n\n\n") * 4, encoding="utf-8")
+    monkeypatch.setattr(raw_text, "PIECE_CHARS", 256)  # many pieces, so the pool has work in flight
+    monkeypatch.setattr(raw_text, "READ_BYTES", 1000)  # blocks that end anywhere, hard cuts across them
+    spec = DataSpec(path=str(file), cutoff=32, overlap=8)
+    monkeypatch.setenv(raw_text.WORKERS_ENV, "1")
+    one, report_one = raw_text.build(file, tokenizer, spec)
+    monkeypatch.setenv(raw_text.WORKERS_ENV, "2")
+    pooled, report_pooled = raw_text.build(file, tokenizer, spec)
+    assert len(one) > 20 and pooled == one and report_pooled == report_one
+    whole = tokenizer(CORPUS, add_special_tokens=False)["input_ids"]
+    assert one[0].input_ids == whole[:32]
