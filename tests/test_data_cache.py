@@ -155,3 +155,28 @@ def test_the_tokenizer_pool_gives_the_ids_of_one_process(tmp_path, tokenizer, mo
     assert len(one) > 20 and pooled == one and report_pooled == report_one
     whole = tokenizer(CORPUS, add_special_tokens=False)["input_ids"]
     assert one[0].input_ids == whole[:32]
+
+
+def test_a_checkpoint_fingerprinted_before_the_cache_still_resumes(tiny_model, corpus, home, tokenizer):
+    """Checkpoints written before the samples cache hold the sample-by-sample hash: they resume; a wrong one not."""
+    from loratune.errors import LoratuneError
+    from loratune.training.checkpoint import STATE_JSON, sample_hash
+
+    def config(max_steps=2, **train_options):
+        cfg = run_config(tiny_model, corpus, "old", AdapterSpec(rank=4, alpha=8), max_steps=max_steps, **train_options)
+        cfg.train.save_every, cfg.train.seed = 2, 3
+        cfg.data.cutoff, cfg.data.overlap = 32, 8
+        return cfg
+
+    train(config(), home=home, show_progress=False)
+    state_file = home / "loras" / "old" / "checkpoint-000002" / STATE_JSON
+    state = json.loads(state_file.read_text())
+    samples, _ = build_samples(config().data, tokenizer, Workspace.resolve(home))
+    for fingerprint, resumes in (("0" * 16, False), (sample_hash(samples), True)):
+        state["position"]["fingerprint"] = fingerprint
+        state_file.write_text(json.dumps(state))
+        if resumes:
+            assert train(config(max_steps=3, resume=True), home=home, show_progress=False).steps == 3
+        else:
+            with pytest.raises(LoratuneError, match="cannot resume exactly"):
+                train(config(max_steps=3, resume=True), home=home, show_progress=False)

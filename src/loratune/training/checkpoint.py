@@ -186,15 +186,7 @@ def data_position(samples: list, steps_per_epoch: int, seed: int) -> dict:
     A data.store.SampleSet (the cached samples) knows its fingerprint from its stores' digests, with no pass over
     the tokens; a plain list of samples (e.g. after data.eval_split) is hashed sample by sample.
     """
-    if hasattr(samples, "fingerprint"):
-        fingerprint = samples.fingerprint()
-    else:
-        digest = hashlib.sha256()
-        for sample in samples:
-            digest.update(array("q", sample.input_ids).tobytes())
-            digest.update(array("q", sample.labels).tobytes())
-            digest.update(b"|")
-        fingerprint = digest.hexdigest()[:16]
+    fingerprint = samples.fingerprint() if hasattr(samples, "fingerprint") else sample_hash(samples)
     return {
         "samples": len(samples),
         "fingerprint": fingerprint,
@@ -203,10 +195,21 @@ def data_position(samples: list, steps_per_epoch: int, seed: int) -> dict:
     }
 
 
-def load_state(checkpoint: Path, model, optimizer, scheduler, position: dict | None = None) -> int:
+def sample_hash(samples) -> str:
+    """The fingerprint of samples hashed one by one (what every checkpoint held before the samples cache)."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(array("q", sample.input_ids).tobytes())
+        digest.update(array("q", sample.labels).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
+def load_state(checkpoint: Path, model, optimizer, scheduler, position: dict | None = None, samples=None) -> int:
     """Restore adapter weights, optimizer, scheduler and RNG; return the step to continue from.
 
     With `position`, refuse a resume whose data no longer matches the checkpoint's: its steps would see other samples.
+    A checkpoint written before the samples cache holds the sample-by-sample hash: `samples` are hashed that way then.
     """
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -215,6 +218,8 @@ def load_state(checkpoint: Path, model, optimizer, scheduler, position: dict | N
     saved = state.get("position") or {}
     if position and saved:
         changed = [k for k in ("samples", "fingerprint", "steps_per_epoch", "seed") if saved.get(k) != position[k]]
+        if changed == ["fingerprint"] and samples is not None and saved["fingerprint"] == sample_hash(samples):
+            changed = []  # the same samples, fingerprinted the older way
         if changed:
             raise LoratuneError(
                 f"cannot resume exactly from {checkpoint}: the data or its options changed since it was written "

@@ -142,7 +142,7 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     position = data_position(samples, steps_per_epoch, tc.seed)
     step = 0
     if plan.resume_from is not None:
-        step = restore(plan, model, optimizer, scheduler, position, total_steps)
+        step = restore(plan, model, optimizer, scheduler, position, total_steps, samples)
         say(f"resuming from {plan.resume_from.name} (step {step} of {total_steps})")
     model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.is_main_process:  # model, data and options are good: only now is anything written
@@ -181,7 +181,7 @@ def add_lora(model, config: RunConfig):
     return model
 
 
-def restore(plan: Plan, model, optimizer, scheduler, position: dict, total_steps: int) -> int:
+def restore(plan: Plan, model, optimizer, scheduler, position: dict, total_steps: int, samples) -> int:
     """Load the checkpoint to resume from into the model, optimizer and scheduler; return its step."""
     resumed = checkpoint_step(plan.resume_from.name)
     if total_steps < resumed:  # equal: a kill after the last step's checkpoint; the run only needs finishing
@@ -189,7 +189,7 @@ def restore(plan: Plan, model, optimizer, scheduler, position: dict, total_steps
             f"train.max_steps / train.epochs now end the run at step {total_steps}, but {plan.resume_from.name} is "
             f"already at step {resumed}: nothing is left to train; give more steps to resume"
         )
-    step = load_state(plan.resume_from, model, optimizer, scheduler, position)
+    step = load_state(plan.resume_from, model, optimizer, scheduler, position, samples)
     if plan.accelerator.is_main_process:
         trim_metrics(plan.run_dir, step)
     return step
