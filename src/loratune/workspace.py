@@ -81,3 +81,18 @@ def inside(folder: Path, relative: str) -> Path:
     if target != folder.resolve() and folder.resolve() not in target.parents:
         raise LoratuneError(f"{relative!r} points outside {folder}")
     return target
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (a reused pid reads as alive: then a leftover just waits for a later clean)."""
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":  # os.kill(pid, 0) would terminate it on Windows: never clean there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True

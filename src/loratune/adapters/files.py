@@ -5,7 +5,8 @@ Every multi-step write (a checkpoint, the final adapter, promote, merge, export,
 perhaps such a temporary. `clean_stale` removes the temporaries whose process is dead, the next time loratune looks
 at the workspace; a `.old` one (a folder moved aside to be replaced) is put back if its replacement never arrived.
 
-Nothing here imports the rest of loratune (only the run folder's file names), so the training code can use it too.
+Nothing here imports the rest of loratune (only the run folder's file names and workspace's pid check), so the
+training code can use it too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from loratune.rundir import ADAPTER_STEP, COMPLETE, read_json  # noqa: F401 - ADAPTER_STEP: training imports it here
+from loratune.workspace import pid_alive
 
 # .<name>.<tag>-<pid>: what our writers leave while they work (tags: see the module docstring).
 TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<tag>tmp|old|promote|merging|deleting)-(?P<pid>\d+)")
@@ -55,21 +57,6 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists (a reused pid reads as alive: then a leftover just waits for a later clean)."""
-    if pid == os.getpid():
-        return True
-    if os.name != "posix":  # os.kill(pid, 0) would terminate it on Windows: never clean there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        return True
-    return True
 
 
 def clean_stale(folder: Path, dead_prefixes: tuple[str, ...] = ()) -> list[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from loratune.data.samples import IGNORE, Sample
+from loratune.workspace import pid_alive
 
 ROW_FIELDS = ("start", "end", "bos", "label_start", "trained", "eos", "only_eos")
 TMP_PREFIX = ".tmp-"
@@ -270,18 +271,8 @@ def _remove_dead_writers(root: Path) -> None:
     """Temporary folders of writers that were killed (their process is gone)."""
     for folder in root.glob(f"{TMP_PREFIX}*"):
         pid = folder.name[len(TMP_PREFIX) :].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def file_digest(path: Path) -> str:
