@@ -76,7 +76,7 @@ verify-gguf: $(STAMP) $(VERIFY)/greedy
 	# every projection is adapted, so q and k (whose rows llama.cpp permutes) are both checked
 	$(BIN)/loratune --home $(VERIFY_HOME) train --data examples/demo/pirate.jsonl --name verify-gguf-pirate --overwrite \
 		--adapter.targets all-linear --train.max_steps 12 --train.micro_batch 8 --train.lr 1e-3 --train.save_every 0
-	$(BIN)/loratune --home $(VERIFY_HOME) loras verify verify-gguf-pirate --greedy $(VERIFY)/greedy \
+	PATH=$(abspath $(VERIFY))/build/bin:$$PATH $(BIN)/loratune --home $(VERIFY_HOME) loras verify verify-gguf-pirate --greedy $(VERIFY)/greedy \
 		--llama-cpp $(LLAMA_SRC) --prompts-file examples/demo/held_out.txt
 
 $(VERIFY)/greedy: tools/verify_gguf/greedy.cpp
@@ -85,9 +85,9 @@ $(VERIFY)/greedy: tools/verify_gguf/greedy.cpp
 		--no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(VERIFY)
 	test -d $(LLAMA_SRC) || tar xzf $(VERIFY)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(VERIFY)
 	cmake -S $(LLAMA_SRC) -B $(VERIFY)/build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
-		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF \
 		-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_OPENMP=OFF > $(VERIFY)/cmake.log
-	cmake --build $(VERIFY)/build --target llama llama-common -j$(JOBS)
+	cmake --build $(VERIFY)/build --target llama llama-common llama-quantize -j$(JOBS)
 	$(CXX) -O2 -std=c++17 -c $< -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include -I$(LLAMA_SRC)/common \
 		-I$(LLAMA_SRC)/vendor -o $(VERIFY)/greedy.o
 	$(CXX) $(VERIFY)/greedy.o $(LLAMA_LIBS) -lpthread -lm -ldl -o $@

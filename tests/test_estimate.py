@@ -77,3 +77,31 @@ def test_cli_refusals_are_one_line(tiny_model, home, capsys):
     assert capsys.readouterr().err.strip() == (
         "loratune: error: model.quant 4bit runs only on CUDA GPUs; estimate for device cuda or model.quant none"
     )
+
+
+def test_a_run_that_cannot_fit_is_refused_before_loading_and_writes_nothing(tiny_model, home, tmp_path):
+    """The run's own estimate against the machine's free RAM: one line with both figures and the ways out."""
+    import json
+    import subprocess
+    import sys
+
+    from loratune.config import RunConfig, from_dict
+    from loratune.models.fit import check_fits, free_memory, run_estimate
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"instruction": "Say hi", "output": "Arr"}) + "\n")
+    rank = 1 << 24  # ~130 GB of LoRA weights, gradients and AdamW state on the tiny model
+    command = [sys.executable, "-m", "loratune.cli", "--home", str(home), "train", "--model", str(tiny_model)]
+    command += ["--data", str(data), "--name", "huge", f"--adapter.rank={rank}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    line = done.stderr.strip()
+    assert "\n" not in line and line.startswith("loratune: error: this run needs about ")
+    assert "of available RAM" in line and "train.memory_check false" in line and f"adapter.rank ({rank})" in line
+    assert not (home / "loras" / "huge").exists()
+
+    options = {"adapter": {"rank": rank}, "data": {"path": str(data)}}
+    config = from_dict(RunConfig, options)
+    need = run_estimate(config, tiny_model, "cpu").total
+    assert need > free_memory("cpu") and f"{need / GB:.2f} GB" in line  # the figure `loratune estimate` prints
+    check_fits(from_dict(RunConfig, {**options, "train": {"memory_check": False}}), tiny_model, "cpu")  # let through

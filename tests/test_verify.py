@@ -106,6 +106,6 @@ def test_gguf_files_in_llama_cpp(tmp_path, default_model_home):
     os.environ.pop("LORATUNE_LLAMA_CPP", None)
     checks = verify("p", tmp_path / "home", llama_cpp=LLAMA_CPP, greedy=GREEDY, tokens=8, limit=3)
     table = {(c.artifact, c.check): c for c in checks}
-    assert table[("GGUF adapter on base f16 GGUF", "greedy tokens (up to 8)")].status == "ok"
+    assert table[("GGUF adapter on base f32 GGUF", "greedy tokens (up to 8)")].status == "ok"
     assert table[("merged GGUF model-f16.gguf", "greedy tokens (up to 8)")].status == "ok"
     assert table[("merged GGUF model-f16.gguf", "prompt: llama.cpp Jinja of the GGUF's template")].status == "ok"

@@ -195,6 +195,8 @@ class TrainSpec:
     """End the run (and save the adapter) once a step's training loss is at or below this (0: off)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, more compute per step."""
+    memory_check: bool = True
+    """Before loading, refuse a run whose estimated peak memory exceeds the free RAM / VRAM (false: try anyway)."""
     eval_every: int = 0
     """Evaluate on the eval data every N optimizer steps (0: only at the end)."""
     report_to: Literal["none", "tensorboard"] = "none"

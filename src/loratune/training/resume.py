@@ -36,6 +36,7 @@ RESUME_MAY_CHANGE = {
     "train.packed_tokens",
     "train.packing",
     "train.gradient_checkpointing",
+    "train.memory_check",
     # permissions and what this command does, not how the run trains
     "model.trust_remote_code",
     "train.resume",

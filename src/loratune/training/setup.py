@@ -17,6 +17,7 @@ from loratune.data import Sample, build_samples
 from loratune.data.build import resolved_path, run_name
 from loratune.errors import LoratuneError
 from loratune.models import load_base, resolve_model_path, resolve_targets
+from loratune.models.fit import check_fits
 from loratune.models.quant import prepare_for_training
 from loratune.prompting import make_contract, save_contract
 from loratune.rundir import CONFIG, FINISHED, LOCK, checkpoint_step, trim_metrics
@@ -121,6 +122,7 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     say(f"setup: {config.name}: loading the model and the data")
     with accelerator.main_process_first():  # one process converts or downloads the model; the others then reuse it
         model_path = resolve_model_path(config.model.source, plan.ws, config.model.trust_remote_code)
+    check_fits(config, model_path, accelerator.device.type)  # a run that cannot fit stops here, not in the OOM killer
     model, tokenizer = load_base(model_path, accelerator.device, config.model.trust_remote_code, config.model.quant)
     if config.model.quant != "none":  # QLoRA: frozen k-bit base, fp32 norms, gradient checkpointing on
         model = prepare_for_training(model)
