@@ -475,6 +475,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per arm, interleaved A B C A B C")
     parser.add_argument("--suites", default=",".join(SUITES), help="comma-separated suite names")
     parser.add_argument("--arms", default=",".join(ARMS), help="also: loratune-padded (loratune, packing off)")
+    parser.add_argument("--profile", action="store_true", help="instead: where one packed step's time goes, by kind")
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     parser.add_argument("--suite-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -483,6 +484,12 @@ def main() -> None:
 
     CACHE.mkdir(parents=True, exist_ok=True)
     names = [next(iter(SUITES))] if args.quick else args.suites.split(",")
+    if args.profile:
+        from profile_step import profile
+
+        for name in names:
+            print(f"{name}:\n" + "\n".join(profile(prepare_suite(name))), flush=True)
+        return None
     repeats = 1 if args.quick else args.repeats
     arms = args.arms.split(",")
     import torch
