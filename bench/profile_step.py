@@ -48,9 +48,11 @@ def ancestors(event):
         parent = parent.cpu_parent
 
 
-def shares(events, rank: int, vocab: int) -> dict[str, float]:
-    """Self CPU seconds per kind of work (each operator counted once, at its own level)."""
+def shares(events, rank: int, vocab: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Self CPU seconds per kind of work (each operator counted once, at its own level), and per operator of the
+    element-wise rest."""
     out: dict[str, float] = defaultdict(float)
+    rest: dict[str, float] = defaultdict(float)
     for event in events:
         if event.name.startswith(("ProfilerStep", "autograd::engine", "## ")):
             continue  # scopes: their time is their children's
@@ -58,7 +60,9 @@ def shares(events, rank: int, vocab: int) -> dict[str, float]:
         attention = any("scaled_dot_product" in a.name for a in ancestors(event))
         kind = "attention" if attention else kind_of(event, rank, vocab, in_opt)
         out[kind] += event.self_cpu_time_total / 1e6
-    return out
+        if kind == ORDER[-1]:
+            rest[event.name] += event.self_cpu_time_total / 1e6
+    return out, rest
 
 
 def profile(suite: dict, steps: int = 1) -> list[str]:
@@ -94,7 +98,7 @@ def profile(suite: dict, steps: int = 1) -> list[str]:
         for batch in batches[1:]:
             micro_batches(batch, tc.micro_batch, run.tokenizer.pad_token_id, tc.micro_batch * run.config.data.cutoff)
         collation = time.perf_counter() - started
-    seconds = shares(prof.events(), rank, vocab)
+    seconds, rest = shares(prof.events(), rank, vocab)
     seconds["data collation"] = collation
     total = sum(seconds.values())
     tokens = sum(len(s.input_ids) for b in batches[1:] for s in b)
@@ -106,4 +110,6 @@ def profile(suite: dict, steps: int = 1) -> list[str]:
     ]
     for kind in (*ORDER, "data collation"):
         lines.append(f"| {kind} | {seconds.get(kind, 0.0):.3f} | {100 * seconds.get(kind, 0.0) / total:.1f} % |")
+    top = sorted(rest.items(), key=lambda kv: -kv[1])[:8]
+    lines.append("element-wise and other, largest: " + ", ".join(f"{name} {t:.2f} s" for name, t in top))
     return lines
