@@ -225,8 +225,9 @@ def _counts(seen: dict[str, int]) -> str:
     return ", ".join(f"{shape} {count}" for shape, count in seen.items()) or "nothing"
 
 
-def is_raw_text(path: Path | list[Path]) -> bool:
-    """Is every file of the data raw text (.txt / .md, `text` records)? Then prompts are bare text."""
+def is_raw_text(path: Path | list[Path], columns: dict[str, str] | None = None) -> bool:
+    """Is every file of the data raw text (.txt / .md, `text` records, after `columns` renames a file's columns, as
+    data.columns does)? Then prompts are bare text."""
     paths = path if isinstance(path, list) else [path]
     for one in paths:
         if one.is_dir():
@@ -238,7 +239,7 @@ def is_raw_text(path: Path | list[Path]) -> bool:
         for file in files:
             if kind_of(file) != "text":
                 record = first_record(file) if kind_of(file) else None
-                if record is None or shape_of(record) != "text":
+                if record is None or shape_of(rename_columns(record, columns or {})) != "text":
                     return False
     return True
 
