@@ -17,6 +17,7 @@ from helpers import run_config, sum_records, write_jsonl
 from loratune import train
 from loratune.config import AdapterSpec, DataSpec
 from loratune.data import raw_text
+from loratune.data import samples as data_samples
 from loratune.data.build import build_samples
 from loratune.workspace import Workspace
 
@@ -146,7 +147,7 @@ def test_the_tokenizer_pool_gives_the_ids_of_one_process(tmp_path, tokenizer, mo
     file = tmp_path / "long.txt"
     file.write_text((CORPUS + "\n\n\n") * 4, encoding="utf-8")
     monkeypatch.setattr(raw_text, "PIECE_CHARS", 256)  # many pieces, so the pool has work in flight
-    monkeypatch.setattr(raw_text, "READ_BYTES", 1000)  # blocks that end anywhere, hard cuts across them
+    monkeypatch.setattr(data_samples, "READ_BYTES", 1000)  # blocks that end anywhere, hard cuts across them
     spec = DataSpec(path=str(file), cutoff=32, overlap=8)
     monkeypatch.setenv(raw_text.WORKERS_ENV, "1")
     one, report_one = raw_text.build(file, tokenizer, spec)

@@ -131,7 +131,9 @@ def read_dataset(given: str, spec: DataSpec, tokenizer, ws: Workspace) -> tuple[
 
 
 CACHE_FOLDER = ".cache"
-CACHE_VERSION = b"loratune samples v1"  # change when the way samples are built changes, so old caches are not read
+# Change when the way samples are built changes, so old caches are not read. v2: a file mixing `text` records with
+# instruction records keeps its order (v1 put its text after its instruction samples).
+CACHE_VERSION = b"loratune samples v2"
 NOT_SHAPING = ("path", "eval_path", "eval_split", "mix")  # data options that never change a dataset's own samples
 
 
@@ -180,7 +182,7 @@ def read_file(
         texts.add_file(file, allow_empty=not alone)
         return {"raw text": 1}
     unit = RECORD_UNIT[kind]
-    documents, records, seen, count = [], [], {}, 0
+    records, seen, count = [], {}, 0
     through_format = instructions.uses_format_file(spec.format)
 
     def build_block() -> None:  # instruction records go to the store a block at a time, never all held at once
@@ -189,21 +191,21 @@ def read_file(
             texts.writer.add_samples(instructions.build(records, file, unit, tokenizer, spec, ws, report))
             records.clear()
 
+    # Records stream from the file into the store: memory holds one block of instruction records, never the file.
     for number, record in enumerate(read_records(file), 1):
         record = rename_columns(record, spec.columns)
         shape = shape_of(record)
         seen[shape] = seen.get(shape, 0) + 1
         if shape == "text" and not through_format:
-            documents.append(text_of(record, f"{file} {unit} {number}"))
+            text = text_of(record, f"{file} {unit} {number}")
+            build_block()  # the instruction records before it go first: samples keep the file's order
+            texts.add_document([text])
         else:
             records.append((number, record))
             count += 1
             if len(records) >= INSTRUCTION_BLOCK:
                 build_block()
     build_block()
-    for d in range(len(documents)):
-        text, documents[d] = documents[d], ""
-        texts.add_document([text])
     report.records += count  # raw text counts its blocks between hard cuts
     return seen
 

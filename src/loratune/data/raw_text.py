@@ -13,24 +13,22 @@ of worker processes (one per core), pieces in order, so the ids are the same as 
 
 from __future__ import annotations
 
-import codecs
 import multiprocessing
 import os
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from loratune.config import DataSpec
-from loratune.data.samples import DataReport, read_text, wants_bos
+from loratune.data.samples import DataReport, read_blocks, wants_bos
 from loratune.data.store import SampleSet, StoreWriter
 from loratune.errors import LoratuneError
 
 PIECE_CHARS = 1 << 16  # long text is tokenized in pieces of about this many characters (see _piece_end)
 PIECES_PER_CALL = 16
-READ_BYTES = 1 << 22  # files are decoded in blocks of this many bytes
 PARALLEL_BYTES = 8 << 20  # below this much raw text, tokenize in this process (a pool costs more than it saves)
 WORKERS_ENV = "LORATUNE_TOKENIZE_WORKERS"  # force a number of tokenizer processes (1: none)
 
@@ -60,26 +58,6 @@ def workers_for(files: list[Path]) -> int:
         return max(1, int(os.environ[WORKERS_ENV]))
     size = sum(f.stat().st_size for f in files)
     return len(os.sched_getaffinity(0)) if size >= PARALLEL_BYTES else 1
-
-
-def read_blocks(file: Path) -> Iterator[str]:
-    """The file's text in blocks (UTF-8, a BOM skipped, CRLF as LF); other encodings are refused as read_text does."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    held = ""  # a CR at a block's end may start a CRLF
-    with open(file, "rb") as f:
-        while True:
-            data = f.read(READ_BYTES)
-            try:
-                text = held + decoder.decode(data, final=not data)
-            except UnicodeDecodeError:
-                read_text(file)  # raises the error naming the line
-                raise
-            held = ""
-            if data and text.endswith("\r"):
-                text, held = text[:-1], "\r"
-            yield text.replace("\r\n", "\n")
-            if not data:
-                return
 
 
 class _Section:
