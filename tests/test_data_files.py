@@ -8,11 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 
 import pytest
 
 from loratune import LoratuneError
 from loratune.config import DataSpec
+from loratune.data import blocks, pool
 from loratune.data import samples as data_samples
 from loratune.data.build import build_samples
 from loratune.data.files import read_records
@@ -106,3 +108,36 @@ def test_a_bad_row_is_refused_by_training_in_one_line_naming_it(tmp_path, tokeni
     assert "\n" not in str(info.value)
     cache = Workspace.resolve(home).datasets / ".cache"
     assert not cache.exists() or not any(cache.iterdir())  # nothing is written
+
+
+def _build_with(workers, path, tokenizer, home, monkeypatch, **options):
+    monkeypatch.setenv(pool.WORKERS_ENV, str(workers))
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(home / "datasets" / ".cache", ignore_errors=True)  # tokenize again, not read the cache
+    return build_samples(DataSpec(path=str(path), **options), tokenizer, Workspace.resolve(home))
+
+
+def test_blocks_built_by_the_pool_are_those_of_one_process(tmp_path, tokenizer, home, monkeypatch):
+    monkeypatch.setattr(blocks, "BLOCK", 3)  # many blocks in flight at once
+    text = {"text": "The quick brown fox jumps over the lazy dog. " * 4}
+    records = RECORDS[:5] + [text] + RECORDS * 2  # a text record between blocks: the file's order is kept
+    path = _jsonl(tmp_path / "d.jsonl", records)
+    options = {"cutoff": 40, "overlap": 8, "too_long": "truncate"}
+    one, report_one = _build_with(1, path, tokenizer, home, monkeypatch, **options)
+    pooled, report_pooled = _build_with(2, path, tokenizer, home, monkeypatch, **options)
+    assert len(one) > len(RECORDS) and pooled == one and report_pooled == report_one
+    assert report_one.shapes == {"alpaca": len(records) - 1, "text": 1}
+    assert report_one.truncated > 0  # counted by the workers
+    assert one.fingerprint() == pooled.fingerprint()
+
+
+def test_the_pool_reports_the_first_bad_record_of_the_file(tmp_path, tokenizer, home, monkeypatch):
+    monkeypatch.setattr(blocks, "BLOCK", 3)
+    bad = RECORDS[:7] + [{"instruction": "Hi", "output": 5}] + RECORDS
+    lines = "".join(json.dumps(r) + "\n" for r in bad) + "{oops\n"  # and a broken line after it
+    path = tmp_path / "d.jsonl"
+    path.write_text(lines, encoding="utf-8")
+    for workers in (1, 2):
+        with pytest.raises(LoratuneError, match=r"d.jsonl record 8: 'output' must be text, got int"):
+            _build_with(workers, path, tokenizer, home, monkeypatch)
+        assert not any((home / "datasets" / ".cache").iterdir())  # nothing is written

@@ -12,6 +12,7 @@ import numpy as np
 
 from loratune.config import DataSpec, to_dict
 from loratune.data import hub, instructions, raw_text, store
+from loratune.data.blocks import InstructionBlocks
 from loratune.data.chat_templates import resolve_chat_template
 from loratune.data.files import RECORD_UNIT, FileList, first_record, kind_of, list_files, read_records
 
@@ -169,7 +170,6 @@ def _save_report(folder: Path, report: DataReport) -> None:
 
 
 PLAIN_SHAPES = {"raw text", "text"}  # trained on every token, no prompt
-INSTRUCTION_BLOCK = 10_000  # instruction samples go to the store this many at a time
 
 
 def read_file(
@@ -182,30 +182,21 @@ def read_file(
         texts.add_file(file, allow_empty=not alone)
         return {"raw text": 1}
     unit = RECORD_UNIT[kind]
-    records, seen, count = [], {}, 0
+    seen, count = {}, 0
     through_format = instructions.uses_format_file(spec.format)
-
-    def build_block() -> None:  # instruction records go to the store a block at a time, never all held at once
-        if records:
-            texts.flush()  # the raw text before these samples is in the store first, so the order is the files'
-            texts.writer.add_samples(instructions.build(records, file, unit, tokenizer, spec, ws, report))
-            records.clear()
-
-    # Records stream from the file into the store: memory holds one block of instruction records, never the file.
-    for number, record in enumerate(read_records(file), 1):
-        record = rename_columns(record, spec.columns)
-        shape = shape_of(record)
-        seen[shape] = seen.get(shape, 0) + 1
-        if shape == "text" and not through_format:
-            text = text_of(record, f"{file} {unit} {number}")
-            build_block()  # the instruction records before it go first: samples keep the file's order
-            texts.add_document([text])
-        else:
-            records.append((number, record))
-            count += 1
-            if len(records) >= INSTRUCTION_BLOCK:
-                build_block()
-    build_block()
+    # Records stream from the file into the store: memory holds a few blocks of instruction records, never the file.
+    with InstructionBlocks(file, unit, tokenizer, spec, ws, report, texts) as blocks:
+        for number, record in enumerate(read_records(file), 1):
+            record = rename_columns(record, spec.columns)
+            shape = shape_of(record)
+            seen[shape] = seen.get(shape, 0) + 1
+            if shape == "text" and not through_format:
+                text = text_of(record, f"{file} {unit} {number}")
+                blocks.flush()  # the instruction records before it go first: samples keep the file's order
+                texts.add_document([text])
+            else:
+                blocks.add(number, record)
+                count += 1
     report.records += count  # raw text counts its blocks between hard cuts
     return seen
 
