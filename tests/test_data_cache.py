@@ -16,7 +16,8 @@ from conftest import CORPUS
 from helpers import run_config, sum_records, write_jsonl
 from loratune import train
 from loratune.config import AdapterSpec, DataSpec
-from loratune.data import raw_text
+from loratune.data import pool, raw_text
+from loratune.data import samples as data_samples
 from loratune.data.build import build_samples
 from loratune.workspace import Workspace
 
@@ -146,11 +147,11 @@ def test_the_tokenizer_pool_gives_the_ids_of_one_process(tmp_path, tokenizer, mo
     file = tmp_path / "long.txt"
     file.write_text((CORPUS + "\n\n\n") * 4, encoding="utf-8")
     monkeypatch.setattr(raw_text, "PIECE_CHARS", 256)  # many pieces, so the pool has work in flight
-    monkeypatch.setattr(raw_text, "READ_BYTES", 1000)  # blocks that end anywhere, hard cuts across them
+    monkeypatch.setattr(data_samples, "READ_BYTES", 1000)  # blocks that end anywhere, hard cuts across them
     spec = DataSpec(path=str(file), cutoff=32, overlap=8)
-    monkeypatch.setenv(raw_text.WORKERS_ENV, "1")
+    monkeypatch.setenv(pool.WORKERS_ENV, "1")
     one, report_one = raw_text.build(file, tokenizer, spec)
-    monkeypatch.setenv(raw_text.WORKERS_ENV, "2")
+    monkeypatch.setenv(pool.WORKERS_ENV, "2")
     pooled, report_pooled = raw_text.build(file, tokenizer, spec)
     assert len(one) > 20 and pooled == one and report_pooled == report_one
     whole = tokenizer(CORPUS, add_special_tokens=False)["input_ids"]

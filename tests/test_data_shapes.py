@@ -23,6 +23,7 @@ from loratune.config import DataSpec
 from loratune.data.build import build_samples, is_raw_text
 from loratune.data.preview import check_data
 from loratune.data.samples import IGNORE
+from loratune.prompting import make_contract
 from loratune.workspace import Workspace
 
 FAST = {"train.max_steps": 1, "train.batch_size": 2, "train.micro_batch": 2, "adapter.rank": 4, "train.save_every": 0}
@@ -271,6 +272,19 @@ def test_columns_rename_the_data(tmp_path, tokenizer, home):
     assert report.shapes == {"alpaca": 4} and trained_text(tokenizer, samples[0]) == "Paris.<|im_end|>\n"
     as_text = DataSpec(path=str(path), columns="{instruction: question, output: answer}")  # as typed on a command line
     assert as_text.columns == {"instruction": "question", "output": "answer"}
+
+
+def test_columns_onto_text_make_raw_text_records(tmp_path, tokenizer, home):
+    body = jsonl(tmp_path / "b.jsonl", [{"body": r["text"]} for r in TEXT])
+    assert is_raw_text(body) is False  # 'body' alone is an alpaca record without its keys
+    assert is_raw_text(body, {"text": "body"}) is True
+    samples, report = build(body, tokenizer, home, columns={"text": "body"})
+    plain, _ = build(jsonl(tmp_path / "t.jsonl", TEXT), tokenizer, home)
+    assert (report.kind, report.shapes) == ("raw text", {"text": 2})
+    assert [s.input_ids for s in samples] == [s.input_ids for s in plain]
+    spec = DataSpec(path=str(body), columns={"text": "body"})
+    assert make_contract(spec, tokenizer, Workspace.resolve(home)).kind == "raw"  # prompts are bare text
+    assert make_contract(DataSpec(path=str(body)), tokenizer, Workspace.resolve(home)).kind != "raw"
 
 
 def test_train_on_last_assistant(tmp_path, tokenizer, home):

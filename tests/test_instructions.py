@@ -11,7 +11,7 @@ from conftest import make_tokenizer
 from loratune.config import DataSpec
 from loratune.data.batching import collate
 from loratune.data.build import IGNORE, Sample, build_samples
-from loratune.data.files import read_json as read_records
+from loratune.data.files import read_records
 from loratune.data.instructions import (
     alpaca_to_messages,
     chat_segments,
@@ -149,13 +149,13 @@ def test_json_array_and_jsonl_give_identical_samples(tmp_path, tokenizer, home):
 def test_read_records_variants(tmp_path):
     single = tmp_path / "one.json"
     single.write_text(json.dumps(FRANCE), encoding="utf-8")
-    assert read_records(single) == [FRANCE]
+    assert list(read_records(single)) == [FRANCE]
     crlf = tmp_path / "crlf.jsonl"
     crlf.write_bytes(("\ufeff" + json.dumps(FRANCE) + "\r\n\r\n" + json.dumps(PIRATE) + "\r\n").encode("utf-8"))
-    assert read_records(crlf) == [FRANCE, PIRATE]
+    assert list(read_records(crlf)) == [FRANCE, PIRATE]
     array_in_jsonl = tmp_path / "arr.jsonl"
     array_in_jsonl.write_text(json.dumps([FRANCE, PIRATE]), encoding="utf-8")
-    assert read_records(array_in_jsonl) == [FRANCE, PIRATE]
+    assert list(read_records(array_in_jsonl)) == [FRANCE, PIRATE]
 
 
 def test_no_eos_added_when_disabled_with_format_file(tmp_path, plain_tokenizer, home):

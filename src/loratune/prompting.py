@@ -72,7 +72,7 @@ class PromptContract:
 
 def make_contract(spec: DataSpec, tokenizer, ws: Workspace) -> PromptContract:
     """The contract of a run on `spec`'s data: the same decisions the sample builders make."""
-    return contract_for(spec, tokenizer, ws, raw=is_raw_text(find_data(spec.path, ws)))
+    return contract_for(spec, tokenizer, ws, raw=is_raw_text(find_data(spec.path, ws), spec.columns))
 
 
 def contract_for(spec: DataSpec, tokenizer, ws: Workspace, raw: bool) -> PromptContract:
@@ -228,7 +228,8 @@ def load_contract(adapter: Path, tokenizer=None, ws: Workspace | None = None) ->
     saved = read_run_config(config_folder(adapter))
     if saved is not None:
         spec = from_dict(DataSpec, saved.get("data") or {}, f"{config_folder(adapter) / CONFIG}: data")
-        return contract_for(spec, tokenizer, ws or Workspace.resolve(None), raw=is_raw_text(Path(spec.path)))
+        raw = is_raw_text(Path(spec.path), spec.columns)
+        return contract_for(spec, tokenizer, ws or Workspace.resolve(None), raw=raw)
     return model_contract(tokenizer)
 
 

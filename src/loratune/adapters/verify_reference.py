@@ -5,6 +5,7 @@ logits along prompt + answer; and how two greedy answers are compared."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Literal
 
@@ -66,18 +67,20 @@ def verify_prompts(
     spec = from_dict(DataSpec, saved.get("data") or {}, f"{config_folder(adapter) / CONFIG}: data")
     from loratune.data.build import find_data, is_raw_text
     from loratune.data.files import kind_of, list_files, read_records
+    from loratune.data.shapes import rename_columns
 
     found = find_data(spec.eval_path or spec.path, ws)
     what = "held-out prompts of data.eval_path" if spec.eval_path else "prompts of the training data (no eval file)"
-    if is_raw_text(found) or contract.kind == "raw":
+    if is_raw_text(found, spec.columns) or contract.kind == "raw":
         raise LoratuneError(f"{adapter} was trained on raw text: give the texts to continue with --prompts-file")
     files = [f for one in (found if isinstance(found, list) else [found]) for f in list_files(one).files]
-    records = [r for f in files if kind_of(f) != "text" for r in read_records(f)]
+    # Read lazily, columns renamed as training renames them: only the first `limit` prompts are needed.
+    records = (rename_columns(r, spec.columns) for f in files if kind_of(f) != "text" for r in read_records(f))
     path = files[0]
-    prompts = [p for p in (_record_prompt(contract, r) for r in records) if p is not None]
+    prompts = list(islice((p for p in (_record_prompt(contract, r) for r in records) if p is not None), limit))
     if not prompts:
         raise LoratuneError(f"{path}: no record gives a prompt in the run's prompt format; pass --prompts-file")
-    return prompts[:limit], f"{what} {path.name}"
+    return prompts, f"{what} {path.name}"
 
 
 def _prompt(contract: PromptContract, text: str) -> Prompt:

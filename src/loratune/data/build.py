@@ -12,6 +12,7 @@ import numpy as np
 
 from loratune.config import DataSpec, to_dict
 from loratune.data import hub, instructions, raw_text, store
+from loratune.data.blocks import InstructionBlocks
 from loratune.data.chat_templates import resolve_chat_template
 from loratune.data.files import RECORD_UNIT, FileList, first_record, kind_of, list_files, read_records
 
@@ -131,7 +132,9 @@ def read_dataset(given: str, spec: DataSpec, tokenizer, ws: Workspace) -> tuple[
 
 
 CACHE_FOLDER = ".cache"
-CACHE_VERSION = b"loratune samples v1"  # change when the way samples are built changes, so old caches are not read
+# Change when the way samples are built changes, so old caches are not read. v2: a file mixing `text` records with
+# instruction records keeps its order (v1 put its text after its instruction samples).
+CACHE_VERSION = b"loratune samples v2"
 NOT_SHAPING = ("path", "eval_path", "eval_split", "mix")  # data options that never change a dataset's own samples
 
 
@@ -167,7 +170,6 @@ def _save_report(folder: Path, report: DataReport) -> None:
 
 
 PLAIN_SHAPES = {"raw text", "text"}  # trained on every token, no prompt
-INSTRUCTION_BLOCK = 10_000  # instruction samples go to the store this many at a time
 
 
 def read_file(
@@ -180,30 +182,21 @@ def read_file(
         texts.add_file(file, allow_empty=not alone)
         return {"raw text": 1}
     unit = RECORD_UNIT[kind]
-    documents, records, seen, count = [], [], {}, 0
+    seen, count = {}, 0
     through_format = instructions.uses_format_file(spec.format)
-
-    def build_block() -> None:  # instruction records go to the store a block at a time, never all held at once
-        if records:
-            texts.flush()  # the raw text before these samples is in the store first, so the order is the files'
-            texts.writer.add_samples(instructions.build(records, file, unit, tokenizer, spec, ws, report))
-            records.clear()
-
-    for number, record in enumerate(read_records(file), 1):
-        record = rename_columns(record, spec.columns)
-        shape = shape_of(record)
-        seen[shape] = seen.get(shape, 0) + 1
-        if shape == "text" and not through_format:
-            documents.append(text_of(record, f"{file} {unit} {number}"))
-        else:
-            records.append((number, record))
-            count += 1
-            if len(records) >= INSTRUCTION_BLOCK:
-                build_block()
-    build_block()
-    for d in range(len(documents)):
-        text, documents[d] = documents[d], ""
-        texts.add_document([text])
+    # Records stream from the file into the store: memory holds a few blocks of instruction records, never the file.
+    with InstructionBlocks(file, unit, tokenizer, spec, ws, report, texts) as blocks:
+        for number, record in enumerate(read_records(file), 1):
+            record = rename_columns(record, spec.columns)
+            shape = shape_of(record)
+            seen[shape] = seen.get(shape, 0) + 1
+            if shape == "text" and not through_format:
+                text = text_of(record, f"{file} {unit} {number}")
+                blocks.flush()  # the instruction records before it go first: samples keep the file's order
+                texts.add_document([text])
+            else:
+                blocks.add(number, record)
+                count += 1
     report.records += count  # raw text counts its blocks between hard cuts
     return seen
 
@@ -225,8 +218,9 @@ def _counts(seen: dict[str, int]) -> str:
     return ", ".join(f"{shape} {count}" for shape, count in seen.items()) or "nothing"
 
 
-def is_raw_text(path: Path | list[Path]) -> bool:
-    """Is every file of the data raw text (.txt / .md, `text` records)? Then prompts are bare text."""
+def is_raw_text(path: Path | list[Path], columns: dict[str, str] | None = None) -> bool:
+    """Is every file of the data raw text (.txt / .md, `text` records, after `columns` renames a file's columns, as
+    data.columns does)? Then prompts are bare text."""
     paths = path if isinstance(path, list) else [path]
     for one in paths:
         if one.is_dir():
@@ -238,7 +232,7 @@ def is_raw_text(path: Path | list[Path]) -> bool:
         for file in files:
             if kind_of(file) != "text":
                 record = first_record(file) if kind_of(file) else None
-                if record is None or shape_of(record) != "text":
+                if record is None or shape_of(rename_columns(record, columns or {})) != "text":
                     return False
     return True
 

@@ -1,18 +1,21 @@
 """Dataset files: which files a path holds, and reading each kind into records (dicts) or raw text.
 
 Kinds by suffix: .jsonl / .json (records), .csv / .tsv and .parquet / .arrow (rows as records), .txt / .md (raw text).
-A folder is read recursively; what it holds besides (hidden files, other types) is skipped and reported. Every error
-names the file and the record or row at fault.
+A folder is read recursively; what it holds besides (hidden files, other types) is skipped and reported. Records are
+read one at a time (a JSON array excepted), so a large file is never held whole. Every error names the file and the
+record or row at fault.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 
-from loratune.data.samples import read_text
+from loratune.data.samples import read_blocks, read_text
 from loratune.errors import LoratuneError
 
 KINDS = {
@@ -60,77 +63,99 @@ def list_files(path: Path) -> FileList:
     return found
 
 
-def read_records(file: Path) -> list[dict]:
-    """The records of a .json / .jsonl / .csv / .tsv / .parquet / .arrow file, each an object of column -> value."""
+def read_records(file: Path) -> Iterator[dict]:
+    """The records of a .json / .jsonl / .csv / .tsv / .parquet / .arrow file, each an object of column -> value, one
+    at a time: JSON Lines and CSV / TSV are read line by line, Parquet by row group, Arrow by batch, so memory does not
+    grow with the file (a JSON array is parsed whole). An error is raised when its record is reached."""
     kind = kind_of(file)
     readers = {"json": read_json, "csv": read_csv, "parquet": read_parquet, "arrow": read_arrow}
-    records = readers[kind](file)
-    if not records:
+    empty = True
+    for record in readers[kind](file):
+        empty = False
+        yield record
+    if empty:
         raise LoratuneError(f"{file}: file is empty")
-    return records
 
 
 def first_record(file: Path) -> dict | None:
-    """The first record of a records file, reading as little as the format allows (None: none, or unreadable)."""
+    """The first record of a records file (None: none, or unreadable)."""
     try:
-        if file.suffix.lower() == ".jsonl":
-            with file.open(encoding="utf-8-sig") as f:
-                for line in f:
-                    if line.strip():
-                        record = json.loads(line)
-                        return record if isinstance(record, dict) else None
-            return None
-        if kind_of(file) == "parquet":
-            import pyarrow.parquet as pq
-
-            reader = pq.ParquetFile(file)
-            return reader.read_row_group(0).slice(0, 1).to_pylist()[0] if reader.num_row_groups else None
-        records = read_records(file)
+        return next(read_records(file), None)
     except (LoratuneError, ValueError, OSError, IndexError, RecursionError):
         return None  # the build that follows names the fault
-    return records[0]
+
+
+def _lines(path: Path, csv_rules: bool = False) -> Iterator[str]:
+    """The lines of read_text(path), read block by block: split at each LF (JSON Lines), or where
+    str.splitlines(keepends=True) splits them (`csv_rules`: the lines the csv module reads, ends kept)."""
+    held: list[str] = []  # the start of a line that goes on in the next block
+    for block in read_blocks(path):
+        lines = block.splitlines(keepends=True) if csv_rules else block.split("\n")
+        rest = lines.pop() if lines and (not csv_rules or not lines[-1].endswith(LINE_ENDS)) else ""
+        if lines:
+            lines[0] = "".join(held) + lines[0]
+            held = []
+            yield from lines
+        if rest:
+            held.append(rest)
+    if held:
+        yield "".join(held)
+
+
+LINE_ENDS = ("\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")  # str.splitlines's
 
 
 # ---------------------------------------------------------------- JSON
 
 
-def read_json(path: Path) -> list[dict]:
-    """A JSON array of objects, or JSON Lines (one object per line); errors name file, line and column."""
-    text = read_text(path)
-    if not text.strip():
+def read_json(path: Path) -> Iterator[dict]:
+    """JSON Lines (one object per line, read line by line), or a JSON array of objects (parsed whole); errors name
+    file, line and column."""
+    lines = ((number, line) for number, line in enumerate(_lines(path), 1) if line.strip())
+    head = list(islice(lines, 2))  # the first two lines with text tell JSON Lines from one JSON document
+    if not head:
         raise LoratuneError(f"{path}: file is empty")
-    if text.lstrip().startswith("[") or (path.suffix.lower() == ".json" and not _looks_like_jsonl(text)):
+    first = head[0][1]
+    if first.lstrip().startswith("[") or (path.suffix.lower() == ".json" and not _looks_like_jsonl(first, head)):
+        lines.close()
+        yield from _json_document(path)
+        return
+    for count, (number, line) in enumerate(chain(head, lines), 1):
         try:
-            records = json.loads(text)
+            record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise LoratuneError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+            raise LoratuneError(f"{path}: invalid JSON on line {number}, column {e.colno}: {e.msg}") from None
         except RecursionError:
-            raise LoratuneError(f"{path}: JSON nested too deeply to be records") from None
-        if isinstance(records, dict):
-            records = [records]
-        if not isinstance(records, list):
-            raise LoratuneError(f"{path}: expected a JSON array of records (objects)")
-    else:
-        records = []
-        for number, line in enumerate(text.split("\n"), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise LoratuneError(f"{path}: invalid JSON on line {number}, column {e.colno}: {e.msg}") from None
-                except RecursionError:
-                    raise LoratuneError(f"{path}: line {number} is JSON nested too deeply to be a record") from None
-    for number, record in enumerate(records, 1):
-        if not isinstance(record, dict):
-            raise LoratuneError(f"{path} record {number}: expected an object with keys, got {type(record).__name__}")
-    return records
+            raise LoratuneError(f"{path}: line {number} is JSON nested too deeply to be a record") from None
+        yield _object(record, path, count)
 
 
-def _looks_like_jsonl(text: str) -> bool:
-    """JSON Lines saved as .json: the first line alone is a whole object and more lines follow."""
-    first, _, rest = text.strip().partition("\n")
+def _json_document(path: Path) -> Iterator[dict]:
+    """A file that is one JSON value: an array of records (or a single record)."""
     try:
-        return isinstance(json.loads(first), dict) and bool(rest.strip())
+        records = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise LoratuneError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise LoratuneError(f"{path}: JSON nested too deeply to be records") from None
+    if isinstance(records, dict):
+        records = [records]
+    if not isinstance(records, list):
+        raise LoratuneError(f"{path}: expected a JSON array of records (objects)")
+    for number, record in enumerate(records, 1):
+        yield _object(record, path, number)
+
+
+def _object(record, path: Path, number: int) -> dict:
+    if not isinstance(record, dict):
+        raise LoratuneError(f"{path} record {number}: expected an object with keys, got {type(record).__name__}")
+    return record
+
+
+def _looks_like_jsonl(first: str, head: list) -> bool:
+    """JSON Lines saved as .json: the first line alone is a whole object and more lines follow."""
+    try:
+        return isinstance(json.loads(first), dict) and len(head) > 1
     except (json.JSONDecodeError, RecursionError):
         return False
 
@@ -138,14 +163,11 @@ def _looks_like_jsonl(text: str) -> bool:
 # ---------------------------------------------------------------- CSV / TSV
 
 
-def read_csv(path: Path) -> list[dict]:
+def read_csv(path: Path) -> Iterator[dict]:
     """A header row, then one record per row (every value is text; an empty cell is an empty string)."""
-    text = read_text(path)
-    if not text.strip():
-        raise LoratuneError(f"{path}: file is empty")
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter, strict=True)
-    records, header = [], None
+    reader = csv.reader(_lines(path, csv_rules=True), delimiter=delimiter, strict=True)
+    header, count = None, 0
     try:
         for row in reader:
             if not any(cell.strip() for cell in row):
@@ -157,13 +179,13 @@ def read_csv(path: Path) -> list[dict]:
                 continue
             if len(row) != len(header):
                 raise LoratuneError(
-                    f"{path} row {len(records) + 1} (line {reader.line_num}): {len(row)} fields, the header has "
+                    f"{path} row {count + 1} (line {reader.line_num}): {len(row)} fields, the header has "
                     f"{len(header)} ({', '.join(header)}); quote fields that hold a {_name(delimiter)}"
                 )
-            records.append(dict(zip(header, row, strict=True)))
+            count += 1
+            yield dict(zip(header, row, strict=True))
     except csv.Error as e:
-        raise LoratuneError(f"{path} row {len(records) + 1} (line {reader.line_num}): not valid CSV ({e})") from None
-    return records
+        raise LoratuneError(f"{path} row {count + 1} (line {reader.line_num}): not valid CSV ({e})") from None
 
 
 def _name(delimiter: str) -> str:
@@ -173,7 +195,7 @@ def _name(delimiter: str) -> str:
 # ---------------------------------------------------------------- Parquet / Arrow
 
 
-def read_parquet(path: Path) -> list[dict]:
+def read_parquet(path: Path) -> Iterator[dict]:
     """Every row group in turn, so a damaged one is named with the rows it holds."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -182,20 +204,21 @@ def read_parquet(path: Path) -> list[dict]:
         reader = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
         raise LoratuneError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
-    records: list[dict] = []
+    done = 0
     for group in range(reader.num_row_groups):
         rows = reader.metadata.row_group(group).num_rows
         try:
-            records += reader.read_row_group(group).to_pylist()
+            records = reader.read_row_group(group).to_pylist()
         except (pa.ArrowException, OSError) as e:
             raise LoratuneError(
-                f"{path} rows {len(records) + 1}-{len(records) + rows} (row group {group + 1}): cannot be read "
+                f"{path} rows {done + 1}-{done + rows} (row group {group + 1}): cannot be read "
                 f"({_first_line(e)}); re-export the file"
             ) from None
-    return records
+        done += len(records)
+        yield from records
 
 
-def read_arrow(path: Path) -> list[dict]:
+def read_arrow(path: Path) -> Iterator[dict]:
     """An Arrow IPC file or stream (what `datasets` saves as .arrow), batch by batch."""
     import pyarrow as pa
 
@@ -209,17 +232,18 @@ def read_arrow(path: Path) -> list[dict]:
             batches = iter(pa.ipc.open_stream(source))
     except (pa.ArrowException, OSError) as e:
         raise LoratuneError(f"{path}: not a readable Arrow file ({_first_line(e)})") from None
-    records: list[dict] = []
+    done = 0
     while True:
         try:
             batch = next(batches)
         except StopIteration:
-            return records
+            return
         except (pa.ArrowException, OSError) as e:
             raise LoratuneError(
-                f"{path}: the rows after row {len(records)} cannot be read ({_first_line(e)}); re-export the file"
+                f"{path}: the rows after row {done} cannot be read ({_first_line(e)}); re-export the file"
             ) from None
-        records += batch.to_pylist()
+        done += batch.num_rows
+        yield from batch.to_pylist()
 
 
 def _first_line(e: Exception) -> str:

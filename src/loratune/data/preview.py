@@ -117,7 +117,7 @@ def check_data(spec: DataSpec, tokenizer, ws: Workspace | None = None, examples:
         # Instruction samples never exceed the cutoff once built: build again without one to see how long they are.
         uncapped = samples if report.kind == "raw text" else _uncapped(spec, tokenizer, ws)
     except LoratuneError as e:  # a record the builders refuse (template, keys, JSON): training would stop there
-        check.kind = "raw text" if is_raw_text(path) else "instruction"
+        check.kind = "raw text" if is_raw_text(path, spec.columns) else "instruction"
         check.warn(str(e), problem=True)
         return check
 

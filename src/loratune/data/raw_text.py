@@ -13,26 +13,23 @@ of worker processes (one per core), pieces in order, so the ids are the same as 
 
 from __future__ import annotations
 
-import codecs
-import multiprocessing
 import os
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from loratune.config import DataSpec
-from loratune.data.samples import DataReport, read_text, wants_bos
+from loratune.data import pool
+from loratune.data.samples import DataReport, read_blocks, wants_bos
 from loratune.data.store import SampleSet, StoreWriter
 from loratune.errors import LoratuneError
 
 PIECE_CHARS = 1 << 16  # long text is tokenized in pieces of about this many characters (see _piece_end)
 PIECES_PER_CALL = 16
-READ_BYTES = 1 << 22  # files are decoded in blocks of this many bytes
 PARALLEL_BYTES = 8 << 20  # below this much raw text, tokenize in this process (a pool costs more than it saves)
-WORKERS_ENV = "LORATUNE_TOKENIZE_WORKERS"  # force a number of tokenizer processes (1: none)
 
 TEXT_SUFFIXES = (".txt", ".md")
 
@@ -55,31 +52,11 @@ def build(path: Path, tokenizer, spec: DataSpec) -> tuple[SampleSet, DataReport]
 
 
 def workers_for(files: list[Path]) -> int:
-    """Tokenizer processes for these files: one per core for a large corpus, else none (1)."""
-    if WORKERS_ENV in os.environ:
-        return max(1, int(os.environ[WORKERS_ENV]))
+    """Tokenizer processes for these files: one per core for a large corpus, else none (1); see data.pool."""
+    if pool.WORKERS_ENV in os.environ:
+        return pool.processes()
     size = sum(f.stat().st_size for f in files)
-    return len(os.sched_getaffinity(0)) if size >= PARALLEL_BYTES else 1
-
-
-def read_blocks(file: Path) -> Iterator[str]:
-    """The file's text in blocks (UTF-8, a BOM skipped, CRLF as LF); other encodings are refused as read_text does."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    held = ""  # a CR at a block's end may start a CRLF
-    with open(file, "rb") as f:
-        while True:
-            data = f.read(READ_BYTES)
-            try:
-                text = held + decoder.decode(data, final=not data)
-            except UnicodeDecodeError:
-                read_text(file)  # raises the error naming the line
-                raise
-            held = ""
-            if data and text.endswith("\r"):
-                text, held = text[:-1], "\r"
-            yield text.replace("\r\n", "\n")
-            if not data:
-                return
+    return pool.processes() if size >= PARALLEL_BYTES else 1
 
 
 class _Section:
@@ -121,8 +98,7 @@ class TextTokenizer:
         if kind is None:
             self.flush()
         if self.pool is not None:
-            self.pool.terminate() if kind is not None else self.pool.close()
-            self.pool.join()
+            pool.stop(self.pool, failed=kind is not None)
 
     # ------------------------------------------------------------ documents and sections
     def add_file(self, file: Path, allow_empty: bool) -> None:
@@ -212,7 +188,7 @@ class TextTokenizer:
         want = bool(self.spec.newline_cut)
         if self.workers > 1:
             if self.pool is None:
-                self.pool = _start_pool(self.tokenizer, self.workers)
+                self.pool = pool.start(self.tokenizer, self.workers)
             result = self.pool.apply_async(_encode, (pieces, offsets, want))
         else:
             result = _Done(_encode_with(self.tokenizer, pieces, offsets, want))
@@ -277,27 +253,8 @@ class _Done:
         return self.value
 
 
-_WORKER_TOKENIZER = None  # set in the parent before the pool forks; each worker inherits it
-
-
-def _start_pool(tokenizer, workers: int):
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = tokenizer
-    # Forked workers inherit the tokenizer (no pickling, no imports); the Rust tokenizer's own threads stay off in
-    # them, as each worker is one core's worth already.
-    saved = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        return multiprocessing.get_context("fork").Pool(workers)
-    finally:
-        if saved is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = saved
-
-
 def _encode(pieces: list[str], offsets: list[int], want_starts: bool):
-    return _encode_with(_WORKER_TOKENIZER, pieces, offsets, want_starts)
+    return _encode_with(pool.worker_state(), pieces, offsets, want_starts)
 
 
 def _encode_with(tokenizer, pieces: list[str], offsets: list[int], want_starts: bool):

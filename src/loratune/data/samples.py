@@ -1,4 +1,5 @@
-"""What every data reader shares: the sample type, the report of what a reader produced, and the text and BOS rules.
+"""What every data reader shares: the sample type, the report of what a reader produced, reading text files (whole or
+block by block), and the BOS rules.
 
 The readers (raw_text, instructions) build on this module; the dispatcher (build) picks a reader. Nothing here
 imports either, so the layers stay one-way.
@@ -6,12 +7,15 @@ imports either, so the layers stay one-way.
 
 from __future__ import annotations
 
+import codecs
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loratune.errors import LoratuneError
 
 IGNORE = -100  # label of a token that carries no loss
+READ_BYTES = 1 << 22  # files are decoded in blocks of this many bytes (read_blocks)
 
 
 @dataclass
@@ -85,6 +89,26 @@ def read_text(file: Path) -> str:
         line = data[: e.start].count(b"\n") + 1
         raise LoratuneError(f"{file}: line {line} is not UTF-8 text; re-save the file as UTF-8") from None
     return text.replace("\r\n", "\n")
+
+
+def read_blocks(file: Path) -> Iterator[str]:
+    """The file's text in blocks (UTF-8, a BOM skipped, CRLF as LF); other encodings are refused as read_text does."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    held = ""  # a CR at a block's end may start a CRLF
+    with open(file, "rb") as f:
+        while True:
+            data = f.read(READ_BYTES)
+            try:
+                text = held + decoder.decode(data, final=not data)
+            except UnicodeDecodeError:
+                read_text(file)  # raises the error naming the line
+                raise
+            held = ""
+            if data and text.endswith("\r"):
+                text, held = text[:-1], "\r"
+            yield text.replace("\r\n", "\n")
+            if not data:
+                return
 
 
 def adds_bos(tokenizer) -> bool:
