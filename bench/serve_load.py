@@ -58,6 +58,8 @@ def start_server(args) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "loratune.cli", "serve", "--model", args.model, "--port", "0"]
     if args.max_batch:
         cmd += ["--max-batch", str(args.max_batch)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     if args.home:
         cmd[3:3] = ["--home", args.home]
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
@@ -223,6 +225,7 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--clients", default="1,16", help="client counts, one clean phase each (e.g. 1,16)")
     parser.add_argument("--max-batch", type=int, help="the server's --max-batch (default: its own)")
+    parser.add_argument("--threads", type=int, help="the server's --threads (default: torch's)")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--abusive", type=float, default=0.1, help="share of abusive requests in the second phase")
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens per well-behaved request")
@@ -245,7 +248,7 @@ def main() -> None:
         print(
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, model {model}, "
             f"{args.clients} clients x {args.seconds:.0f} s, {args.max_tokens} tokens per good request, "
-            f"--max-batch {args.max_batch or 'default'}, load average {os.getloadavg()[0]:.1f}",
+            f"--max-batch {args.max_batch or 'default'}, --threads {args.threads or 'default'}, load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
         rss = [rss_mb(server.pid)]

@@ -52,6 +52,7 @@ LIGHT = [
     (["loras", "list", "--nope"], 1),
     (["train", "--nope"], 1),
     (["train", "--train.lr", "0"], 1),
+    (["serve", "--threads", "0"], 1),
 ]
 
 

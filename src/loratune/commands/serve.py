@@ -26,6 +26,12 @@ def add(sub) -> None:
         help="clients must send 'Authorization: Bearer <key>' (default: $LORATUNE_API_KEY; the variable keeps the "
         "key out of the process list)",
     )
+    serve.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for the model (default: torch's, one per core); on a machine shared with other jobs 1 "
+        "is often several times faster (README, Serving)",
+    )
     limit = serve.add_argument_group("limits (per request unless said)")
     limit.add_argument("--max-tokens", type=int, default=d.max_tokens, help="most tokens one request may generate")
     limit.add_argument("--max-prompt-tokens", type=int, help="longest prompt in tokens (default: the model's context)")
@@ -50,8 +56,17 @@ def add(sub) -> None:
 
 
 def run_serve(args, extra) -> int:
+    from loratune.errors import LoratuneError
+
+    if args.threads is not None and args.threads < 1:
+        raise LoratuneError(f"--threads {args.threads}: give 1 or more")
     from loratune.serve import serve
     from loratune.serve.limits import Limits
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)  # global: the batcher thread's forwards use it too
 
     limits = Limits(
         max_tokens=args.max_tokens,
