@@ -248,7 +248,8 @@ def main() -> None:
         print(
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, model {model}, "
             f"{args.clients} clients x {args.seconds:.0f} s, {args.max_tokens} tokens per good request, "
-            f"--max-batch {args.max_batch or 'default'}, --threads {args.threads or 'default'}, load average {os.getloadavg()[0]:.1f}",
+            f"--max-batch {args.max_batch or 'default'}, --threads {args.threads or 'default'}, "
+            f"load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
         rss = [rss_mb(server.pid)]
