@@ -36,7 +36,9 @@ def _train(model, data, home, name, **groups):
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training rows (the retention probe writes a row of its own at the end)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
 
 
 # ---------------------------------------------------------------- LoRA shape, copy from, optimizer, clipping, seed

@@ -204,6 +204,9 @@ class TrainSpec:
     retention_prompts: str = ""
     """Your own retention probe instead of the shipped one: a .jsonl of {"prompt" (or "messages", or "opening" for
     raw-text runs), "short": true|false}, or a .txt of one prompt per line."""
+    retention_items: int = 0
+    """Probe items to use (0: as many as keep the probe within ~8 % of the run's compute, at least 32; the shipped
+    probe has 93 prompts and 16 raw-text openings)."""
     retention_tokens: int = 32
     """Tokens of the base model's answer to each probe prompt (fewer: a cheaper probe)."""
     retain: float = 0.0
@@ -233,6 +236,7 @@ class TrainSpec:
             (lambda: self.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0 (0: keep all)"),
             (lambda: self.stop_at_loss >= 0, "train.stop_at_loss must be >= 0 (0: off)"),
             (lambda: 1 <= self.retention_tokens <= 1024, "train.retention_tokens must be from 1 to 1024"),
+            (lambda: self.retention_items >= 0, "train.retention_items must be >= 0 (0: sized to the run)"),
             (lambda: self.retain >= 0, "train.retain must be >= 0 (0: off; e.g. 1.0)"),
             (lambda: self.micro_batch > 0, "train.micro_batch must be > 0"),
             (

@@ -34,6 +34,7 @@ RESUME_MAY_CHANGE = {
     "train.retention",
     "train.retention_prompts",
     "train.retention_tokens",
+    "train.retention_items",
     # memory knobs: the same step computed in other pieces (the OOM hint's way out is a smaller micro-batch)
     "train.micro_batch",
     "train.packed_tokens",

@@ -5,8 +5,10 @@ probe greedily through the run's prompt contract: ~90 general prompts (facts, ar
 a few in Chinese, Spanish, Portuguese and Korean; probes/general.jsonl), or for a raw-text run its continuations of
 neutral openings. The answers are cached in the run folder (rundir.RETENTION) and reused on resume.
 
-At each evaluation and at the end, with the adapter on, teacher-forced on the base's own answers:
-- `retention_kl`: the mean per-token KL(base || adapter) of the next-token distributions (0: nothing changed);
+At each evaluation and at the end, with the adapter on, teacher-forced on the base's own answers (one forward pass:
+the base's side, its TOP likeliest next tokens at each answer position, is recorded while it answers):
+- `retention_kl`: the mean per-token KL(base || adapter) of the next-token distributions (0: nothing changed), over
+  the base's TOP likeliest tokens and the rest of the vocabulary as one bucket (a lower bound of the full KL);
 - `retention_same`: the share of short-answer items whose every greedy choice still equals the base's (teacher-forced,
   so the adapter's greedy answer is the base's exactly when all of them agree).
 
@@ -21,7 +23,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +36,9 @@ from loratune.training.loss import decoder_and_frozen_head
 
 PROBES = Path(__file__).with_name("probes")
 GENERAL, REPLAY = PROBES / "general.jsonl", PROBES / "replay.jsonl"
+TOP = 32  # the base's likeliest next tokens kept per answer position; the rest of its probability is one bucket
+SHARE = 0.08  # train.retention_items 0: the probe's share of the run's compute it may take (in token passes)
+MIN_ITEMS = 32  # ... but never fewer items than this
 BATCH_TOKENS = 4096  # prompt + answer tokens per generate() call or forward pass (batches by length, fewest calls)
 
 
@@ -42,6 +47,25 @@ class Item:
     prompt: list[int]  # token ids, as the run's prompt contract renders the probe's prompt
     answer: list[int]  # the base model's greedy answer (with its stop token when it stopped)
     short: bool  # a short-answer item: counted in retention_same
+    top_ids: list[list[int]] = field(default_factory=list)  # per answer position: the base's TOP likeliest tokens
+    top_logp: list[list[float]] = field(default_factory=list)  # ... and their log-probabilities (likeliest first)
+
+
+class TopTokens:
+    """A logits processor that records the TOP likeliest next tokens of each row at each step (and changes nothing)."""
+
+    def __init__(self):
+        self.steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, input_ids, scores):
+        logp, ids = F.log_softmax(scores.float(), dim=-1).topk(TOP, dim=-1)
+        self.steps.append((ids.cpu(), logp.cpu()))
+        return scores
+
+    def of(self, row: int, length: int) -> tuple[list[list[int]], list[list[float]]]:
+        ids = [self.steps[t][0][row].tolist() for t in range(length)]
+        logp = [[round(x, 5) for x in self.steps[t][1][row].tolist()] for t in range(length)]
+        return ids, logp
 
 
 class Retention:
@@ -65,21 +89,35 @@ class Retention:
         replay = read_probe(REPLAY, contract, tokenizer, replay=True) if tc.retain else []
         parts = [path.read_bytes() if tc.retention else b"", REPLAY.read_bytes() if tc.retain else b"",
                  json.dumps(contract.__dict__, sort_keys=True).encode(), str(tc.retention_tokens).encode(),
-                 config.model.source.encode()]  # fmt: skip
+                 config.model.source.encode(), f"top{TOP}".encode()]  # fmt: skip
         key = hashlib.sha256(b"\0".join(parts)).hexdigest()
         stops = list(contract.stop_token_ids) or [tokenizer.eos_token_id]
         return cls(probe, replay, key, tc.retention_tokens, tokenizer.pad_token_id, stops)
 
+    def fit(self, items: int, trained_tokens: int, measures: int) -> None:
+        """Keep `items` probe items evenly spread over the probe (0: as many as cost at most SHARE of the run).
+
+        `trained_tokens` (tokens of all the run's steps, each one forward and backward pass, about 3 forward passes)
+        and `measures` (evaluations) size the automatic choice; generating an answer counts as 2 passes."""
+        if not items:
+            per_item = sum(len(p) + self.tokens for p, _ in self.probe) / max(len(self.probe), 1) * (2 + measures)
+            items = max(MIN_ITEMS, int(SHARE * 3 * trained_tokens / per_item))
+        n = len(self.probe)
+        if items < n:
+            self.probe = [self.probe[i * n // items] for i in range(items)]
+
     def answer_as_base(self, model, run_dir: Path, write: bool, say) -> None:
-        """The base's answers: from the run folder's cache when it matches, else generated (and cached if `write`)."""
+        """The base's answers: from the run folder's cache when it matches, else generated (and cached if `write`).
+
+        A cached probe is reused as it is (a resume with another train.eval_every keeps its items)."""
         started = time.perf_counter()
         cached = read_json(run_dir / RETENTION)
         if cached.get("key") == self.key:
             self.probe, self.replay = _items(cached["probe"]), _items(cached["replay"])
             say(f"retention: the base model's {len(self.probe) + len(self.replay)} probe answers from {RETENTION}")
         else:
-            self.probe = self._generate(model, self.probe)
-            self.replay = self._generate(model, self.replay)
+            self.probe = self._generate(model, self.probe, keep_top=True)
+            self.replay = self._generate(model, self.replay, keep_top=False)
             if write:
                 record = {"key": self.key, "probe": [i.__dict__ for i in self.probe],
                           "replay": [i.__dict__ for i in self.replay]}  # fmt: skip
@@ -92,7 +130,11 @@ class Retention:
         self.seconds += time.perf_counter() - started
 
     @torch.no_grad()
-    def _generate(self, model, prompts: list[tuple[list[int], bool]]) -> list[Item]:
+    def _generate(self, model, prompts: list[tuple[list[int], bool]], keep_top: bool) -> list[Item]:
+        """Greedy answers of the base; with `keep_top`, its TOP likeliest next tokens at each answer position too
+        (recorded while it generates, so measuring later needs no forward pass of the base)."""
+        from transformers import LogitsProcessorList
+
         from loratune.generator import left_padded
 
         peft, items = _peft(model), [None] * len(prompts)
@@ -102,18 +144,22 @@ class Retention:
         with peft.disable_adapter():
             for chunk in batches(order, lambda i: len(prompts[i][0]) + self.tokens):
                 inputs = left_padded([prompts[i][0] for i in chunk], self.pad_id, peft.device)
+                record = TopTokens()
                 out = peft.generate(**inputs, **sampling_options(0.0), max_new_tokens=self.tokens,
-                                    eos_token_id=self.stops, pad_token_id=self.pad_id)  # fmt: skip
-                for i, row in zip(chunk, out[:, inputs["input_ids"].shape[1] :].tolist(), strict=True):
-                    ends = [n for n, t in enumerate(row) if t in self.stops]
-                    items[i] = Item(prompts[i][0], row[: ends[0] + 1] if ends else row, prompts[i][1])
+                                    eos_token_id=self.stops, pad_token_id=self.pad_id,
+                                    logits_processor=LogitsProcessorList([record] if keep_top else []))  # fmt: skip
+                for n, (i, row) in enumerate(zip(chunk, out[:, inputs["input_ids"].shape[1] :].tolist(), strict=True)):
+                    ends = [t for t, token in enumerate(row) if token in self.stops]
+                    answer = row[: ends[0] + 1] if ends else row
+                    top = record.of(n, len(answer)) if keep_top else ([], [])
+                    items[i] = Item(prompts[i][0], answer, prompts[i][1], *top)
         peft.train(was_training)
         return items
 
     @torch.no_grad()
     def measure(self, model) -> dict:
         """{retention_kl, retention_same, retention_s} of the adapter now (dropout off); same is None without
-        short-answer items."""
+        short-answer items. One forward pass of the adapter: the base's side was recorded when it answered."""
         started = time.perf_counter()
         peft = _peft(model)
         was_training = peft.training
@@ -122,12 +168,12 @@ class Retention:
         ordered = sorted(self.probe, key=lambda i: len(i.prompt) + len(i.answer))
         for chunk in batches(ordered, lambda i: len(i.prompt) + len(i.answer)):
             inputs, keep = teacher_forced(chunk, self.pad_id, peft.device)
-            with peft.disable_adapter():
-                base = F.log_softmax(answer_logits(model, inputs, keep), dim=-1)
             tuned = F.log_softmax(answer_logits(model, inputs, keep), dim=-1)
-            kl_sum += kl_per_token(base, tuned).sum().item()
-            tokens += base.shape[0]
-            agree = (base.argmax(-1) == tuned.argmax(-1)).split([len(i.answer) for i in chunk])
+            top_ids = torch.tensor([t for i in chunk for t in i.top_ids], device=tuned.device)
+            top_logp = torch.tensor([t for i in chunk for t in i.top_logp], device=tuned.device)
+            kl_sum += top_kl(top_ids, top_logp, tuned).sum().item()
+            tokens += tuned.shape[0]
+            agree = (top_ids[:, 0] == tuned.argmax(-1)).split([len(i.answer) for i in chunk])
             same += sum(bool(a.all()) for a, i in zip(agree, chunk, strict=True) if i.short)
             shorts += sum(i.short for i in chunk)
         peft.train(was_training)
@@ -172,6 +218,18 @@ def replay_loss(model, items: list[Item], pad_id: int) -> tuple[torch.Tensor, in
     peft.train(was_training)
     tuned = F.log_softmax(answer_logits(model, inputs, keep), dim=-1)
     return kl_per_token(base, tuned).sum(), base.shape[0]
+
+
+def top_kl(top_ids: torch.Tensor, top_logp: torch.Tensor, tuned_logp: torch.Tensor) -> torch.Tensor:
+    """KL(base || tuned) per row, over the base's TOP likeliest tokens plus the rest as one bucket.
+
+    Grouping tokens can only lower a KL, so this is a lower bound of the full one, and equal to it when the adapter
+    leaves the shape of the base's unlikely tail alone; 0 exactly when the two distributions agree."""
+    tuned_top = tuned_logp.gather(-1, top_ids)
+    p = top_logp.exp()
+    rest_p = (1 - p.sum(-1)).clamp_min(1e-12)
+    rest_q = (1 - tuned_top.exp().sum(-1)).clamp_min(1e-12)
+    return (p * (top_logp - tuned_top)).sum(-1) + rest_p * (rest_p.log() - rest_q.log())
 
 
 def kl_per_token(base_logp: torch.Tensor, tuned_logp: torch.Tensor) -> torch.Tensor:
@@ -259,7 +317,7 @@ def _record(line: str, path: Path, n: int) -> dict:
 
 
 def _items(rows: list[dict]) -> list[Item]:
-    return [Item(r["prompt"], r["answer"], r["short"]) for r in rows]
+    return [Item(r["prompt"], r["answer"], r["short"], r.get("top_ids", []), r.get("top_logp", [])) for r in rows]
 
 
 def _peft(model):

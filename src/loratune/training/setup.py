@@ -152,6 +152,9 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
         write_run_folder(plan, guard, contract, tokenizer)
     if retention is not None:  # the base model's answers to the probe, once per run (cached in the run folder)
         with accelerator.main_process_first():
+            trained_tokens = sum(len(s.input_ids) for s in samples) * total_steps // steps_per_epoch
+            measures = (tc.eval_every and total_steps // tc.eval_every) + 1
+            retention.fit(tc.retention_items, trained_tokens, measures)
             retention.answer_as_base(model, plan.run_dir, accelerator.is_main_process, say)
     say(
         f"{sum(p.numel() for p in trainable):,} trainable parameters; {total_steps} steps of {tc.batch_size} samples "
