@@ -205,7 +205,7 @@ class TrainSpec:
     """Your own retention probe instead of the shipped one: a .jsonl of {"prompt" (or "messages", or "opening" for
     raw-text runs), "short": true|false}, or a .txt of one prompt per line."""
     retention_items: int = 0
-    """Probe items to use (0: as many as keep the probe within ~8 % of the run's compute, at least 32; the shipped
+    """Probe items to use (0: as many as keep the probe within ~6 % of the run's compute, at least 32; the shipped
     probe has 93 prompts and 16 raw-text openings)."""
     retention_tokens: int = 32
     """Tokens of the base model's answer to each probe prompt (fewer: a cheaper probe)."""

@@ -191,10 +191,13 @@ def say_retention(run: Run, seconds: float) -> None:
     """The last retention figures, and what the probe cost against the run's time in this call."""
     figures = read_retention(run.run_dir)
     last = figures[max(figures)] if figures else None
-    cost = run.retention.seconds
-    share = f" ({cost / seconds:.1%} of the training's {seconds:.0f} s)" if seconds > 0 else ""
+    probe = run.retention
+    cpu = time.process_time() - probe.cpu_mark  # the CPU time of the training, measurements included
+    share = f" ({probe.seconds / seconds:.1%} of the training's {seconds:.0f} s" if seconds > 0 else " ("
+    share += f"; CPU {probe.cpu_seconds:.1f} s, {probe.cpu_seconds / cpu:.1%} of {cpu:.0f} s)" if cpu > 0 else ")"
     if last is not None:
-        run.say(f"retention at step {max(figures)}: {retention_text(last)}; the probe took {cost:.1f} s{share}")
+        took = f"the probe took {probe.seconds:.1f} s{share}"
+        run.say(f"retention at step {max(figures)}: {retention_text(last)}; {took}")
 
 
 def finished_result(plan: Plan, show_progress: bool) -> TrainResult:

@@ -37,7 +37,7 @@ from loratune.training.loss import decoder_and_frozen_head
 PROBES = Path(__file__).with_name("probes")
 GENERAL, REPLAY = PROBES / "general.jsonl", PROBES / "replay.jsonl"
 TOP = 32  # the base's likeliest next tokens kept per answer position; the rest of its probability is one bucket
-SHARE = 0.08  # train.retention_items 0: the probe's share of the run's compute it may take (in token passes)
+SHARE = 0.06  # train.retention_items 0: the probe's share of the run's compute it may take (in token passes)
 MIN_ITEMS = 32  # ... but never fewer items than this
 BATCH_TOKENS = 4096  # prompt + answer tokens per generate() call or forward pass (batches by length, fewest calls)
 
@@ -75,6 +75,8 @@ class Retention:
         self.probe, self.replay = probe, replay  # (prompt ids, short) before the base answered, then Items
         self.key, self.tokens, self.pad_id, self.stops = key, tokens, pad_id, stops
         self.seconds = 0.0  # time spent on the probe in this process (for its cost against the training time)
+        self.cpu_seconds = 0.0  # ... and the CPU time (a fairer cost on a machine other programs share)
+        self.cpu_mark = time.process_time()  # the process's CPU clock when training began (after answer_as_base)
 
     @classmethod
     def prepare(cls, config, ws, contract: PromptContract, tokenizer) -> Retention | None:
@@ -110,7 +112,7 @@ class Retention:
         """The base's answers: from the run folder's cache when it matches, else generated (and cached if `write`).
 
         A cached probe is reused as it is (a resume with another train.eval_every keeps its items)."""
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         cached = read_json(run_dir / RETENTION)
         if cached.get("key") == self.key:
             self.probe, self.replay = _items(cached["probe"]), _items(cached["replay"])
@@ -128,6 +130,8 @@ class Retention:
             n = len(self.probe) + len(self.replay)
             say(f"retention: the base model answered {n} probe prompts in {seconds:.1f} s")
         self.seconds += time.perf_counter() - started
+        self.cpu_mark = time.process_time()
+        self.cpu_seconds += self.cpu_mark - cpu
 
     @torch.no_grad()
     def _generate(self, model, prompts: list[tuple[list[int], bool]], keep_top: bool) -> list[Item]:
@@ -160,7 +164,7 @@ class Retention:
     def measure(self, model) -> dict:
         """{retention_kl, retention_same, retention_s} of the adapter now (dropout off); same is None without
         short-answer items. One forward pass of the adapter: the base's side was recorded when it answered."""
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         peft = _peft(model)
         was_training = peft.training
         peft.eval()
@@ -179,6 +183,7 @@ class Retention:
         peft.train(was_training)
         seconds = time.perf_counter() - started
         self.seconds += seconds
+        self.cpu_seconds += time.process_time() - cpu
         return {
             "retention_kl": round(kl_sum / max(tokens, 1), 6),
             "retention_same": round(same / shorts, 4) if shorts else None,
