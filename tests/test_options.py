@@ -111,6 +111,7 @@ def test_high_rank_rslora_dora_checkpointing_tensorboard(tiny_model, data_file, 
     events = EventAccumulator(str(result.run_dir / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    assert [e.step for e in events.Scalars("retention/kl")] == [2]  # the retention probe at the end
     assert [round(e.value, 4) for e in events.Scalars("train/loss")] == [
         round(r["loss"], 4) for r in _metrics(result.run_dir)
     ]
