@@ -5,7 +5,8 @@ every module that reads or names one of these files goes through here. A file ca
 after a kill cut its last line short: readers never raise on a torn or missing file, they return what is whole.
 
     loratune.yaml              the fully resolved config of the run
-    metrics.jsonl              one JSON row per logged step {step, epoch, loss, lr, ...} and per evaluation {eval_loss}
+    metrics.jsonl              one JSON row per logged step {step, epoch, loss, lr, ...} and per evaluation
+                               {eval_loss, retention_kl, retention_same}
     finished.json              written last by a run that ended by design (not stopped): its step and why
     best.json                  the step with the lowest eval loss (with its retention figures)
     retention.json             the base model's answers to the retention probe, made once at the start of the run

@@ -1,4 +1,5 @@
-"""LoRAs tab: every run in loras/ with its adapter, checkpoints and the loss logged at each (loratune.adapters), and
+"""LoRAs tab: every run in loras/ with its adapter, checkpoints and the loss logged at each (loratune.adapters), the
+adapter's retention (KL from the base, share of unchanged short answers; training/retention.py), and
 what can be done with one: use it in Generate, promote a checkpoint, merge into a model, export GGUF, delete."""
 
 from __future__ import annotations
