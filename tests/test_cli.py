@@ -101,7 +101,9 @@ def test_train_from_yaml_with_overrides_then_generate(tiny_model, data_file, hom
     saved = yaml.safe_load((run / "loratune.yaml").read_text())
     assert saved["train"]["lr"] == 2e-3 and saved["adapter"]["dropout"] == 0 and saved["adapter"]["rank"] == 4
     assert saved["train"]["epochs"] == 3.0  # untouched options keep their defaults
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows if "retention_kl" in r] == [4]  # the retention probe, on by default, at the end
     adapter = json.loads((run / "adapter_config.json").read_text())
     assert adapter["r"] == 4
     assert set(adapter["target_modules"]) == {"q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}  # the default
@@ -176,4 +178,5 @@ def test_resume_picks_up_the_saved_config(tiny_model, data_file, home):
     again = loratune("train", "--name", "r", "--resume", home=home)
     assert again.returncode == 0, again.stderr
     assert "resuming from checkpoint-000002" in again.stdout
-    assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]  # and the retention probe's row at the end

@@ -81,9 +81,14 @@ def test_each_evaluation_is_one_console_line_and_the_result_one_repr_line(tiny_m
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     first, last = [r for r in rows if "eval_loss" in r]
     better = " (best)" if last["eval_loss"] < first["eval_loss"] else ""
+
+    def kept(row):  # the retention probe's figures, measured in the same evaluation
+        same = f"{row['retention_same']:.0%} of short answers unchanged"
+        return f"retention KL {row['retention_kl']:.4f} from the base, {same}"
+
     assert printed == [
-        f"eval step 2: loss {first['eval_loss']:.4f}, ppl {first['eval_ppl']:.2f} (best)",
-        f"eval step 4: loss {last['eval_loss']:.4f}, ppl {last['eval_ppl']:.2f}{better}",
+        f"eval step 2: loss {first['eval_loss']:.4f}, ppl {first['eval_ppl']:.2f}, {kept(first)} (best)",
+        f"eval step 4: loss {last['eval_loss']:.4f}, ppl {last['eval_ppl']:.2f}, {kept(last)}{better}",
     ]
     assert repr(result) == (
         f"TrainResult(run_dir={result.run_dir!r}, steps=4, final_loss={result.final_loss!r}, "

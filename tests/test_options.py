@@ -36,7 +36,9 @@ def _train(model, data, home, name, **groups):
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training rows (the retention probe writes a row of its own at the end)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
 
 
 # ---------------------------------------------------------------- LoRA shape, copy from, optimizer, clipping, seed
@@ -109,6 +111,7 @@ def test_high_rank_rslora_dora_checkpointing_tensorboard(tiny_model, data_file, 
     events = EventAccumulator(str(result.run_dir / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    assert [e.step for e in events.Scalars("retention/kl")] == [2]  # the retention probe at the end
     assert [round(e.value, 4) for e in events.Scalars("train/loss")] == [
         round(r["loss"], 4) for r in _metrics(result.run_dir)
     ]

@@ -23,7 +23,9 @@ def config(model, data, name="run", **train):
 
 
 def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training rows (an evaluation or the retention probe writes rows of its own)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
 
 
 def test_train_writes_a_peft_adapter_and_learns(tiny_model, data_file, home):

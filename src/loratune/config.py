@@ -199,6 +199,22 @@ class TrainSpec:
     """Before loading, refuse a run whose estimated peak memory exceeds the free RAM / VRAM (false: try anyway)."""
     eval_every: int = 0
     """Evaluate on the eval data every N optimizer steps (0: only at the end)."""
+    retention: bool = True
+    """Measure how far the adapter drifts from the base model on ~90 general prompts, at each evaluation and at the
+    end: retention_kl (mean per-token KL from the base's answers, 0: unchanged) and retention_same (share of short
+    answers still the base's). Off: not measured."""
+    retention_prompts: str = ""
+    """Your own retention probe instead of the shipped one: a .jsonl of {"prompt" (or "messages", or "opening" for
+    raw-text runs), "short": true|false}, or a .txt of one prompt per line."""
+    retention_items: int = 0
+    """Probe items to use (0: as many as keep the probe within ~6 % of the run's compute, at least 32; the shipped
+    probe has 93 prompts and 16 raw-text openings)."""
+    retention_tokens: int = 32
+    """Tokens of the base model's answer to each probe prompt (fewer: a cheaper probe)."""
+    retain: float = 0.0
+    """Keep the base's behaviour elsewhere (0: off): each step also trains on the base's own answers to general
+    prompts with the KL to the base as their loss, times this weight (e.g. 1.0). For a task adapter, not for a style
+    meant to change every answer."""
     report_to: Literal["none", "tensorboard"] = "none"
     """Also log to TensorBoard (in <run>/tensorboard/); metrics.jsonl is always written."""
     overwrite: bool = False
@@ -221,6 +237,9 @@ class TrainSpec:
             (lambda: self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0: no clipping)"),
             (lambda: self.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0 (0: keep all)"),
             (lambda: self.stop_at_loss >= 0, "train.stop_at_loss must be >= 0 (0: off)"),
+            (lambda: 1 <= self.retention_tokens <= 1024, "train.retention_tokens must be from 1 to 1024"),
+            (lambda: self.retention_items >= 0, "train.retention_items must be >= 0 (0: sized to the run)"),
+            (lambda: self.retain >= 0, "train.retain must be >= 0 (0: off; e.g. 1.0)"),
             (lambda: self.micro_batch > 0, "train.micro_batch must be > 0"),
             (
                 lambda: self.batch_size % self.micro_batch == 0 and self.batch_size > 0,

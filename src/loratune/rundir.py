@@ -5,9 +5,11 @@ every module that reads or names one of these files goes through here. A file ca
 after a kill cut its last line short: readers never raise on a torn or missing file, they return what is whole.
 
     loratune.yaml              the fully resolved config of the run
-    metrics.jsonl              one JSON row per logged step {step, epoch, loss, lr, ...} and per evaluation {eval_loss}
+    metrics.jsonl              one JSON row per logged step {step, epoch, loss, lr, ...} and per evaluation
+                               {eval_loss, retention_kl, retention_same}
     finished.json              written last by a run that ended by design (not stopped): its step and why
-    best.json                  the step with the lowest eval loss
+    best.json                  the step with the lowest eval loss (with its retention figures)
+    retention.json             the base model's answers to the retention probe, made once at the start of the run
     promoted.json              which checkpoint was promoted to be the run's adapter
     loss.png, README.md        the loss curve and the model card
     .lock                      held by the process training in this folder
@@ -25,6 +27,7 @@ CONFIG = "loratune.yaml"
 METRICS = "metrics.jsonl"
 FINISHED = "finished.json"
 BEST = "best.json"
+RETENTION = "retention.json"
 PROMOTED = "promoted.json"
 LOSS_PLOT = "loss.png"
 CARD = "README.md"
@@ -63,6 +66,15 @@ def read_losses(run_dir: Path) -> dict[int, float]:
             continue
         losses[row["step"]] = loss if math.isfinite(loss) else float("nan")
     return losses
+
+
+def read_retention(run_dir: Path) -> dict[int, dict]:
+    """step -> {retention_kl, retention_same} from metrics.jsonl (the rows of the retention probe)."""
+    found = {}
+    for row in read_metrics(run_dir):
+        if isinstance(row.get("retention_kl"), int | float):
+            found[row["step"]] = {"retention_kl": row["retention_kl"], "retention_same": row.get("retention_same")}
+    return found
 
 
 def read_saved_config(folder: Path) -> dict:

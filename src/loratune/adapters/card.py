@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from loratune.config import RunConfig
+from loratune.rundir import read_retention
 
 CARD = "README.md"
 
@@ -38,7 +39,7 @@ A LoRA adapter (PEFT format) for **{base_name}**, trained with loratune on {_tod
 | LoRA | rank {a.rank}, alpha {a.alpha}, dropout {a.dropout}, on {targets} |
 | training | {length}, {steps} optimizer steps, batch {t.batch_size} (micro-batch {t.micro_batch}), lr {t.lr:g} \
 ({t.scheduler}, warmup {t.warmup_ratio:g}), seed {t.seed} |
-| final loss | {final_loss:.4f} |
+| final loss | {final_loss:.4f} |{_retention_row(run_dir)}
 
 The complete configuration is in `loratune.yaml`, the loss of every step in `metrics.jsonl`.
 
@@ -75,6 +76,20 @@ The base must be a GGUF of the same model (any quantization); supported architec
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, run_dir / CARD)
     return run_dir / CARD
+
+
+def _retention_row(run_dir: Path) -> str:
+    """The card's retention line: the last measured KL from the base and share of unchanged short answers."""
+    figures = read_retention(run_dir)
+    if not figures:
+        return ""
+    step = max(figures)
+    kl, same = figures[step]["retention_kl"], figures[step]["retention_same"]
+    unchanged = f"; {same:.0%} of short answers unchanged" if same is not None else ""
+    return (
+        f"\n| retention (step {step}) | KL {kl:.4f} per token from the base model on general prompts{unchanged} "
+        "(`retention_kl`, `retention_same` in metrics.jsonl) |"
+    )
 
 
 def _today() -> str:

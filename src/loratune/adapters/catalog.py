@@ -37,6 +37,7 @@ from loratune.rundir import (
     is_complete,
     read_json,
     read_losses,
+    read_retention,
     saved_model_source,
 )
 from loratune.training.lock import hold, is_training
@@ -53,6 +54,7 @@ class CheckpointInfo:
     step: int
     loss: float | None  # the logged loss of that optimizer step (None when it was not logged)
     complete: bool  # only complete checkpoints can be resumed from or promoted
+    retention: dict | None = None  # {retention_kl, retention_same} measured at that step (None: not measured)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class AdapterInfo:
     has_adapter: bool  # False while the first run is still training (only checkpoints so far)
     checkpoints: list[CheckpointInfo] = field(default_factory=list)
     training: bool = False  # a live training run holds the folder's lock
+    retention: dict | None = None  # {retention_kl, retention_same} at the adapter's step (None: not measured)
 
 
 def list_adapters(home: str | Path | Workspace | None = None) -> list[AdapterInfo]:
@@ -112,8 +115,10 @@ def clean_workspace(ws: Workspace) -> list[str]:
 
 
 def adapter_info(folder: Path) -> AdapterInfo:
-    losses = read_losses(folder)
+    losses, retained = read_losses(folder), read_retention(folder)
     checkpoints = _checkpoints(folder, losses)
+    for checkpoint in checkpoints:
+        checkpoint.retention = retained.get(checkpoint.step)
     config = read_json(folder / "adapter_config.json")
     has_adapter = all((folder / f).is_file() for f in ADAPTER_FILES)
     training = is_training(folder)
@@ -140,6 +145,7 @@ def adapter_info(folder: Path) -> AdapterInfo:
         has_adapter=has_adapter,
         checkpoints=checkpoints,
         training=training,
+        retention=retained.get(step) if step is not None else None,
     )
 
 

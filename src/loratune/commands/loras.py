@@ -99,10 +99,19 @@ def run_list(args, extra) -> int:
             where += ", training now"
         if a.promoted_from:
             where += f" (promoted from {a.promoted_from})"
-        print(f"{a.name}: rank {a.rank}, alpha {a.alpha}, {where}, loss {_loss(a.loss)}, base {a.base_model}")
+        kept = _retention(a.retention)
+        print(f"{a.name}: rank {a.rank}, alpha {a.alpha}, {where}, loss {_loss(a.loss)}{kept}, base {a.base_model}")
         for c in a.checkpoints:
-            print(f"  {c.name}: loss {_loss(c.loss)}{'' if c.complete else ' (incomplete)'}")
+            print(f"  {c.name}: loss {_loss(c.loss)}{_retention(c.retention)}{'' if c.complete else ' (incomplete)'}")
     return 0
+
+
+def _retention(figures: dict | None) -> str:
+    """', retention KL 0.0123 (97% same)' of a step's retention figures; '' when not measured."""
+    if not figures:
+        return ""
+    same = figures.get("retention_same")
+    return f", retention KL {figures['retention_kl']:.4f}" + (f" ({same:.0%} same)" if same is not None else "")
 
 
 def run_promote(args, extra) -> int:

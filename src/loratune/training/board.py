@@ -23,7 +23,7 @@ class Board:
     def log(self, row: dict) -> None:
         if self.writer is None:
             return
-        skip = {"step", "epoch"} if "eval_loss" in row else {"step"}  # the training rows carry the epoch already
+        skip = {"step"} if "loss" in row else {"step", "epoch"}  # the training rows carry the epoch already
         for key, value in row.items():
             if key not in skip and isinstance(value, (int, float)):
                 self.writer.add_scalar(_tag(key), value, global_step=row["step"])
@@ -34,5 +34,9 @@ class Board:
 
 
 def _tag(key: str) -> str:
-    """'eval_loss' -> 'eval/loss', 'loss' -> 'train/loss': TensorBoard groups charts by the part before '/'."""
-    return key.replace("eval_", "eval/", 1) if key.startswith("eval_") else f"train/{key}"
+    """'eval_loss' -> 'eval/loss', 'retention_kl' -> 'retention/kl', 'loss' -> 'train/loss': TensorBoard groups
+    charts by the part before '/'."""
+    for group in ("eval", "retention"):
+        if key.startswith(group + "_"):
+            return key.replace("_", "/", 1)
+    return f"train/{key}"

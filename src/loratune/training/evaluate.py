@@ -3,6 +3,7 @@
 Eval data is a separate file (data.eval_path) or a seeded random share of the training samples (data.eval_split).
 Each evaluation is a metrics.jsonl row {step, epoch, eval_loss, eval_ppl} beside the training rows; best.json names
 the step with the lowest eval loss and the checkpoint holding those weights (when one was saved at that step).
+The retention probe (retention.py) is measured on the same schedule, into the same row (its own row without eval data).
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ def eval_loss(model, samples: list[Sample], micro_batch: int, pad_id: int) -> fl
 class Evaluator:
     """Call it at the steps `due` names; it returns the metrics row and keeps metrics.jsonl and best.json."""
 
-    def __init__(self, samples: list[Sample], run_dir: Path | None, every: int, total_steps: int, micro, pad_id):
+    def __init__(self, samples: list[Sample], run_dir: Path | None, every: int, total_steps: int, micro, pad_id,
+                 retention=None):  # fmt: skip
         self.samples, self.run_dir, self.every, self.total = samples, run_dir, every, total_steps
         self.micro_batch, self.pad_id = micro, pad_id
+        self.retention = retention if retention is not None and retention.probe else None
         self.last_was_best = False  # only the main process (it has the run folder) keeps best.json
         if run_dir is not None and (run_dir / BEST).is_file():
             self._rebuild_best()
@@ -73,18 +76,24 @@ class Evaluator:
                 self._record_best(row)
 
     def due(self, step: int) -> bool:
-        return bool(self.samples) and (step == self.total or (self.every > 0 and step % self.every == 0))
+        measured = bool(self.samples) or self.retention is not None
+        return measured and (step == self.total or (self.every > 0 and step % self.every == 0))
 
     def __call__(self, model, step: int, epoch: float | None = None) -> dict:
         """The metrics row; `self.last_was_best` then says whether it is the lowest eval loss of the run so far."""
-        loss = eval_loss(model, self.samples, self.micro_batch, self.pad_id)
-        row = {"step": step, "eval_loss": round(loss, 6), "eval_ppl": round(math.exp(min(loss, 50.0)), 4)}
+        row = {"step": step}
+        if self.samples:
+            loss = eval_loss(model, self.samples, self.micro_batch, self.pad_id)
+            row |= {"eval_loss": round(loss, 6), "eval_ppl": round(math.exp(min(loss, 50.0)), 4)}
+        if self.retention is not None:
+            row |= self.retention.measure(model)
         if epoch is not None:
             row["epoch"] = round(epoch, 4)
+        self.last_was_best = False
         if self.run_dir is not None:
             with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-            self.last_was_best = self._record_best(row)
+            self.last_was_best = "eval_loss" in row and self._record_best(row)
         return row
 
     def _record_best(self, row: dict) -> bool:
@@ -99,5 +108,6 @@ class Evaluator:
         else:
             where = "." if step == self.total else None  # the final adapter is the run folder itself
         best = {"step": step, "eval_loss": row["eval_loss"], "eval_ppl": row["eval_ppl"], "best_checkpoint": where}
+        best |= {k: row[k] for k in ("retention_kl", "retention_same") if k in row}
         path.write_text(json.dumps(best, indent=2) + "\n", encoding="utf-8")
         return True

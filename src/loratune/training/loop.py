@@ -20,7 +20,7 @@ from loratune.data import Sample
 from loratune.data.batching import micro_batches
 from loratune.data.build import IGNORE
 from loratune.errors import LoratuneError
-from loratune.rundir import LOSS_PLOT, METRICS, read_losses
+from loratune.rundir import LOSS_PLOT, METRICS, read_losses, read_retention
 from loratune.training.board import Board
 from loratune.training.checkpoint import checkpoint_dir, save_adapter
 from loratune.training.evaluate import Evaluator
@@ -28,8 +28,9 @@ from loratune.training.guard import RunGuard
 from loratune.training.loss import token_loss_sum
 from loratune.training.pause import pause_point
 from loratune.training.plot import plot_loss
-from loratune.training.progress import Progress
+from loratune.training.progress import Progress, retention_text
 from loratune.training.resume import mark_finished, resume_command
+from loratune.training.retention import replay_loss
 from loratune.training.setup import Plan, Run, plan_run, setup
 from loratune.training.stop import LOSS_TARGET, StopRequest, StopSource, stop_reason
 
@@ -85,7 +86,7 @@ def train_loop(run: Run, stopping: StopRequest, on_step) -> str | None:
     own = run.run_dir if main else None  # only the main process writes the run's files
     board = Board(own / "tensorboard" if own and tc.report_to == "tensorboard" else None)
     pad_id = run.tokenizer.pad_token_id
-    evaluate = Evaluator(run.eval_samples, own, tc.eval_every, run.total_steps, tc.micro_batch, pad_id)
+    evaluate = Evaluator(run.eval_samples, own, tc.eval_every, run.total_steps, tc.micro_batch, pad_id, run.retention)
     progress = Progress(own / METRICS if own else None, run.total_steps, run.step, tc.log_every, run.show)
     # The last logged loss stands until a step is trained (a resume that only finishes the run trains none).
     run.loss = read_losses(run.run_dir).get(run.step, float("nan"))
@@ -128,6 +129,11 @@ def train_step(run: Run, batch: list[Sample]) -> float:
     passes, weights = micro_batches(batch, tc.micro_batch, pad_id, packed_tokens, accelerator.process_index, world)
     n_trained = sum(sum(1 for x in s.labels[1:] if x != IGNORE) for s in batch)
     loss_total = 0.0
+    if tc.retain:  # train.retain: the KL to the base on a replay of its own answers, before the synchronised passes
+        replay = run.retention.replay_items(run.step, tc.micro_batch, tc.seed)
+        with accelerator.no_sync(model):  # every process replays the same items: DDP's average leaves them as they are
+            kl_sum, n_replayed = replay_loss(model, replay, pad_id)
+            accelerator.backward(kl_sum * (tc.retain / max(n_replayed, 1)))
     for i, (tensors, weight) in enumerate(zip(passes, weights, strict=True)):
         tensors = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in tensors.items()}
         # Normalise by the trained tokens of the whole step, so accumulation equals one big batch; DDP averages
@@ -168,6 +174,8 @@ def finish(run: Run, ended_by: str | None, started: float) -> TrainResult:
         if not stopped:  # last: a resume of this run then says "already finished" instead of training again
             mark_finished(run.run_dir, run.step, run.steps_per_epoch, run.loss, stop_at_loss if reached_loss else 0.0)
         run.say(f"adapter saved in {run.run_dir} (final loss {run.loss:.4f})")
+        if run.retention is not None:
+            say_retention(run, time.perf_counter() - started)
         if stopped:
             hint = resume_command(run.ws.home, run.config.name)
             run.say(f"stopped at step {run.step} of {run.total_steps}; continue with: {hint}")
@@ -177,6 +185,19 @@ def finish(run: Run, ended_by: str | None, started: float) -> TrainResult:
     run.model.eval()
     model = run.accelerator.unwrap_model(run.model)
     return TrainResult(run.run_dir, run.step, run.loss, time.perf_counter() - started, model, run.tokenizer, stopped)
+
+
+def say_retention(run: Run, seconds: float) -> None:
+    """The last retention figures, and what the probe cost against the run's time in this call."""
+    figures = read_retention(run.run_dir)
+    last = figures[max(figures)] if figures else None
+    probe = run.retention
+    cpu = time.process_time() - probe.cpu_mark  # the CPU time of the training, measurements included
+    share = f" ({probe.seconds / seconds:.1%} of the training's {seconds:.0f} s" if seconds > 0 else " ("
+    share += f"; CPU {probe.cpu_seconds:.1f} s, {probe.cpu_seconds / cpu:.1%} of {cpu:.0f} s)" if cpu > 0 else ")"
+    if last is not None:
+        took = f"the probe took {probe.seconds:.1f} s{share}"
+        run.say(f"retention at step {max(figures)}: {retention_text(last)}; {took}")
 
 
 def finished_result(plan: Plan, show_progress: bool) -> TrainResult:

@@ -1,5 +1,8 @@
 """loss.png: the training loss (and eval loss, when there is one) against the step, drawn from metrics.jsonl.
 
+A second panel below shows the retention probe (retention_kl from the base, and the share of unchanged short
+answers) when the run measured it.
+
 Written into the adapter folder at the end and into each checkpoint, so a user can look rather than read numbers.
 """
 
@@ -16,6 +19,7 @@ def plot_loss(metrics_file: Path, png: Path) -> Path | None:
     rows = read_metrics(metrics_file.parent)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    kept = [r for r in rows if isinstance(r.get("retention_kl"), int | float)]
     if not train and not evals:
         return None
 
@@ -24,8 +28,9 @@ def plot_loss(metrics_file: Path, png: Path) -> Path | None:
     matplotlib.use("Agg")  # no display: render to a file only
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7, 4), dpi=100)  # a Figure without pyplot keeps no global state between runs
-    axes = figure.add_subplot()
+    # A Figure without pyplot keeps no global state between runs.
+    figure = Figure(figsize=(7, 6.5 if kept else 4), dpi=100)
+    axes = figure.add_subplot(2, 1, 1) if kept else figure.add_subplot()
     if train:
         axes.plot(*zip(*train, strict=True), label="training loss", linewidth=1.2)
     if evals:
@@ -35,8 +40,27 @@ def plot_loss(metrics_file: Path, png: Path) -> Path | None:
     axes.set_title(png.parent.name if png.parent.name else "loss")
     axes.grid(alpha=0.3)
     axes.legend()
+    if kept:
+        retention_panel(figure.add_subplot(2, 1, 2, sharex=axes), kept)
     figure.tight_layout()
     tmp = png.with_name(f".{png.name}.tmp-{os.getpid()}")
     figure.savefig(tmp, format="png")
     os.replace(tmp, png)
     return png
+
+
+def retention_panel(axes, rows: list[dict]) -> None:
+    """retention_kl against the step, with the share of unchanged short answers on a second axis."""
+    steps = [r["step"] for r in rows]
+    axes.plot(steps, [r["retention_kl"] for r in rows], "o-", color="tab:red", label="retention KL from the base")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("KL per token (0: unchanged)")
+    axes.grid(alpha=0.3)
+    same = [(r["step"], r["retention_same"]) for r in rows if r.get("retention_same") is not None]
+    if same:
+        share = axes.twinx()
+        share.plot(*zip(*same, strict=True), "s--", color="tab:green", label="short answers unchanged")
+        share.set_ylim(-0.05, 1.05)
+        share.set_ylabel("share unchanged")
+        share.legend(loc="upper right")
+    axes.legend(loc="upper left")

@@ -50,9 +50,18 @@ class Progress:
     def evaluation(self, row: dict, best: bool) -> None:
         """One console line per evaluation, above the bar (whose postfix shows the training loss only)."""
         if not self.bar.disable:
-            mark = " (best)" if best else ""
-            line = f"eval step {row['step']}: loss {row['eval_loss']:.4f}, ppl {row['eval_ppl']:.2f}{mark}"
+            parts = [f"loss {row['eval_loss']:.4f}, ppl {row['eval_ppl']:.2f}"] if "eval_loss" in row else []
+            if "retention_kl" in row:
+                parts.append(retention_text(row))
+            line = f"eval step {row['step']}: {', '.join(parts)}{' (best)' if best else ''}"
             self.bar.write(line, file=sys.stdout)
 
     def close(self) -> None:
         self.bar.close()
+
+
+def retention_text(row: dict) -> str:
+    """'retention KL 0.0123 from the base, 97 % of short answers unchanged' of a metrics row."""
+    same = row.get("retention_same")
+    unchanged = f", {same:.0%} of short answers unchanged" if same is not None else ""
+    return f"retention KL {row['retention_kl']:.4f} from the base{unchanged}"

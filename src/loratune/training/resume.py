@@ -31,6 +31,10 @@ RESUME_MAY_CHANGE = {
     "train.eval_every",
     "train.report_to",
     "train.stop_at_loss",
+    "train.retention",
+    "train.retention_prompts",
+    "train.retention_tokens",
+    "train.retention_items",
     # memory knobs: the same step computed in other pieces (the OOM hint's way out is a smaller micro-batch)
     "train.micro_batch",
     "train.packed_tokens",

@@ -37,6 +37,7 @@ from loratune.training.guard import RunGuard
 from loratune.training.optim import build_optimizer, build_scheduler
 from loratune.training.packing import use_packed_attention
 from loratune.training.resume import already_finished, check_resume_options
+from loratune.training.retention import Retention
 from loratune.workspace import Workspace
 
 
@@ -72,6 +73,7 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     position: dict  # what fixes the data each step sees, saved in checkpoints (see checkpoint.data_position)
+    retention: Retention | None = None  # the retention probe with the base's answers (None: train.retention off)
     step: int = 0  # optimizer steps finished
     loss: float = float("nan")  # of the last finished step
 
@@ -129,6 +131,7 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     samples, report = build_samples(config.data, tokenizer, plan.ws)
     contract = make_contract(config.data, tokenizer, plan.ws)  # how prompts were built: generate/serve/merge reuse it
     samples, eval_samples = split_eval(config.data, samples, tokenizer, plan.ws, tc.seed)
+    retention = Retention.prepare(config, plan.ws, contract, tokenizer)  # a bad probe file fails here
     say(report.summary() + (f"; {len(eval_samples)} samples for evaluation" if eval_samples else ""))
     if tc.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -149,6 +152,12 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.is_main_process:  # model, data and options are good: only now is anything written
         write_run_folder(plan, guard, contract, tokenizer)
+    if retention is not None:  # the base model's answers to the probe, once per run (cached in the run folder)
+        with accelerator.main_process_first():
+            trained_tokens = sum(len(s.input_ids) for s in samples) * total_steps // steps_per_epoch
+            measures = (tc.eval_every and total_steps // tc.eval_every) + 1
+            retention.fit(tc.retention_items, trained_tokens, measures)
+            retention.answer_as_base(model, plan.run_dir, accelerator.is_main_process, say)
     say(
         f"{sum(p.numel() for p in trainable):,} trainable parameters; {total_steps} steps of {tc.batch_size} samples "
         f"({tc.micro_batch} per micro-batch) on {accelerator.device}"
@@ -157,7 +166,7 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
         config=config, ws=plan.ws, run_dir=plan.run_dir, accelerator=accelerator, show=show, model=model,
         tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, trainable=trainable, samples=samples,
         eval_samples=eval_samples, steps_per_epoch=steps_per_epoch, total_steps=total_steps, position=position,
-        step=step,
+        retention=retention, step=step,
     )  # fmt: skip
 
 

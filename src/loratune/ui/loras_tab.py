@@ -1,4 +1,5 @@
-"""LoRAs tab: every run in loras/ with its adapter, checkpoints and the loss logged at each (loratune.adapters), and
+"""LoRAs tab: every run in loras/ with its adapter, checkpoints and the loss logged at each (loratune.adapters), the
+adapter's retention (KL from the base, share of unchanged short answers; training/retention.py), and
 what can be done with one: use it in Generate, promote a checkpoint, merge into a model, export GGUF, delete."""
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from loratune.errors import LoratuneError
 from loratune.ui.feedback import shows_errors
 from loratune.workspace import Workspace
 
-COLUMNS = ["LoRA", "adapter (step, loss)", "rank / alpha", "targets", "checkpoints: step (loss)"]
+COLUMNS = [
+    "LoRA",
+    "adapter (step, loss)",
+    "retention (KL, same)",
+    "rank / alpha",
+    "targets",
+    "checkpoints: step (loss)",
+]
 
 
 @dataclass
@@ -111,8 +119,18 @@ def adapters_table(ws: Workspace) -> pd.DataFrame:
             adapter = "none yet"
         checkpoints = ", ".join(f"{c.step} ({_loss(c.loss)})" for c in info.checkpoints if c.complete) or "-"
         targets = ", ".join(info.targets)
-        rows.append([info.name, adapter, f"{info.rank} / {info.alpha}", targets, checkpoints])
+        rows.append(
+            [info.name, adapter, _retention(info.retention), f"{info.rank} / {info.alpha}", targets, checkpoints]
+        )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _retention(figures: dict | None) -> str:
+    """'0.0123, 97%': the adapter's KL from the base and share of unchanged short answers ('-': not measured)."""
+    if not figures:
+        return "-"
+    same = figures.get("retention_same")
+    return f"{figures['retention_kl']:.4f}" + (f", {same:.0%}" if same is not None else "")
 
 
 def _chosen(spec: str | None) -> str:
