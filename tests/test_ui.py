@@ -172,6 +172,87 @@ def test_job_whose_processes_vanished_is_lost(tmp_path):
         jobs.stop(ws, "run")
 
 
+def random_loras(home: Path, base: Path, names: list[str], rank: int = 4) -> None:
+    """Adapters in loras/ with random (non-zero) weights: distinct answers without training (peft's own format)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    for n, name in enumerate(names):
+        torch.manual_seed(n)
+        model = AutoModelForCausalLM.from_pretrained(base)
+        config = LoraConfig(r=rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        get_peft_model(model, config).save_pretrained(home / "loras" / name)
+
+
+def test_command_preview_is_the_train_line_of_the_form(tmp_path):
+    """The Train tab's command line, run through `loratune train`'s own option parsing, gives the form's config."""
+    import shlex
+
+    from loratune.cli import build_parser
+    from loratune.commands.train import train_config
+    from loratune.config import RunConfig
+    from loratune.ui.train_view import command_line
+
+    config = RunConfig(name="two-files")
+    config.data.path, config.train.lr, config.adapter.rank = ["a.jsonl", "b.jsonl"], 1e-3, 8
+    config.data.hard_cut, config.data.columns, config.train.packing = "\n---\n", {"instruction": "q"}, False
+    config.model.source = "tiny"
+    words = shlex.split(command_line(config, str(tmp_path)))
+    assert words[:4] == ["loratune", "--home", str(tmp_path), "train"]
+    assert words[4:6] == ["--name", "two-files"] and "--train.lr" in words and "--train.epochs" not in words
+    assert words[6:8] == ["--model", "tiny"]
+    args, extra = build_parser().parse_known_args(words[1:])
+    assert train_config(args, extra) == config
+
+
+def test_train_view_shows_progress_and_retention(tmp_path):
+    """The status and the bar read metrics.jsonl: step N / total, ETA, tokens/s, and the retention columns."""
+    from loratune.ui.train_view import job_view
+
+    ws = Workspace.resolve(tmp_path)
+    run = ws.lora_dir("run")
+    run.mkdir(parents=True)
+    rows = [{"step": s, "total_steps": 40, "loss": 2.0 - s / 100, "tokens_per_s": 1234.5, "eta_s": 75} for s in (1, 2)]
+    rows.append({"step": 2, "eval_loss": 1.5, "retention_kl": 0.0123, "retention_same": 0.75})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    view = job_view(ws, "run")
+    assert "**step 2 / 40**" in view.status and "1,234 tokens/s" in view.status
+    assert "retention at step 2: KL to the base model 0.0123 · same answers 75%" in view.status
+    assert 'style="width: 5.0%"' in view.bar and "<b>step 2 / 40</b>" in view.bar
+    assert view.curve["series"].tolist() == ["train", "train", "eval"]
+
+
+def test_one_base_model_serves_every_lora(tmp_path, tiny_model):
+    """Generate's columns: three LoRAs switched on one loaded base answer as each loaded alone, and the model in
+    memory grows by the adapters' weights only."""
+    from loratune.config import GenerateSpec
+    from loratune.generator import Generator
+
+    home = tmp_path / "home"
+    random_loras(home, tiny_model, ["a", "b", "c"])
+    spec = GenerateSpec(max_new_tokens=6)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    alone = {}
+    for name in "abc":
+        single = Generator(None, name, home)
+        alone[name] = "".join(single.stream(single.chat_ids(messages, spec), spec))
+    base_bytes = sum(p.numel() * p.element_size() for p in single.model.get_base_model().parameters()) - sum(
+        p.numel() * p.element_size() for n, p in single.model.named_parameters() if "lora_" in n
+    )
+    shared = Generator(str(tiny_model), None, home)
+    base_answer = "".join(shared.stream(shared.chat_ids(messages, spec), spec))
+    for name in "abc":
+        shared.use(name)
+        assert "".join(shared.stream(shared.chat_ids(messages, spec), spec)) == alone[name]
+    assert len(set(alone.values())) > 1  # the adapters differ, so the switch is seen
+    shared.use(None)
+    assert "".join(shared.stream(shared.chat_ids(messages, spec), spec)) == base_answer
+    held = sum(p.numel() * p.element_size() for p in shared.model.parameters())
+    lora = sum(p.numel() * p.element_size() for n, p in shared.model.named_parameters() if "lora_" in n)
+    assert held == base_bytes + lora and lora < base_bytes  # one copy of the base, three small adapters
+
+
 # ---------------------------------------------------------------- the journey in a real browser
 
 
