@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from loratune.adapters import adapter_path
-from loratune.config import GenerateSpec
+from loratune.config import GenerateSpec, field_help
 from loratune.ui import names
 from loratune.ui.feedback import shows_errors
 from loratune.ui.form import build_form, read_form
@@ -114,7 +114,8 @@ def build(ws: Workspace) -> GenerateTab:
             send = gr.Button("Send", variant="primary")
             clear = gr.Button("New conversation")
     with gr.Accordion("Sampling options", open=False, elem_id="sampling"):
-        form = build_form(GenerateSpec)
+        every_option = tuple(name for name, _, _ in field_help(GenerateSpec))
+        form = build_form(GenerateSpec, essentials=every_option, per_row=4)
     chat_state = gr.State(Chat())
 
     @shows_errors

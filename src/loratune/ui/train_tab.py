@@ -54,25 +54,26 @@ def build(ws: Workspace) -> TrainTab:
         "several files separated by commas. The job runs in the background as `loratune train`: closing or "
         "reloading this page does not stop it."
     )
-    form = build_form(RunConfig, skip=("train.resume",), essentials=ESSENTIALS)
-    command = gr.Textbox(
-        label="The same run from a terminal", interactive=False, buttons=["copy"], elem_id="command-preview"
-    )
-    with gr.Row():
-        job = gr.Dropdown(
-            run_names(ws), value=None, label="Job", info="the job shown below", scale=3, elem_id="job-choice"
-        )
-        refresh = gr.Button("↻", scale=0, min_width=40)
-        load = gr.Button("Load options from this run", scale=1)
-        start = gr.Button("Start training", variant="primary", scale=1)
-        stop = gr.Button("Stop (saves a checkpoint)", variant="stop", scale=1)
-        resume = gr.Button("Resume", scale=1)
     with gr.Row():
         with gr.Column(scale=3):
+            form = build_form(RunConfig, skip=("train.resume",), essentials=ESSENTIALS, per_row=4)
+        with gr.Column(scale=2):
+            with gr.Row():
+                job = gr.Dropdown(
+                    run_names(ws), value=None, label="Job", info="the job shown below", scale=3, elem_id="job-choice"
+                )
+                refresh = gr.Button("↻", scale=0, min_width=40)
+            with gr.Row():
+                start = gr.Button("Start training", variant="primary")
+                stop = gr.Button("Stop (saves a checkpoint)", variant="stop")
+                resume = gr.Button("Resume")
+            load = gr.Button("Load options from this run", size="sm")
+            command = gr.Textbox(
+                label="The same run from a terminal", interactive=False, buttons=["copy"], elem_id="command-preview"
+            )
             status = gr.Markdown("No job yet.", elem_id="job-status")
             bar = gr.HTML(elem_id="job-progress")
             log = gr.Textbox(label="Job output (end)", lines=10, max_lines=10, autoscroll=True, elem_id="job-log")
-        with gr.Column(scale=2):
             curve = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=260, elem_id="loss-curve")
 
     names_in_form = list(form)
@@ -143,7 +144,7 @@ def build(ws: Workspace) -> TrainTab:
         return form_of(ws, _chosen(name), names_in_form)
 
     show = shows_errors(lambda name: job_view(ws, name).outputs())
-    job.change(show, inputs=job, outputs=view)
+    job.change(show, inputs=job, outputs=view, show_progress="hidden")
     load.click(on_load, inputs=job, outputs=list(form.values()))
     refresh.click(lambda: gr.update(choices=run_names(ws)), outputs=job)
     gr.on(
