@@ -64,7 +64,8 @@ class Generator:
             return
         path = lora if isinstance(lora, Path) else adapter_path(lora, self.ws)
         if path not in self._loaded:
-            name = f"lora{len(self._loaded)}"  # peft adapter names become module keys: no dots
+            # peft's own name for the first (as PeftModel.from_pretrained names it); names are module keys: no dots
+            name = f"lora{len(self._loaded)}" if self._loaded else "default"
             # an adapter of another model's shape: one line
             self.model = load_adapter(self.model, path, adapter_name=name).eval()
             self._loaded[path] = (name, load_contract(path, self.tokenizer, self.ws))

@@ -83,7 +83,7 @@ def build_app(home: str | None = None, max_upload_mb: int = 100) -> gr.Blocks:
         data.cutoff.change(lambda v: v, inputs=data.cutoff, outputs=form["data.cutoff"])
         # Lists are read again when their tab is opened: a run may have written checkpoints since the page loaded.
         loras_page.select(loras.reload, outputs=loras.outputs)
-        generate_page.select(generate.reload, inputs=generate.loras, outputs=generate.reload_outputs)
+        generate_page.select(generate.reload, inputs=generate.reload_inputs, outputs=generate.reload_outputs)
         loras.use.click(
             lambda choice: (
                 gr.update(choices=lora_choices(ws), value=[choice] if choice else []),

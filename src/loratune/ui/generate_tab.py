@@ -34,9 +34,10 @@ REDRAW_S = 0.05  # streamed pieces are sent to the browser at most this often (t
 @dataclass
 class GenerateTab:
     loras: gr.Dropdown
-    model: gr.Dropdown
     reload: object
-    """(chosen LoRAs) -> fresh choices for the reload outputs, keeping what is still there."""
+    """(chosen LoRAs, base model) -> fresh choices for the reload outputs, keeping what is still there; the base
+    model starts loading in the background."""
+    reload_inputs: list
     reload_outputs: list
 
 
@@ -48,9 +49,9 @@ class LoadedModels:
         self.cache: OrderedDict[str, object] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, model_source: str | None, lora: str | None):
+    def get(self, model_source: str | None, lora: str | None, switch: bool = True):
         """The Generator answering as `lora` (a choice in loras/; None: the base model alone) on `model_source`
-        (None: the base model the LoRA was trained on)."""
+        (None: the base model the LoRA was trained on). `switch` False only loads the base model."""
         from loratune.adapters.catalog import base_model_path
         from loratune.generator import Generator
         from loratune.models import resolve_model_path
@@ -67,8 +68,21 @@ class LoadedModels:
                 self.cache[base] = Generator(base, None, self.ws.home)
             self.cache.move_to_end(base)
             generator = self.cache[base]
-            generator.use(path)
+            if switch:
+                generator.use(path)
             return generator
+
+    def warm(self, model_choice: str, chosen: list[str] | None) -> None:
+        """Load the base model in the background when the tab opens, so the first message does not wait for it."""
+
+        def load():
+            try:
+                source = None if model_choice == LORA_BASE else names.model_source(self.ws, model_choice)
+                self.get(source, (chosen or [None])[0], switch=False)
+            except Exception:  # only a head start: sending a message loads again and reports the problem
+                pass
+
+        threading.Thread(target=load, daemon=True).start()
 
 
 @dataclass
@@ -150,8 +164,16 @@ def build(ws: Workspace) -> GenerateTab:
 
     inputs = [loras, model, with_base, compare, target, prompt, chat_state, *form.values()]
     outputs = [answers, chat_state, prompt]
-    send.click(on_send, inputs=inputs, outputs=outputs, show_progress="minimal")
-    prompt.submit(on_send, inputs=inputs, outputs=outputs, show_progress="minimal")
+    # One answer at a time, however it is sent: the columns share one model, switched between adapters.
+    gr.on(
+        [send.click, prompt.submit],
+        on_send,
+        inputs=inputs,
+        outputs=outputs,
+        show_progress="minimal",
+        concurrency_id="chat",
+        concurrency_limit=1,
+    )
     clear.click(lambda: (side_by_side(Chat(), []), Chat()), outputs=[answers, chat_state], queue=False)
 
     def on_columns(chosen, base_too, only):
@@ -161,13 +183,14 @@ def build(ws: Workspace) -> GenerateTab:
     for trigger in (loras.change, with_base.change):
         trigger(on_columns, inputs=[loras, with_base, target], outputs=target, queue=False)
 
-    def reload(chosen):
+    def reload(chosen, model_choice):
+        loaded.warm(model_choice, chosen)
         available = lora_choices(ws)
         kept = [c for c in chosen or [] if c in available]
         return gr.update(choices=available, value=kept), gr.update(choices=[LORA_BASE, *names.model_choices(ws)])
 
-    refresh.click(reload, inputs=loras, outputs=[loras, model])
-    return GenerateTab(loras=loras, model=model, reload=reload, reload_outputs=[loras, model])
+    refresh.click(reload, inputs=[loras, model], outputs=[loras, model])
+    return GenerateTab(loras=loras, reload=reload, reload_inputs=[loras, model], reload_outputs=[loras, model])
 
 
 def columns(chosen: list[str], base_too: bool) -> list[str]:
