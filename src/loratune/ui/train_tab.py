@@ -152,8 +152,8 @@ def build(ws: Workspace) -> TrainTab:
         preview,
         inputs=list(form.values()),
         outputs=command,
-        trigger_mode="always_last",
-        queue=False,  # pure Python, instant: not behind the refreshes in the queue
+        trigger_mode="always_last",  # a burst of changes (Load options fills ~45 inputs): the last one is shown
+        concurrency_limit=None,  # pure Python, instant: never waits for another preview
         show_progress="hidden",
     )
     gr.Timer(REFRESH_S).tick(show, inputs=job, outputs=view, show_progress="hidden")
