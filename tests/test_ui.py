@@ -172,6 +172,87 @@ def test_job_whose_processes_vanished_is_lost(tmp_path):
         jobs.stop(ws, "run")
 
 
+def random_loras(home: Path, base: Path, names: list[str], rank: int = 4) -> None:
+    """Adapters in loras/ with random (non-zero) weights: distinct answers without training (peft's own format)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    for n, name in enumerate(names):
+        torch.manual_seed(n)
+        model = AutoModelForCausalLM.from_pretrained(base)
+        config = LoraConfig(r=rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        get_peft_model(model, config).save_pretrained(home / "loras" / name)
+
+
+def test_command_preview_is_the_train_line_of_the_form(tmp_path):
+    """The Train tab's command line, run through `loratune train`'s own option parsing, gives the form's config."""
+    import shlex
+
+    from loratune.cli import build_parser
+    from loratune.commands.train import train_config
+    from loratune.config import RunConfig
+    from loratune.ui.train_view import command_line
+
+    config = RunConfig(name="two-files")
+    config.data.path, config.train.lr, config.adapter.rank = ["a.jsonl", "b.jsonl"], 1e-3, 8
+    config.data.hard_cut, config.data.columns, config.train.packing = "\n---\n", {"instruction": "q"}, False
+    config.model.source = "tiny"
+    words = shlex.split(command_line(config, str(tmp_path)))
+    assert words[:4] == ["loratune", "--home", str(tmp_path), "train"]
+    assert words[4:6] == ["--name", "two-files"] and "--train.lr" in words and "--train.epochs" not in words
+    assert words[6:8] == ["--model", "tiny"]
+    args, extra = build_parser().parse_known_args(words[1:])
+    assert train_config(args, extra) == config
+
+
+def test_train_view_shows_progress_and_retention(tmp_path):
+    """The status and the bar read metrics.jsonl: step N / total, ETA, tokens/s, and the retention columns."""
+    from loratune.ui.train_view import job_view
+
+    ws = Workspace.resolve(tmp_path)
+    run = ws.lora_dir("run")
+    run.mkdir(parents=True)
+    rows = [{"step": s, "total_steps": 40, "loss": 2.0 - s / 100, "tokens_per_s": 1234.5, "eta_s": 75} for s in (1, 2)]
+    rows.append({"step": 2, "eval_loss": 1.5, "retention_kl": 0.0123, "retention_same": 0.75})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    view = job_view(ws, "run")
+    assert "**step 2 / 40**" in view.status and "1,234 tokens/s" in view.status
+    assert "retention at step 2: KL to the base model 0.0123 · same answers 75%" in view.status
+    assert 'style="width: 5.0%"' in view.bar and "<b>step 2 / 40</b>" in view.bar
+    assert view.curve["series"].tolist() == ["train", "train", "eval"]
+
+
+def test_one_base_model_serves_every_lora(tmp_path, tiny_model):
+    """Generate's columns: three LoRAs switched on one loaded base answer as each loaded alone, and the model in
+    memory grows by the adapters' weights only."""
+    from loratune.config import GenerateSpec
+    from loratune.generator import Generator
+
+    home = tmp_path / "home"
+    random_loras(home, tiny_model, ["a", "b", "c"])
+    spec = GenerateSpec(max_new_tokens=6)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    alone = {}
+    for name in "abc":
+        single = Generator(None, name, home)
+        alone[name] = "".join(single.stream(single.chat_ids(messages, spec), spec))
+    base_bytes = sum(p.numel() * p.element_size() for p in single.model.get_base_model().parameters()) - sum(
+        p.numel() * p.element_size() for n, p in single.model.named_parameters() if "lora_" in n
+    )
+    shared = Generator(str(tiny_model), None, home)
+    base_answer = "".join(shared.stream(shared.chat_ids(messages, spec), spec))
+    for name in "abc":
+        shared.use(name)
+        assert "".join(shared.stream(shared.chat_ids(messages, spec), spec)) == alone[name]
+    assert len(set(alone.values())) > 1  # the adapters differ, so the switch is seen
+    shared.use(None)
+    assert "".join(shared.stream(shared.chat_ids(messages, spec), spec)) == base_answer
+    held = sum(p.numel() * p.element_size() for p in shared.model.parameters())
+    lora = sum(p.numel() * p.element_size() for n, p in shared.model.named_parameters() if "lora_" in n)
+    assert held == base_bytes + lora and lora < base_bytes  # one copy of the base, three small adapters
+
+
 # ---------------------------------------------------------------- the journey in a real browser
 
 
@@ -280,6 +361,12 @@ def set_option(page, name: str, value) -> None:
     field.press("Tab")  # Gradio takes the value on blur
 
 
+def element_id(name: str) -> str:
+    from loratune.ui.form import element_id as of
+
+    return of(name)
+
+
 def shown_step(page) -> int:
     found = re.search(r"step (\d+)", page.locator("#job-status").inner_text())
     return int(found.group(1)) if found else 0
@@ -369,6 +456,7 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
     page = browser_page
     shots = Path(os.environ.get("LORATUNE_UI_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
+    random_loras(ui_home, ui_home / "models" / "tiny", ["lora-a", "lora-b"])  # more columns for Generate
     server = Server(ui_home, tmp_path / "ui.log")
     server.start()
     run_dir = ui_home / "loras" / "ui-run"
@@ -419,33 +507,63 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         expect(page.locator("#data-warnings")).to_contain_text("No problems found")
         page.screenshot(path=shots / "1-dataset.png", full_page=True)
 
-        # Train: the form was filled by the other tabs; set a long run that saves often, and start it.
+        # Train: the form was filled by the other tabs; the options set every time are in view, the rest folded.
         page.get_by_role("tab", name="Train").click()
         expect(option(page, "model.source")).to_have_value("tiny")
         expect(option(page, "data.path")).to_have_value("sums.jsonl")
+        for name in ("adapter.rank", "adapter.alpha", "adapter.targets", "train.lr", "train.epochs", "data.cutoff"):
+            expect(option(page, name)).to_be_visible()
+        expect(option(page, "train.eval_every")).to_be_hidden()
+        expect(option(page, "adapter.dropout")).to_be_hidden()
+        last = page.locator(f"#{element_id('data.eval_split')}").bounding_box()
+        assert last["y"] + last["height"] < 1000  # the options set every time fit the first screen
+        assert page.locator("#job-status").bounding_box()["y"] < 1000  # beside them, the job's status
         option(page, "name").fill("ui-run")
         set_option(page, "train.max_steps", 100_000)
         set_option(page, "train.save_every", 50)
         set_option(page, "train.batch_size", 4)
         set_option(page, "data.eval_split", 0.2)  # 4 of the 20 records measure an eval loss every 25 steps
+        page.get_by_text("train: more options").click()
         set_option(page, "train.eval_every", 25)
+        command = page.locator("#command-preview textarea")
+        expect(command).to_have_value(re.compile(r"^loratune --home .* train --name ui-run --model tiny "))
+        expect(command).to_have_value(re.compile(r"--train.max_steps 100000 .*--train.eval_every 25"))
         page.get_by_role("button", name="Start training").click()
         status = page.locator("#job-status")
         expect(status).to_contain_text("running", timeout=WAIT_MS)
         expect(status).to_contain_text("loss", timeout=WAIT_MS)  # metrics.jsonl rows arrive
         expect(status).to_contain_text("eval loss", timeout=WAIT_MS)
-        first = shown_step(page)
-        expect(status).not_to_contain_text(f"step {first} ", timeout=WAIT_MS)  # the loss line moves on
-        assert shown_step(page) > first
+        expect(status).to_contain_text(re.compile(r"step \d+ / 100000"))
+        bar = page.locator("#job-progress .job-progress")
+        first = int(bar.get_attribute("data-step"))
+        assert bar.get_attribute("data-total") == "100000"
+        expect(page.locator("#job-progress")).to_contain_text("tokens/s")
+        expect(page.locator("#job-progress")).to_contain_text("ETA")
+        expect(bar).not_to_have_attribute("data-step", str(first), timeout=WAIT_MS)  # the bar advances
+        assert int(bar.get_attribute("data-step")) > first and shown_step(page) > first
+        # The log follows its end: scrolled to the bottom once it holds more lines than it shows.
+        log = page.locator("#job-log textarea")
+        page.wait_for_function(
+            "() => { const b = document.querySelector('#job-log textarea');"
+            " return b && b.scrollHeight > b.clientHeight + 20"
+            " && b.scrollTop + b.clientHeight >= b.scrollHeight - 4; }",
+            timeout=WAIT_MS,
+        )
+        assert log.input_value().splitlines()[-1].strip()
         page.screenshot(path=shots / "2-training.png", full_page=True)
 
-        # Reload the page: the job and its history are still there.
+        # Reload the page: the job, its history and its options are still there.
         page.reload()
         page.get_by_role("tab", name="Train").click()
         expect(status).to_contain_text("ui-run", timeout=WAIT_MS)
         expect(status).to_contain_text("running")
         expect(status).to_contain_text("loss", timeout=WAIT_MS)
         assert shown_step(page) >= first
+        expect(option(page, "name")).to_have_value("ui-run")
+        expect(option(page, "train.max_steps")).to_have_value("100000")
+        expect(option(page, "data.eval_split")).to_have_value("0.2")
+        page.get_by_text("train: more options").click()
+        expect(option(page, "train.eval_every")).to_have_value("25")
 
         # Restart the UI itself: the job runs on, and the new UI finds it.
         server.stop()
@@ -454,7 +572,8 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         page.get_by_role("tab", name="Train").click()
         expect(status).to_contain_text("ui-run", timeout=WAIT_MS)
         expect(status).to_contain_text("running")
-        choose(page, "Job", "ui-run")  # chosen by hand, a job fills the form with its options
+        set_option(page, "train.max_steps", 7)
+        page.get_by_role("button", name="Load options from this run").click()  # the run's options fill the form
         expect(option(page, "model.source")).to_have_value("tiny")
         expect(option(page, "train.max_steps")).to_have_value("100000")
         page.screenshot(path=shots / "3-after-ui-restart.png", full_page=True)
@@ -504,15 +623,35 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         page.screenshot(path=shots / "4-loras.png", full_page=True)
         page.get_by_role("button", name="Use in Generate").click()
 
-        # Generate: base model and the checkpoint side by side.
-        expect(page.get_by_label("Prompt", exact=True)).to_be_visible()
-        page.get_by_label("Prompt", exact=True).fill("What is 2 plus 3?")
-        set_option(page, "max_new_tokens", 8)
-        page.get_by_role("button", name="Generate", exact=True).click()
+        # Generate: the base model, the checkpoint and two more LoRAs side by side, all on one loaded base model;
+        # a two-turn conversation, each answer streamed in pieces.
+        expect(page.get_by_label("Message", exact=True)).to_be_visible()
+        for lora in ("lora-a", "lora-b"):
+            choose(page, "LoRAs", lora)
+        page.keyboard.press("Escape")  # a multiselect stays open after a pick
+        page.get_by_text("Sampling options").click()
+        set_option(page, "max_new_tokens", 48)
+        page.evaluate(
+            "() => { window.seen = []; const a = document.querySelector('#answers');"
+            " new MutationObserver(() => { const t = a.querySelector('.answer-text');"
+            " if (t) window.seen.push(t.textContent); }).observe(a, {childList: true, subtree: true,"
+            " characterData: true}); }"
+        )
         answers = page.locator("#answers")
-        expect(answers).to_contain_text(f"ui-run/{checkpoints[-1]}", timeout=WAIT_MS)
-        expect(answers).to_contain_text("base model")
-        assert len(answers.locator(".answer-text").all()) == 2
+        for turn, message in enumerate(["What is 2 plus 3?", "And 4 plus 1?"], start=1):
+            page.get_by_label("Message", exact=True).fill(message)
+            page.get_by_role("button", name="Send", exact=True).click()
+            expect(answers.locator(".answer")).to_have_count(4, timeout=WAIT_MS)
+            expect(answers.locator(".answer").last.locator(".answer-text")).to_have_count(turn, timeout=WAIT_MS)
+            expect(page.get_by_label("Message", exact=True)).to_have_value("")
+        titles = answers.locator(".answer-title").all_inner_texts()
+        assert [t.split(" · ")[0] for t in titles] == ["base model", f"ui-run/{checkpoints[-1]}", "lora-a", "lora-b"]
+        assert len(answers.locator(".chat-user").all()) == 8  # each column shows both of the user's messages
+        page.wait_for_timeout(500)  # the last redraw
+        first_answer = answers.locator(".answer-text").first.inner_text()
+        seen = page.evaluate("window.seen")
+        partial = [t for t in seen if t and t != first_answer and first_answer.startswith(t)]
+        assert partial, f"no streamed piece before the whole answer {first_answer!r}: {seen[:5]}"
         page.screenshot(path=shots / "5-generate.png", full_page=True)
     except BaseException:
         page.screenshot(path=shots / "failure.png", full_page=True)

@@ -1,4 +1,5 @@
-"""Generate text with a base model, optionally with a LoRA (any adapter folder or checkpoint) on top."""
+"""Generate text with a base model, optionally with LoRAs (adapter folders or checkpoints) on top: several adapters
+of the same base share one loaded copy of it (peft multi-adapter), switched per answer with `use`."""
 
 from __future__ import annotations
 
@@ -41,19 +42,36 @@ class Generator:
         home: str | Path | None = None,
         trust_remote_code: bool = False,
     ):
-        ws = Workspace.resolve(home)
+        self.ws = ws = Workspace.resolve(home)
         self.lora_path = adapter_path(lora, ws, folders=True) if lora else None
         if model is None:
             model = str(base_model_path(self.lora_path, ws, trust_remote_code)) if self.lora_path else "default"
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model_path = resolve_model_path(model, ws, trust_remote_code)
-        base, self.tokenizer = load_base(model_path, device, trust_remote_code)
+        self.model_path = resolve_model_path(model, ws, trust_remote_code)
+        self.model, self.tokenizer = load_base(self.model_path, device, trust_remote_code)
+        self.model.eval()
+        self.base_contract = model_contract(self.tokenizer, self.model_path)
+        self.contract = self.base_contract
+        self._loaded: dict[Path, tuple[str, PromptContract]] = {}  # adapter folder -> (peft name, its contract)
         if self.lora_path is not None:
-            base = load_adapter(base, self.lora_path)  # an adapter of another model's shape: one line
-            self.contract = load_contract(self.lora_path, self.tokenizer, ws)
-        else:
-            self.contract = model_contract(self.tokenizer, model_path)
-        self.model = base.eval()
+            self.use(self.lora_path)
+
+    def use(self, lora: str | Path | None) -> None:
+        """Answer with this adapter from now on (None: the base model alone). An adapter not loaded yet is loaded
+        beside the others on the same base model: a few MB each, not another copy of the model."""
+        if lora is None:
+            self.lora_path, self.contract = None, self.base_contract
+            return
+        path = lora if isinstance(lora, Path) else adapter_path(lora, self.ws)
+        if path not in self._loaded:
+            # peft's own name for the first (as PeftModel.from_pretrained names it); names are module keys: no dots
+            name = f"lora{len(self._loaded)}" if self._loaded else "default"
+            # an adapter of another model's shape: one line
+            self.model = load_adapter(self.model, path, adapter_name=name).eval()
+            self._loaded[path] = (name, load_contract(path, self.tokenizer, self.ws))
+        name, self.contract = self._loaded[path]
+        self.model.set_adapter(name)
+        self.lora_path = path
 
     @property
     def raw_text_lora(self) -> bool:
@@ -156,7 +174,8 @@ class Generator:
         return generate_kwargs(sampling, self.contract, self.tokenizer)
 
     def _adapter(self, use_lora: bool):
-        return self.model.disable_adapter() if (self.lora_path and not use_lora) else nullcontext()
+        with_adapters = bool(self._loaded)  # a PeftModel: its adapters are switched off for a base answer
+        return self.model.disable_adapter() if with_adapters and not (self.lora_path and use_lora) else nullcontext()
 
 
 def left_padded(rows: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:

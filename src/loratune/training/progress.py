@@ -33,6 +33,7 @@ class Progress:
         eta = elapsed / done * (self.total - step) if done else 0.0
         row = {
             "step": step,
+            "total_steps": self.total,
             "epoch": round(epoch, 4),
             "loss": round(loss, 6),
             "lr": lr,

@@ -11,7 +11,6 @@ import gradio as gr
 import pandas as pd
 
 from loratune.config import DataSpec
-from loratune.data.preview import check_data
 from loratune.models.sources import load_tokenizer, resolve_model_path
 from loratune.ui import names
 from loratune.ui.feedback import shows_errors
@@ -79,6 +78,8 @@ def build(ws: Workspace, max_upload_mb: int) -> DatasetTab:
             cutoff=int(data_cutoff or DataSpec.cutoff),
         )
         tokenizer = tokenizer_for(ws, names.model_source(ws, model))
+        from loratune.data.preview import check_data  # torch: loaded on first use, not before the UI answers
+
         check = check_data(spec, tokenizer, ws, examples=MASK_EXAMPLES)
         bins = pd.DataFrame(
             [

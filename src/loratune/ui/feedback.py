@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 import gradio as gr
 
@@ -10,7 +11,18 @@ from loratune.errors import LoratuneError
 
 
 def shows_errors(fn):
-    """Wrap an event handler so a mistake the user can fix pops up as one line."""
+    """Wrap an event handler (a function, or a generator that streams) so a mistake the user can fix pops up as
+    one line. A generator stays a generator, so Gradio still streams what it yields."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def streaming(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except LoratuneError as e:
+                raise gr.Error(str(e), print_exception=False) from None
+
+        return streaming
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

@@ -26,19 +26,31 @@ def option_types(cls: type, prefix: str = "") -> dict[str, Any]:
     return kinds
 
 
-def build_form(cls: type, skip: tuple[str, ...] = ()) -> dict[str, gr.components.Component]:
-    """Render one input per option of `cls` (inside the current Blocks context), grouped by section in accordions."""
+def build_form(
+    cls: type, skip: tuple[str, ...] = (), essentials: tuple[str, ...] = (), per_row: int = 5
+) -> dict[str, gr.components.Component]:
+    """Render one input per option of `cls` (inside the current Blocks context): the `essentials` first, in a compact
+    grid of `per_row` columns, then the other options in collapsed accordions, one per section."""
     kinds = option_types(cls)
+    helps = {dotted: (default, help_text) for dotted, default, help_text in field_help(cls)}
     inputs: dict[str, gr.components.Component] = {}
-    sections: dict[str, list[tuple[str, Any, str]]] = {}
-    for dotted, default, help_text in field_help(cls):
-        if dotted not in skip:
-            sections.setdefault(dotted.split(".")[0] if "." in dotted else "", []).append((dotted, default, help_text))
+    for first in range(0, len(essentials), per_row):
+        with gr.Row(equal_height=True):
+            for dotted in essentials[first : first + per_row]:
+                inputs[dotted] = _input(dotted, kinds[dotted], *helps[dotted], min_width=160)
+    sections: dict[str, list[str]] = {}
+    for dotted in helps:
+        if dotted not in skip and dotted not in inputs:
+            sections.setdefault(dotted.split(".")[0] if "." in dotted else "", []).append(dotted)
     for section, rows in sections.items():
-        context = gr.Accordion(section, open=section != "adapter") if section else gr.Group()
+        if not section:
+            context = gr.Group()
+        else:  # with essentials up front, the rest waits folded; without, every section shows
+            title = f"{section}: more options" if essentials else section
+            context = gr.Accordion(title, open=not essentials, elem_id=f"section-{section}")
         with context:
-            for dotted, default, help_text in rows:
-                inputs[dotted] = _input(dotted, kinds[dotted], default, help_text)
+            for dotted in rows:
+                inputs[dotted] = _input(dotted, kinds[dotted], *helps[dotted])
     return inputs
 
 
@@ -47,9 +59,9 @@ def element_id(name: str) -> str:
     return "option-" + name.replace(".", "-").replace("_", "-")
 
 
-def _input(name: str, kind: Any, default: Any, help_text: str) -> gr.components.Component:
+def _input(name: str, kind: Any, default: Any, help_text: str, **layout) -> gr.components.Component:
     info = f"{help_text} (default: {AUTO if default is None else default!r})".strip()
-    common = {"label": name, "info": info, "elem_id": element_id(name)}
+    common = {"label": name, "info": info, "elem_id": element_id(name), **layout}
     origin = typing.get_origin(kind)
     if origin is Literal:
         return gr.Dropdown(list(typing.get_args(kind)), value=default, **common)

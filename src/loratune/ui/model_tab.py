@@ -1,4 +1,5 @@
-"""Model tab: the models in models/, recommendations by language (loratune.models.catalog), download by hub id, and
+"""Model tab: the models in models/, recommendations by language (loratune.models.catalog: today's freely
+downloadable models first, their notes in view), download by hub id with its progress and result shown in place, and
 the training-memory estimate for the options in the Train form (loratune.models.estimate)."""
 
 from __future__ import annotations
@@ -7,12 +8,11 @@ from dataclasses import dataclass
 
 import gradio as gr
 import pandas as pd
-import torch
 
 from loratune.errors import LoratuneError
-from loratune.models.catalog import ALL, CATALOG, installed, recommend
+from loratune.models.catalog import ALL, CATALOG, Entry, installed, recommend
 from loratune.models.estimate import check_request, estimate, human, largest_fit, load_config, parse_size, shape_of
-from loratune.models.sources import download
+from loratune.models.sources import DEFAULT_NAME
 from loratune.ui import names
 from loratune.ui.feedback import shows_errors
 from loratune.workspace import Workspace
@@ -39,7 +39,7 @@ def build(ws: Workspace) -> ModelTab:
 
     with gr.Accordion("Memory estimate for the Train tab's options", open=True):
         with gr.Row():
-            device = gr.Radio(["cpu", "cuda"], value="cuda" if torch.cuda.is_available() else "cpu", label="Device")
+            device = gr.Radio(["cpu", "cuda"], value=_device(), label="Device")
             budget = gr.Textbox(label="Memory you have (optional)", placeholder="e.g. 8GB")
             go = gr.Button("Estimate", scale=0)
         memory = gr.Markdown(elem_id="memory-estimate")
@@ -50,22 +50,34 @@ def build(ws: Workspace) -> ModelTab:
             language = gr.Dropdown(languages, value="en", label="Language of your data", scale=1)
             hub_id = gr.Textbox(label="Hub id to download into models/", placeholder="org/name", scale=3)
             get = gr.Button("Download", scale=0)
-        picks = gr.Dataframe(recommend_table("en"), interactive=False, elem_id="recommended")
-        result = gr.Markdown()
+        result = gr.Markdown(elem_id="download-result")
+        picks = gr.Dataframe(
+            recommend_table("en"),
+            interactive=False,
+            wrap=True,
+            column_widths=["24%", "34%", "7%", "9%", "26%"],
+            elem_id="recommended",
+        )
 
-    @shows_errors
     def on_download(repo_id, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - Gradio's progress idiom
-        source = names.model_source(ws, repo_id)
-        if "/" not in source:
-            raise LoratuneError("give a hub id like org/name")
-        folder = download(source, ws)
-        return f"Downloaded into `{folder}`: choose `{folder.name}` above."
+        """The result stays in place (not only a toast): a start line, the progress bar over it, then the outcome."""
+        try:
+            source = names.model_source(ws, repo_id)
+            if "/" not in source:
+                raise LoratuneError("give a hub id like org/name")
+            yield f"Downloading `{source}` into `{ws.models}` ..."
+            from loratune.models.sources import download
+
+            folder = download(source, ws)
+        except LoratuneError as e:
+            yield f'<div class="data-problem">Download failed: {e}</div>'
+            return
+        yield f'<div class="data-ok">Downloaded into <code>{folder}</code>: choose <b>{folder.name}</b> above.</div>'
 
     def on_pick(table: pd.DataFrame, event: gr.SelectData):
         return table.iloc[event.index[0]]["hub id"]
 
-    # Lists refresh only after a success, so a failed download marks only its message as an error.
-    get.click(on_download, inputs=hub_id, outputs=result).success(
+    get.click(on_download, inputs=hub_id, outputs=result).then(
         lambda: (gr.update(choices=names.model_choices(ws)), installed_table(ws)), outputs=[choice, have]
     )
     language.change(recommend_table, inputs=language, outputs=picks)
@@ -84,17 +96,39 @@ def build(ws: Workspace) -> ModelTab:
 
 def installed_table(ws: Workspace) -> pd.DataFrame:
     rows = [
-        [m.name, m.family, human(m.bytes_on_disk), "yes" if m.complete else "unfinished download"]
+        [
+            f"{m.name} (default)" if m.name == DEFAULT_NAME else m.name,
+            m.family,
+            human(m.bytes_on_disk),
+            "yes" if m.complete else "unfinished download",
+        ]
         for m in installed(ws)
     ]
     return pd.DataFrame(rows, columns=["name", "family", "on disk", "complete"])
 
 
 def recommend_table(language: str) -> pd.DataFrame:
+    """Today's freely downloadable models first (open licence, not gated), then gated or restricted ones, then the
+    2023 guide's picks; the note beside the id, where it is read."""
     rows = [
-        [e.hub_id, e.family, e.size, "guide" if e.guide else "today", e.licence, e.note] for e in recommend(language)
+        [e.hub_id, e.note, e.size, "2023 guide" if e.guide else ("free" if free(e) else "restricted"), e.licence]
+        for e in sorted(recommend(language), key=lambda e: (e.guide, not free(e)))
     ]
-    return pd.DataFrame(rows, columns=["hub id", "family", "size", "pick", "licence", "note"])
+    return pd.DataFrame(rows, columns=["hub id", "note", "size", "kind", "licence"])
+
+
+def free(entry: Entry) -> bool:
+    """Downloadable without an account and usable commercially (as far as the licence line says)."""
+    licence = entry.licence.lower()
+    return not any(word in licence for word in ("gated", "non-commercial", "registering", "llama-1"))
+
+
+def _device() -> str:
+    """cuda when there is one, found without importing torch (the UI answers before torch has loaded)."""
+    import importlib.util
+    import shutil
+
+    return "cuda" if shutil.which("nvidia-smi") and importlib.util.find_spec("torch") else "cpu"
 
 
 def memory_text(

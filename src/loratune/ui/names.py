@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from loratune.errors import LoratuneError
+from loratune.models.sources import DEFAULT_NAME
 from loratune.workspace import Workspace, check_name, inside
 
 DATA_SUFFIXES = (".txt", ".json", ".jsonl")
@@ -19,10 +20,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def model_choices(ws: Workspace) -> list[str]:
-    """'default' and every complete model folder in models/."""
+    """'default' and every other complete model folder in models/ (the default's own folder is 'default')."""
     found = []
     if ws.models.is_dir():
-        found = sorted(p.name for p in ws.models.iterdir() if (p / "config.json").is_file())
+        found = sorted(p.name for p in ws.models.iterdir() if (p / "config.json").is_file() and p.name != DEFAULT_NAME)
     return ["default", *found]
 
 
