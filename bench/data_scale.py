@@ -4,6 +4,7 @@ raw-text corpora made from Debian's bible-kjv-text, repeated to size, and on an 
 Not part of `make test`. Needs `apt-get install bible-kjv-text` (the `bible` program prints the text).
 
     python bench/data_scale.py --sizes 25 100 --records 1000000 --src src [--src /other/checkout/src] --out r.json
+        [--phases check1 check2] [--limit 900]
 
 Each --src is a checkout's source folder; runs alternate between them (interleaved, same machine). Peak memory is
 sampled every 0.1 s from /proc: the main process's RSS, and the PSS summed over its process tree (forked tokenizer
@@ -68,12 +69,13 @@ def _mem(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def measure(cmd: list[str], env: dict, watch: Path | None = None) -> dict:
+def measure(cmd: list[str], env: dict, watch: Path | None = None, limit: float = 0) -> dict:
+    """Run `cmd`, sampling its memory; past `limit` seconds (0: none) it is killed and reported as timed out."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     parent = psutil.Process(proc.pid)
     peak_rss = peak_pss = 0
-    first_step = None
+    first_step, timed_out = None, False
     while proc.poll() is None:
         try:
             pids = [proc.pid] + [c.pid for c in parent.children(recursive=True)]
@@ -84,6 +86,15 @@ def measure(cmd: list[str], env: dict, watch: Path | None = None) -> dict:
         peak_pss = max(peak_pss, sum(m[1] for m in mems))
         if watch is not None and first_step is None and watch.exists() and watch.stat().st_size > 0:
             first_step = time.perf_counter() - start
+        if limit and time.perf_counter() - start > limit:
+            timed_out = True
+            for pid in reversed(pids):  # its tokenizer workers too
+                try:
+                    psutil.Process(pid).kill()
+                except psutil.NoSuchProcess:
+                    pass
+            proc.wait()
+            break
         time.sleep(0.1)
     output = proc.stdout.read()
     wall = time.perf_counter() - start
@@ -91,6 +102,7 @@ def measure(cmd: list[str], env: dict, watch: Path | None = None) -> dict:
         first_step = wall
     return {
         "rc": proc.returncode,
+        "timed_out": timed_out,
         "wall_s": round(wall, 2),
         "first_step_s": None if first_step is None else round(first_step, 2),
         "peak_rss_gb": round(peak_rss / 1e9, 3),
@@ -109,6 +121,7 @@ def main() -> None:
     ap.add_argument("--out", default="")
     ap.add_argument("--skip", nargs="*", default=[], help="label:corpus pairs to skip, e.g. before:400")
     ap.add_argument("--phases", nargs="*", default=["check1", "check2", "train1", "train2"])
+    ap.add_argument("--limit", type=float, default=0, help="kill a phase after this many seconds (0: never)")
     args = ap.parse_args()
 
     work = Path(args.work)
@@ -156,13 +169,13 @@ def main() -> None:
             train += ["--train.max_steps", "2", "--overwrite"]
             row = {"corpus": name, "code": label, "src": src}
             for phase, cmd in (("check1", check), ("check2", check), ("train1", train), ("train2", train)):
-                if phase not in args.phases:
+                if phase not in args.phases or (phase == "check2" and row.get("check1", {}).get("timed_out")):
                     continue
                 if phase in ("check1", "train1"):
                     shutil.rmtree(home / "datasets" / ".cache", ignore_errors=True)
                 shutil.rmtree(home / "loras" / "b", ignore_errors=True)
                 watch = home / "loras" / "b" / "metrics.jsonl" if phase.startswith("train") else None
-                row[phase] = measure(cmd, env, watch)
+                row[phase] = measure(cmd, env, watch, args.limit)
                 print(name, label, phase, row[phase], flush=True)
             results.append(row)
             if args.out:

@@ -1,8 +1,8 @@
 """A records file's instruction records -> samples in the store, a block of records at a time, in the file's order.
 
-A file of one block is built in this process; from a file's second block on, blocks are built by a pool of processes
-(one per core, data.pool) and written in the order they were read, so the store, its fingerprint and the report are
-those of one process. At most a few blocks are in flight: memory does not grow with the file.
+A file of fewer than BLOCK records is built in this process; a larger one by a pool of processes (one per core,
+data.pool), its blocks written in the order they were read, so the store, its fingerprint and the report are those of
+one process. At most a few blocks are in flight: memory does not grow with the file.
 """
 
 from __future__ import annotations
