@@ -9,6 +9,9 @@ from pathlib import Path
 
 from loratune.errors import LoratuneError
 
+TOKENIZE_WORKERS_ENV = "LORATUNE_TOKENIZE_WORKERS"  # force a number of tokenizer processes (1: none); data/pool.py
+UI_SET_WORKERS_ENV = "LORATUNE_UI_SET_WORKERS"  # the web UI set TOKENIZE_WORKERS_ENV=1 (no fork in it); jobs undo it
+
 # Matched whole with fullmatch: '$' alone also matches before a final newline, which let 'abc\n' through.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Windows device names (also with an extension): no such file or folder can exist there, so a workspace copied to

@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 
-WORKERS_ENV = "LORATUNE_TOKENIZE_WORKERS"  # force a number of tokenizer processes (1: none)
+from loratune.workspace import TOKENIZE_WORKERS_ENV as WORKERS_ENV
 
 _STATE = None  # set in the parent before a pool forks; each worker inherits it
 

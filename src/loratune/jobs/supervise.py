@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from loratune.workspace import TOKENIZE_WORKERS_ENV, UI_SET_WORKERS_ENV
+
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"
 STOP_FILE = "stop-requested"
@@ -39,6 +41,8 @@ def main(argv: list[str]) -> int:
     assert separator == "--" and command, "usage: supervise.py <job folder> -- <command ...>"
     job = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if env.pop(UI_SET_WORKERS_ENV, None):  # the UI kept its own data checks in one process; the job may use the pool
+        env.pop(TOKENIZE_WORKERS_ENV, None)
     with open(folder / LOG_FILE, "ab") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     # Signals are for the job (the UI sends them to its pid); the supervisor only waits and records.

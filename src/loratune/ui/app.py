@@ -3,12 +3,14 @@ LoRAs, generate), wired together here."""
 
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 
 from loratune.models.sources import DEFAULT_NAME
 from loratune.ui import dataset_tab, generate_tab, loras_tab, model_tab, train_tab
 from loratune.ui.loras_tab import lora_choices
-from loratune.workspace import Workspace
+from loratune.workspace import TOKENIZE_WORKERS_ENV, UI_SET_WORKERS_ENV, Workspace
 
 CSS = """
 .answers { display: flex; gap: 12px; flex-wrap: wrap; }
@@ -144,6 +146,11 @@ def serve(
 ) -> None:
     """Run the UI until interrupted. Listening beyond this machine needs `auth` (checked by the caller); with a
     certificate and key it serves HTTPS."""
+    # A threaded web server must not fork: its in-process data checks tokenize in one process; the training jobs it
+    # starts get the pool back (jobs/supervise.py).
+    if TOKENIZE_WORKERS_ENV not in os.environ:
+        os.environ[TOKENIZE_WORKERS_ENV] = "1"
+        os.environ[UI_SET_WORKERS_ENV] = "1"
     app = build_app(home, max_upload_mb)
     app.queue(default_concurrency_limit=1).launch(
         server_name=host,
