@@ -113,11 +113,15 @@ def fsync_dir(folder: Path) -> None:
 def write_json(path: Path, data: dict) -> None:
     """Replace `path` atomically with `data` as JSON (written beside, synced, renamed)."""
     tmp = temporary(path, "tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
+        raise
     fsync_dir(path.parent)
 
 

@@ -46,7 +46,10 @@ def check_fits(config: RunConfig, model_path: str | Path, device: str) -> None:
     """Refuse, in one line, a run whose estimated peak exceeds the free memory (unless train.memory_check is off)."""
     if not config.train.memory_check:
         return
-    need = run_estimate(config, model_path, device).total
+    try:
+        need = run_estimate(config, model_path, device).total
+    except LoratuneError:
+        return  # a model the estimate cannot read: loading it next says why, in training's own words
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device != "cuda" else 1  # CPU DDP shares one RAM
     free = free_memory(device)
     if need * processes <= free:

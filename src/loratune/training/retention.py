@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from loratune.adapters.files import write_json
 from loratune.errors import LoratuneError
 from loratune.prompting import PromptContract, render_chat, render_completion, sampling_options
 from loratune.rundir import RETENTION, read_json
@@ -123,9 +123,7 @@ class Retention:
             if write:
                 record = {"key": self.key, "probe": [i.__dict__ for i in self.probe],
                           "replay": [i.__dict__ for i in self.replay]}  # fmt: skip
-                tmp = run_dir / f".{RETENTION}.tmp-{os.getpid()}"
-                tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-                os.replace(tmp, run_dir / RETENTION)
+                write_json(run_dir / RETENTION, record)
             seconds = time.perf_counter() - started
             n = len(self.probe) + len(self.replay)
             say(f"retention: the base model answered {n} probe prompts in {seconds:.1f} s")
