@@ -41,13 +41,10 @@ def build(
     template = resolve_chat_template(spec.chat_template, tokenizer)
     render = make_renderer(spec.format, tokenizer, ws, template, budget, spec.train_on == "last_assistant")
     samples, unmatched, bos = [], {}, wants_bos(tokenizer, spec.add_bos)
-    for number, record in records:
-        where = f"{file} {unit} {number}"
-        try:
-            segments = render(record, where)
-        except NoKeySet as e:  # collected, so the error lists every key set the data has that the format lacks
-            unmatched.setdefault(e.keys, []).append(number)
-            continue
+
+    def sample_of(record: dict, where: str) -> Sample | None:
+        """The record's sample, or None when it is dropped (counted in the report)."""
+        segments = render(record, where)
         if not segments:
             raise LoratuneError(f"{where}: renders to no text; give it a response")
         if spec.add_eos and tokenizer.eos_token and not segments[-1][0].rstrip().endswith(tokenizer.eos_token):
@@ -64,13 +61,25 @@ def build(
         if len(sample.input_ids) > spec.cutoff:
             if spec.too_long == "drop":
                 report.too_long += 1
-                continue
+                return None
             report.truncated += 1
             sample = Sample(sample.input_ids[: spec.cutoff], sample.labels[: spec.cutoff])
         if all(label == IGNORE for label in sample.labels[1:]):  # the first token is never predicted
             report.nothing_to_train += 1  # e.g. a prompt that fills the cutoff: dropped, never a 0/0 loss
-        else:
-            samples.append(sample)
+            return None
+        return sample
+
+    for number, record in records:
+        where = f"{file} {unit} {number}"
+        try:
+            if shapes.shape_of(record) == "preference":  # two samples side by side, or neither: pairs stay pairs
+                pair = [sample_of(side, where) for side in shapes.preference_sides(record, where)]
+                samples += pair if None not in pair else []
+            else:
+                sample = sample_of(record, where)
+                samples += [sample] if sample is not None else []
+        except NoKeySet as e:  # collected, so the error lists every key set the data has that the format lacks
+            unmatched.setdefault(e.keys, []).append(number)
     if unmatched:
         found = "; ".join(
             f"{keys or '(no text keys)'} ({_records(numbers, unit)})" for keys, numbers in unmatched.items()

@@ -177,6 +177,19 @@ def _warn(check: DataCheck, spec: DataSpec, tokenizer, samples: SampleSet) -> No
         check.warn(f"{where}: no sample is left to train ({check.dropped} dropped, see above)", True)
         return
     _warn_eos(check, spec, tokenizer, samples)
+    if "preference" in check.shapes:
+        _warn_pairs(check, samples)
+
+
+def _warn_pairs(check: DataCheck, samples: SampleSet) -> None:
+    """Preference data: samples go chosen, rejected, ...; a pair whose sides are the same teaches nothing."""
+    same = sum(samples[i].input_ids == samples[i + 1].input_ids for i in range(0, len(samples) - 1, 2))
+    if same:
+        pairs = len(samples) // 2
+        check.warn(f"{same} of {pairs} preference pairs have the same chosen and rejected answer: they teach nothing",
+                   same == pairs)  # fmt: skip
+    if check.dropped_too_long or check.dropped_nothing_to_train:
+        check.warn("a preference pair is dropped whole when either of its sides is (samples #1, #2 are pair 1)")
 
 
 def _warn_eos(check: DataCheck, spec: DataSpec, tokenizer, samples: SampleSet) -> None:

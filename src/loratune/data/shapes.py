@@ -6,7 +6,10 @@
 - sharegpt: `conversations` of {from, value} (human / gpt / system, function_call / observation), optional
   `system` and `tools` beside;
 - completion: `prompt` and `completion` (text: the prompt as it is; message lists: a chat);
-- text: `text` alone, a raw text document.
+- text: `text` alone, a raw text document;
+- preference: `chosen` and `rejected` beside a `prompt` (text, or a chat history as a message list, the sides then
+  message lists too: TRL's form) or alpaca keys (`instruction` / `input` / `system`: LLaMA-Factory's pairwise form);
+  each side becomes a record of the shapes above (see `preference_sides`), for train.method dpo / ipo / simpo / orpo.
 `data.columns` renames a file's columns to these names first.
 """
 
@@ -16,7 +19,7 @@ import json
 
 from loratune.errors import LoratuneError
 
-SHAPES = ("alpaca", "chat", "sharegpt", "completion", "text")
+SHAPES = ("alpaca", "chat", "sharegpt", "completion", "text", "preference")
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -43,6 +46,8 @@ def rename_columns(record: dict, columns: dict[str, str]) -> dict:
 
 
 def shape_of(record: dict) -> str:
+    if "chosen" in record and "rejected" in record:
+        return "preference"
     if "messages" in record:
         return "chat"
     if "conversations" in record:
@@ -52,6 +57,37 @@ def shape_of(record: dict) -> str:
     if "text" in record and not {"instruction", "output"} & set(record):
         return "text"
     return "alpaca"
+
+
+def preference_sides(record: dict, where: str) -> tuple[dict, dict]:
+    """A preference record's (chosen, rejected) as two instruction records that share the prompt: prompt/completion
+    records (a text prompt as it is, or a chat history with the answers as message lists) or alpaca records."""
+    sides = []
+    for key in ("chosen", "rejected"):
+        value = record[key]
+        if isinstance(value, list):  # message lists: the answer's turns after the shared history
+            prompt = record.get("prompt", [])
+            if isinstance(prompt, str):
+                prompt = [{"role": "user", "content": prompt}]
+            if not isinstance(prompt, list):
+                raise LoratuneError(f"{where}: 'prompt' must be text or a list of messages")
+            sides.append({"prompt": prompt, "completion": value} | _beside(record))
+        elif not isinstance(value, str):
+            raise LoratuneError(f"{where}: '{key}' must be text or a list of messages, got {type(value).__name__}")
+        elif not value.strip():
+            raise LoratuneError(f"{where}: '{key}' is empty; a preference pair needs two answers")
+        elif "prompt" in record:
+            sides.append({"prompt": record["prompt"], "completion": value})
+        elif "instruction" in record:
+            sides.append({k: record[k] for k in ("instruction", "input", "system") if k in record} | {"output": value})
+        else:
+            raise LoratuneError(f"{where}: a preference record needs a 'prompt' (or 'instruction') beside its answers")
+    return sides[0], sides[1]
+
+
+def _beside(record: dict) -> dict:
+    """What a chat side keeps of its record besides the messages (the tools the template renders)."""
+    return {"tools": record["tools"]} if "tools" in record else {}
 
 
 def text_of(record: dict, where: str) -> str:

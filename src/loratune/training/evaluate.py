@@ -21,13 +21,14 @@ from loratune.errors import LoratuneError
 from loratune.rundir import BEST, METRICS, read_json, read_metrics
 from loratune.training.checkpoint import checkpoint_dir
 from loratune.training.loss import token_loss_sum
+from loratune.training.preference import Pairs, evaluate_pairs
 
 
 def split_eval(spec: DataSpec, samples: list[Sample], tokenizer, ws, seed: int) -> tuple[list[Sample], list[Sample]]:
     """(training samples, eval samples): the eval file's samples, or a seeded share of `samples`, or none."""
     if spec.eval_path:
         eval_samples, _ = build_samples(dataclasses.replace(spec, path=spec.eval_path), tokenizer, ws)
-        return samples, eval_samples
+        return samples, Pairs(eval_samples) if isinstance(samples, Pairs) else eval_samples
     if spec.eval_split <= 0:
         return samples, []
     n_eval = max(1, round(len(samples) * spec.eval_split))
@@ -37,6 +38,8 @@ def split_eval(spec: DataSpec, samples: list[Sample], tokenizer, ws, seed: int) 
         )
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
     held = set(order[:n_eval])
+    if isinstance(samples, Pairs):  # whole pairs are held out
+        return samples.subset([i for i in range(len(samples)) if i not in held]), samples.subset(sorted(held))
     return [s for i, s in enumerate(samples) if i not in held], [samples[i] for i in sorted(held)]
 
 
@@ -60,9 +63,10 @@ class Evaluator:
     """Call it at the steps `due` names; it returns the metrics row and keeps metrics.jsonl and best.json."""
 
     def __init__(self, samples: list[Sample], run_dir: Path | None, every: int, total_steps: int, micro, pad_id,
-                 retention=None):  # fmt: skip
+                 retention=None, pairs=None):  # fmt: skip
         self.samples, self.run_dir, self.every, self.total = samples, run_dir, every, total_steps
         self.micro_batch, self.pad_id = micro, pad_id
+        self.pairs = pairs  # a preference method's options: `samples` are pairs, measured by its loss and accuracy
         self.retention = retention if retention is not None and retention.probe else None
         self.last_was_best = False  # only the main process (it has the run folder) keeps best.json
         if run_dir is not None and (run_dir / BEST).is_file():
@@ -82,7 +86,9 @@ class Evaluator:
     def __call__(self, model, step: int, epoch: float | None = None) -> dict:
         """The metrics row; `self.last_was_best` then says whether it is the lowest eval loss of the run so far."""
         row = {"step": step}
-        if self.samples:
+        if self.samples and self.pairs is not None:
+            row |= evaluate_pairs(model, self.samples, self.pairs, self.micro_batch, self.pad_id)
+        elif self.samples:
             loss = eval_loss(model, self.samples, self.micro_batch, self.pad_id)
             row |= {"eval_loss": round(loss, 6), "eval_ppl": round(math.exp(min(loss, 50.0)), 4)}
         if self.retention is not None:
@@ -107,7 +113,7 @@ class Evaluator:
             where = checkpoint_dir(self.run_dir, step).name
         else:
             where = "." if step == self.total else None  # the final adapter is the run folder itself
-        best = {"step": step, "eval_loss": row["eval_loss"], "eval_ppl": row["eval_ppl"], "best_checkpoint": where}
-        best |= {k: row[k] for k in ("retention_kl", "retention_same") if k in row}
+        best = {"step": step, "eval_loss": row["eval_loss"], "best_checkpoint": where}
+        best |= {k: row[k] for k in ("eval_ppl", "eval_accuracy", "retention_kl", "retention_same") if k in row}
         path.write_text(json.dumps(best, indent=2) + "\n", encoding="utf-8")
         return True

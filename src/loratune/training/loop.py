@@ -28,6 +28,7 @@ from loratune.training.guard import RunGuard
 from loratune.training.loss import token_loss_sum
 from loratune.training.pause import pause_point
 from loratune.training.plot import plot_loss
+from loratune.training.preference import Options, preference_step
 from loratune.training.progress import Progress, retention_text
 from loratune.training.resume import mark_finished, resume_command
 from loratune.training.retention import replay_loss
@@ -86,7 +87,9 @@ def train_loop(run: Run, stopping: StopRequest, on_step) -> str | None:
     own = run.run_dir if main else None  # only the main process writes the run's files
     board = Board(own / "tensorboard" if own and tc.report_to == "tensorboard" else None)
     pad_id = run.tokenizer.pad_token_id
-    evaluate = Evaluator(run.eval_samples, own, tc.eval_every, run.total_steps, tc.micro_batch, pad_id, run.retention)
+    pairs = Options.of(tc) if tc.method != "sft" else None
+    evaluate = Evaluator(run.eval_samples, own, tc.eval_every, run.total_steps, tc.micro_batch, pad_id, run.retention,
+                         pairs)  # fmt: skip
     progress = Progress(own / METRICS if own else None, run.total_steps, run.step, tc.log_every, run.show)
     # The last logged loss stands until a step is trained (a resume that only finishes the run trains none).
     run.loss = read_losses(run.run_dir).get(run.step, float("nan"))
@@ -97,12 +100,12 @@ def train_loop(run: Run, stopping: StopRequest, on_step) -> str | None:
             t0 = time.perf_counter()
             batch = step_samples(run.samples, run.step, run.steps_per_epoch, tc.batch_size, tc.seed)
             lr = run.scheduler.get_last_lr()[0]  # the rate this step trains with
-            run.loss = train_step(run, batch)
+            run.loss, figures = train_step(run, batch)
             run.step += 1
 
             tokens = sum(len(s.input_ids) for s in batch)
             epoch = run.step / run.steps_per_epoch
-            row = progress.step(run.step, epoch, run.loss, lr, tokens, time.perf_counter() - t0)
+            row = progress.step(run.step, epoch, run.loss, lr, tokens, time.perf_counter() - t0, figures)
             board.log(row)
             if on_step is not None:
                 on_step(row)
@@ -119,8 +122,29 @@ def train_loop(run: Run, stopping: StopRequest, on_step) -> str | None:
     return ended_by
 
 
-def train_step(run: Run, batch: list[Sample]) -> float:
-    """One optimizer step on `batch`, in micro-batches; returns its loss per trained token."""
+def train_step(run: Run, batch: list) -> tuple[float, dict]:
+    """One optimizer step on `batch` (samples, or pairs for a preference method); returns its loss (per trained token,
+    or per pair) and the method's own figures (a preference method's rewards and accuracy)."""
+    if run.config.train.method == "sft":
+        loss, figures = sft_backward(run, batch), {}
+    else:
+        loss, figures = preference_step(run, batch, run.reference)
+    pause_point("step")  # inert outside the fault-injection tests
+    if not math.isfinite(loss):  # before the optimizer step, so the weights stay finite
+        raise LoratuneError(
+            f"loss became {loss} at step {run.step + 1}, so training stopped before that step changed the "
+            "weights and nothing was saved or replaced; lower train.lr and start again with --overwrite"
+        )
+    if run.config.train.max_grad_norm > 0:
+        run.accelerator.clip_grad_norm_(run.trainable, run.config.train.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss, figures
+
+
+def sft_backward(run: Run, batch: list[Sample]) -> float:
+    """The backward passes of one supervised step on `batch`, in micro-batches; returns its loss per trained token."""
     tc, accelerator, model = run.config.train, run.accelerator, run.model
     world = accelerator.num_processes  # under `accelerate launch`, each process trains on its share of every step
     # Packed: rows of up to micro_batch * cutoff tokens (the most a padded micro-batch could hold) unless set.
@@ -144,19 +168,7 @@ def train_step(run: Run, batch: list[Sample]) -> float:
         loss_total += weight * loss_sum.item()
     if world > 1:
         loss_total = accelerator.reduce(torch.tensor(loss_total, device=accelerator.device), "sum").item()
-    loss = loss_total / max(n_trained, 1)
-    pause_point("step")  # inert outside the fault-injection tests
-    if not math.isfinite(loss):  # before the optimizer step, so the weights stay finite
-        raise LoratuneError(
-            f"loss became {loss} at step {run.step + 1}, so training stopped before that step changed the "
-            "weights and nothing was saved or replaced; lower train.lr and start again with --overwrite"
-        )
-    if tc.max_grad_norm > 0:
-        accelerator.clip_grad_norm_(run.trainable, tc.max_grad_norm)
-    run.optimizer.step()
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    return loss
+    return loss_total / max(n_trained, 1)
 
 
 def finish(run: Run, ended_by: str | None, started: float) -> TrainResult:

@@ -27,7 +27,8 @@ class Progress:
             file=sys.stderr,
         )
 
-    def step(self, step: int, epoch: float, loss: float, lr: float, tokens: int, seconds: float) -> dict:
+    def step(self, step: int, epoch: float, loss: float, lr: float, tokens: int, seconds: float, more=None) -> dict:
+        """The step's metrics row (`more`: a preference method's rewards and accuracy), shown and logged."""
         elapsed = time.perf_counter() - self.start
         done = step - self.first
         eta = elapsed / done * (self.total - step) if done else 0.0
@@ -40,8 +41,10 @@ class Progress:
             "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else 0.0,
             "elapsed_s": round(elapsed, 2),
             "eta_s": round(eta, 1),
-        }
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
+        } | (more or {})
+        shown = {"acc": f"{row['accuracy']:.2f}"} if "accuracy" in row else {}
+        self.bar.set_postfix(loss=f"{loss:.4f}", **shown, lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
+                             refresh=False)  # fmt: skip
         self.bar.update(1)
         if self.metrics_file is not None and (step % self.log_every == 0 or step == self.total):
             with open(self.metrics_file, "a", encoding="utf-8") as f:
@@ -51,7 +54,11 @@ class Progress:
     def evaluation(self, row: dict, best: bool) -> None:
         """One console line per evaluation, above the bar (whose postfix shows the training loss only)."""
         if not self.bar.disable:
-            parts = [f"loss {row['eval_loss']:.4f}, ppl {row['eval_ppl']:.2f}"] if "eval_loss" in row else []
+            parts = [f"loss {row['eval_loss']:.4f}"] if "eval_loss" in row else []
+            if "eval_ppl" in row:
+                parts[0] += f", ppl {row['eval_ppl']:.2f}"
+            if "eval_accuracy" in row:
+                parts[0] += f", preference accuracy {row['eval_accuracy']:.2f} (margin {row['eval_margin']:.3f})"
             if "retention_kl" in row:
                 parts.append(retention_text(row))
             line = f"eval step {row['step']}: {', '.join(parts)}{' (best)' if best else ''}"

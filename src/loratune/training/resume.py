@@ -41,6 +41,7 @@ RESUME_MAY_CHANGE = {
     "train.packing",
     "train.gradient_checkpointing",
     "train.memory_check",
+    "train.precompute_reference",
     # permissions and what this command does, not how the run trains
     "model.trust_remote_code",
     "train.resume",

@@ -36,6 +36,7 @@ from loratune.training.evaluate import split_eval
 from loratune.training.guard import RunGuard
 from loratune.training.optim import build_optimizer, build_scheduler
 from loratune.training.packing import use_packed_attention
+from loratune.training.preference import NEEDS_REFERENCE, Pairs, Reference
 from loratune.training.resume import already_finished, check_resume_options
 from loratune.training.retention import Retention
 from loratune.workspace import Workspace
@@ -73,6 +74,7 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     position: dict  # what fixes the data each step sees, saved in checkpoints (see checkpoint.data_position)
+    reference: Reference | None = None  # a preference method's reference log-probs (the base, adapter off)
     retention: Retention | None = None  # the retention probe with the base's answers (None: train.retention off)
     step: int = 0  # optimizer steps finished
     loss: float = float("nan")  # of the last finished step
@@ -129,6 +131,9 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     if config.model.quant != "none":  # QLoRA: frozen k-bit base, fp32 norms, gradient checkpointing on
         model = prepare_for_training(model)
     samples, report = build_samples(config.data, tokenizer, plan.ws)
+    if tc.method != "sft":  # preference data: its samples are pairs (chosen, rejected)
+        samples = Pairs(samples)
+    check_method(tc.method, report)
     contract = make_contract(config.data, tokenizer, plan.ws)  # how prompts were built: generate/serve/merge reuse it
     samples, eval_samples = split_eval(config.data, samples, tokenizer, plan.ws, tc.seed)
     retention = Retention.prepare(config, plan.ws, contract, tokenizer)  # a bad probe file fails here
@@ -145,6 +150,7 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     total_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
     scheduler = build_scheduler(optimizer, tc, total_steps)
     position = data_position(samples, steps_per_epoch, tc.seed)
+    reference = Reference(tc.method in NEEDS_REFERENCE)
     step = 0
     if plan.resume_from is not None:
         step = restore(plan, model, optimizer, scheduler, position, total_steps, samples)
@@ -152,6 +158,9 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.is_main_process:  # model, data and options are good: only now is anything written
         write_run_folder(plan, guard, contract, tokenizer)
+    if reference.needed and tc.precompute_reference:  # the base's log-probs of every pair, once (not saved)
+        say(f"reference: the base model's log-probs of {len(samples)} pairs")
+        reference.precompute(model, samples, tc.micro_batch, tokenizer.pad_token_id, accelerator.device)
     if retention is not None:  # the base model's answers to the probe, once per run (cached in the run folder)
         with accelerator.main_process_first():
             trained_tokens = sum(len(s.input_ids) for s in samples) * total_steps // steps_per_epoch
@@ -166,8 +175,24 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
         config=config, ws=plan.ws, run_dir=plan.run_dir, accelerator=accelerator, show=show, model=model,
         tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, trainable=trainable, samples=samples,
         eval_samples=eval_samples, steps_per_epoch=steps_per_epoch, total_steps=total_steps, position=position,
-        retention=retention, step=step,
+        retention=retention, reference=reference, step=step,
     )  # fmt: skip
+
+
+def check_method(method: str, report) -> None:
+    """Preference methods train on preference records only, supervised fine-tuning on anything else."""
+    shapes = set(report.shapes)
+    if method == "sft" and "preference" in shapes:
+        raise LoratuneError(
+            f"{report.path}: {report.shapes['preference']} preference records (chosen / rejected): train them with "
+            "--train.method dpo (or ipo, simpo, orpo), or give supervised records"
+        )
+    if method != "sft" and shapes - {"preference"}:
+        others = ", ".join(f"{shape} {n}" for shape, n in report.shapes.items() if shape != "preference")
+        raise LoratuneError(
+            f"{report.path}: train.method {method} needs preference records (prompt or instruction, chosen, rejected);"
+            f" this data has {others}"
+        )
 
 
 def add_lora(model, config: RunConfig):
