@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-long test-all lint install clean verify-gguf bench sentiment-zh en-es
+.PHONY: demo test test-long test-all lint install clean verify-gguf bench sentiment-zh en-es preference
 
 install: $(STAMP)
 
@@ -35,6 +35,14 @@ en-es: $(STAMP)
 	$(BIN)/python examples/en-es/prepare.py
 	$(BIN)/loratune train --config examples/en-es/config.yaml --overwrite
 	$(BIN)/python examples/en-es/evaluate.py
+
+# Preference tuning on the demo (examples/preference/README.md): pairs of the pirate answer (chosen) and the base
+# model's own answer (rejected), then train.method $(METHOD) and the held-out preference accuracy and answers.
+METHOD ?= dpo
+preference: $(STAMP)
+	$(BIN)/python examples/preference/prepare.py
+	$(BIN)/loratune train --config examples/preference/config.yaml --train.method $(METHOD) --name demo-$(METHOD) --overwrite
+	$(BIN)/python examples/preference/evaluate.py --lora demo-$(METHOD)
 
 # The suite without the long checks (under 10 minutes on 2 cores); test-long runs those, test-all everything.
 test: $(STAMP)

@@ -170,9 +170,10 @@ class TrainSpec:
     optimizer: Literal["adamw_torch", "adamw_8bit", "adafactor", "sgd"] = "adamw_torch"
     """adamw_torch, adamw_8bit (bitsandbytes, CUDA), adafactor (less memory), or sgd."""
     batch_size: int = 16
-    """Samples per optimizer step; gradient accumulation = batch_size / micro_batch."""
+    """Samples per optimizer step (pairs, for a preference method); gradient accumulation = batch_size / micro_batch."""
     micro_batch: int = 4
-    """Samples per forward/backward pass (lower it if memory runs out)."""
+    """Samples per forward/backward pass (lower it if memory runs out); a preference method puts micro_batch / 2
+    pairs (both sides of each) in a pass."""
     packing: bool = True
     """Lay samples end to end, no padding (up to micro_batch x cutoff tokens per pass); attention stays per sample."""
     packed_tokens: int = 0
