@@ -611,6 +611,16 @@ def test_whole_journey_in_chromium(ui_home, browser_page, tmp_path):
         page.get_by_role("button", name="Export GGUF (llama.cpp --lora)").click()
         expect(page.locator("#loras-result")).to_contain_text("adapter.gguf", timeout=WAIT_MS)
         assert (run_dir / "adapter.gguf").stat().st_size > 0
+        # The run stays chosen and its new export is offered: the file, served from a copy outside loras/.
+        choose(
+            page,
+            "Download (the adapter, or a file its exports wrote)",
+            "adapter.gguf (GGUF adapter for llama.cpp --lora)",
+        )
+        expect(page.locator("#download-button")).to_contain_text("Download adapter.gguf", timeout=WAIT_MS)
+        with page.expect_download() as got:
+            page.locator("#download-button").click()
+        assert Path(got.value.path()).read_bytes() == (run_dir / "adapter.gguf").read_bytes()
         choose(page, "Adapter or checkpoint", f"ui-run/{checkpoints[0]}")
         page.get_by_role("button", name="Delete", exact=True).click()  # not confirmed: refused
         expect(page.get_by_text("tick the box to confirm").first).to_be_visible()
@@ -712,3 +722,126 @@ def _stop_leftover_job(home: Path) -> None:
                 os.kill(state.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# ---------------------------------------------------------------- downloads of an adapter and its exports
+
+
+def trained_run(home: Path, name: str = "done") -> Path:
+    """A real 2-step run on the tiny model in models/tiny (adapter, prompt.json and tokenizer files)."""
+    from loratune import train
+
+    ws = Workspace.resolve(home)
+    fast = {"model": str(ws.models / "tiny"), "data": str(ws.datasets / "sums.jsonl"), "adapter.rank": 4}
+    fast |= {"train.batch_size": 4, "train.micro_batch": 4, "train.max_steps": 2, "train.save_every": 1}
+    train(home=home, name=name, show_progress=False, **fast)
+    return ws.lora_dir(name)
+
+
+def test_downloads_list_exports_and_stage_complete_copies(ui_home, tmp_path):
+    """The adapter, its GGUF file, its Ollama folder and its merged model are listed from the server's disk; each is
+    staged outside the workspace (a link, or a zip renamed into place), reused while unchanged, replaced when not."""
+    import zipfile
+
+    from loratune.adapters import merge
+    from loratune.ui import downloads
+
+    ws = Workspace.resolve(ui_home)
+    run = trained_run(ui_home)
+    merge("done", "done-merged", ws)
+    merge("done/checkpoint-000001", "from-checkpoint", ws)  # another adapter's merge: not listed for "done"
+    (run / "adapter.gguf").write_bytes(b"GGUF stand-in")  # listed by name; its bytes are not read
+    (run / "ollama").mkdir()
+    (run / "ollama" / "Modelfile").write_text("FROM base.gguf\nADAPTER adapter.gguf\n")
+    (run / ".adapter.gguf.tmp-1").write_bytes(b"a temporary of a dead writer")  # hidden: never offered
+    (tmp_path / "secret.txt").write_text("not yours")
+    (run / "leak.gguf").symlink_to(tmp_path / "secret.txt")  # a link out of the run folder: never offered
+    (ws.models / "done-merged" / "leak.txt").symlink_to(tmp_path / "secret.txt")
+
+    found = {e.key: e for e in downloads.exports(ws, "done")}
+    assert list(found) == ["adapter", "gguf:adapter.gguf", "ollama:ollama", "merged:done-merged"]
+    adapter = found["adapter"]
+    assert {"adapter_model.safetensors", "adapter_config.json", "prompt.json", "tokenizer.json"} <= set(adapter.members)
+    for bad in ("../x", "done/../../x", "/etc", "done/checkpoint-000001/../.."):
+        with pytest.raises(LoratuneError):
+            downloads.exports(ws, bad)
+    with pytest.raises(LoratuneError, match="no export"):
+        downloads.find(ws, "done", "gguf:../../secret.txt")  # keys are looked up, never used as paths
+
+    before = files_in(ui_home)
+    stage = tmp_path / "gradio-uploads"
+    zipped = downloads.stage(found["merged:done-merged"], stage)
+    assert zipped.name == "done-merged.zip" and stage in zipped.parents
+    with zipfile.ZipFile(zipped) as archive:
+        assert archive.testzip() is None
+        names = archive.namelist()
+    merged_files = sorted(
+        p.relative_to(ws.models / "done-merged").as_posix() for p in (ws.models / "done-merged").rglob("*")
+    )
+    assert sorted(n.removeprefix("done-merged/") for n in names) == [f for f in merged_files if f != "leak.txt"]
+    assert "done-merged/model.safetensors" in names and "done-merged/MERGED_FROM.txt" in names
+    linked = downloads.stage(found["gguf:adapter.gguf"], stage)
+    assert linked.read_bytes() == b"GGUF stand-in"
+    assert files_in(ui_home) == before  # staging writes nothing into the workspace
+    assert not [p for p in stage.rglob(".*")]  # no temporary left beside the copies
+    assert (stage / "loratune-downloads").stat().st_mode & 0o077 == 0  # the upload folder is shared; ours is not
+
+    assert downloads.stage(found["merged:done-merged"], stage) == zipped  # unchanged: the same copy
+    (ws.models / "done-merged" / "MERGED_FROM.txt").write_text("base: x\nadapter: changed\n")
+    renewed = downloads.stage(found["merged:done-merged"], stage)
+    assert renewed != zipped and not zipped.exists()  # the older copy of that source is gone
+    assert "done-merged" not in {e.key.partition(":")[2] for e in downloads.exports(ws, "done")}  # not from it now
+
+
+def test_download_buttons_in_chromium(ui_home, browser_page, tmp_path):
+    """Issue 21: a trained adapter and its merge downloaded as zips through the LoRAs tab's Download button; the
+    workspace itself is not served. The merge runs here, as the tab's Merge button runs it (adapters.merge): in the UI
+    it would first import torch there (~15 s on 2 loaded cores); the journey test exports through the tab."""
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    from loratune.adapters import merge
+
+    run = trained_run(ui_home)
+    merge("done", "done-merged", ui_home)
+    page = browser_page
+    server = Server(ui_home, tmp_path / "ui.log")
+    server.start()
+    picker = "Download (the adapter, or a file its exports wrote)"
+    try:
+        open_ui(page, server.url)
+        page.get_by_role("tab", name="LoRAs").click()
+        choose(page, "Adapter or checkpoint", "done")
+        button = page.locator("#download-button")
+
+        def download(entry: str, filename: str) -> list[str]:
+            choose(page, picker, entry)
+            expect(button).to_contain_text(f"Download {filename}", timeout=WAIT_MS)
+            with page.expect_download() as got:
+                button.click()
+            assert got.value.suggested_filename == filename
+            saved = tmp_path / filename
+            got.value.save_as(saved)
+            with zipfile.ZipFile(saved) as archive:
+                assert archive.testzip() is None
+                return archive.namelist()
+
+        merged = ui_home / "models" / "done-merged"
+        names = download("models/done-merged/ (merged model, as a zip)", "done-merged.zip")
+        assert sorted(names) == sorted(f"done-merged/{p.name}" for p in merged.iterdir() if p.is_file())
+        assert {"done-merged/model.safetensors", "done-merged/config.json", "done-merged/tokenizer.json"} <= set(names)
+        names = download("the adapter (zip: weights, config, tokenizer)", "done.zip")
+        assert {f"done/{n}" for n in ("adapter_model.safetensors", "adapter_config.json", "prompt.json")} <= set(names)
+        assert "done/tokenizer.json" in names and not [n for n in names if "checkpoint-" in n]
+        assert not [p for p in [*run.rglob(".*"), *merged.rglob(".*")] if p.name != ".lock"]  # no zip in progress
+
+        cookies = {c["name"]: c["value"] for c in page.context.cookies()}  # logged in, yet no workspace path served
+        weights = requests.get(f"{server.url}gradio_api/file={run / 'adapter_model.safetensors'}", cookies=cookies)
+        assert weights.status_code == 403
+    except BaseException:
+        page.screenshot(path=tmp_path / "failure.png", full_page=True)
+        print(f"screenshot in {tmp_path}; UI log:\n{(tmp_path / 'ui.log').read_text()[-3000:]}")
+        raise
+    finally:
+        server.stop()

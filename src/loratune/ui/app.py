@@ -162,6 +162,9 @@ def serve(
         # machine's name (or a self-signed one) would fail it. Browsers verify the certificate as usual.
         ssl_verify=not ssl_certfile,
         max_file_size=f"{max_upload_mb}mb",
+        # No allowed_paths: Gradio serves only its own upload folder, where the LoRAs tab stages each download
+        # (ui/downloads.py), so a logged-in browser still cannot fetch an arbitrary file of the workspace by path.
+        allowed_paths=[],
         theme=THEME,
         css=CSS,
         js=JS,

@@ -1,17 +1,21 @@
 """LoRAs tab: every run in loras/ with its adapter, checkpoints and the loss logged at each (loratune.adapters), the
 adapter's retention (KL from the base, share of unchanged short answers; training/retention.py), and
-what can be done with one: use it in Generate, promote a checkpoint, merge into a model, export GGUF, delete."""
+what can be done with one: use it in Generate, promote a checkpoint, merge into a model, export GGUF, download it or
+its exports (ui/downloads.py), delete."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+from gradio.utils import get_upload_folder
 
 from loratune import adapters, jobs
 from loratune.adapters.export_gguf import export_gguf
 from loratune.errors import LoratuneError
+from loratune.ui import downloads
 from loratune.ui.feedback import shows_errors
 from loratune.workspace import Workspace
 
@@ -61,12 +65,44 @@ def build(ws: Workspace) -> LorasTab:
         merged_name = gr.Textbox(label="Merged model name (in models/)", placeholder="my-model-merged", scale=3)
         merge = gr.Button("Merge into a full model", scale=1)
     with gr.Row():
+        download_choice = gr.Dropdown(
+            [],
+            value=None,
+            label="Download (the adapter, or a file its exports wrote)",
+            scale=3,
+            elem_id="download-choice",
+        )
+        download = gr.DownloadButton("Download", interactive=False, scale=1, elem_id="download-button")
+    with gr.Row():
         sure = gr.Checkbox(False, label="Yes, delete it (a run name deletes the whole run folder)", scale=3)
         delete = gr.Button("Delete", variant="stop", scale=1)
     result = gr.Markdown(elem_id="loras-result")
 
     def reload():
         return adapters_table(ws), gr.update(choices=lora_choices(ws), value=None)
+
+    def reload_keeping(spec):
+        """After promote, export or merge: the lists read again, the adapter still chosen (so its new export shows)."""
+        choices = lora_choices(ws)
+        return adapters_table(ws), gr.update(choices=choices, value=spec if spec in choices else None)
+
+    def no_file():
+        return gr.update(value=None, label="Download", interactive=False)
+
+    @shows_errors
+    def list_downloads(spec):
+        found = downloads.exports(ws, spec) if spec else []
+        return gr.update(choices=[(e.label, e.key) for e in found], value=None), no_file()
+
+    @shows_errors
+    def on_download_choice(spec, key):
+        if not key:
+            return no_file()
+        export = downloads.find(ws, spec, key)
+        path = downloads.stage(export, Path(get_upload_folder()))  # Gradio serves its upload folder, not loras/
+        return gr.update(
+            value=str(path), label=f"Download {path.name} ({_size(path.stat().st_size)})", interactive=True
+        )
 
     @shows_errors
     def on_promote(spec):
@@ -100,9 +136,19 @@ def build(ws: Workspace) -> LorasTab:
 
     # Lists refresh only after a success, so a failed action marks only its message as an error.
     refresh.click(reload, outputs=[table, choice])
-    promote.click(on_promote, inputs=choice, outputs=result).success(reload, outputs=[table, choice])
-    export.click(on_export, inputs=choice, outputs=result).success(reload, outputs=[table, choice])
-    merge.click(on_merge, inputs=[choice, merged_name], outputs=result).success(reload, outputs=[table, choice])
+    choice.change(list_downloads, inputs=choice, outputs=[download_choice, download])
+    download_choice.input(on_download_choice, inputs=[choice, download_choice], outputs=download)
+    relisted = {"fn": list_downloads, "inputs": choice, "outputs": [download_choice, download]}
+    # After promote, export or merge the chosen adapter stays chosen and its downloads are listed again.
+    promote.click(on_promote, inputs=choice, outputs=result).success(reload_keeping, choice, [table, choice]).then(
+        **relisted
+    )
+    export.click(on_export, inputs=choice, outputs=result).success(reload_keeping, choice, [table, choice]).then(
+        **relisted
+    )
+    merge.click(on_merge, inputs=[choice, merged_name], outputs=result).success(
+        reload_keeping, choice, [table, choice]
+    ).then(**relisted)
     delete.click(on_delete, inputs=[choice, sure], outputs=result).success(reload, outputs=[table, choice]).then(
         lambda: False, outputs=sure
     )
@@ -152,3 +198,13 @@ def _not_training(ws: Workspace, name: str) -> None:
 
 def _loss(loss: float | None) -> str:
     return "-" if loss is None else f"{loss:.4f}"
+
+
+def _size(size: int) -> str:
+    """'812 bytes', '1.3 MB', '2.1 GB'."""
+    if size < 1000:
+        return f"{size} bytes"
+    for unit in ("KB", "MB", "GB"):
+        size /= 1000
+        if size < 1000 or unit == "GB":
+            return f"{size:.1f} {unit}"
