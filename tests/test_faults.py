@@ -167,6 +167,34 @@ def test_kills_at_every_point_then_resume_exactly(tiny_model, data_file, home, t
     )
 
 
+def test_dpo_survives_kills_and_resumes_exactly(tiny_model, home, tmp_path):
+    """The same guarantees for a preference method: kill -9 mid-step and during a checkpoint, Ctrl-C, then resume."""
+    from loratune import train
+
+    pairs = [{"instruction": r["instruction"], "chosen": r["output"], "rejected": "No."} for r in RECORDS]
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)  # 24 pairs, 4 a step: 12 steps in 2 epochs
+    dpo = ("--train.method", "dpo")
+    straight = train(model=str(tiny_model), data=str(data), name="straight", home=tmp_path / "ref",
+                     show_progress=False, **OPTIONS, **{"train.method": "dpo"})  # fmt: skip
+    expected = [row["loss"] for row in metrics(straight.run_dir)]
+    run = home / "loras" / "run"
+    for number, (point, sig, code) in enumerate(
+        [("step@3", signal.SIGKILL, -9), ("checkpoint-write@1", signal.SIGKILL, -9), ("step@2", signal.SIGINT, 0)]
+    ):
+        proc = Run(home, tiny_model, data, *dpo, *(["--resume"] if number else []), pause=point)
+        proc.wait_paused()
+        proc.signal(sig)
+        returncode, _, err = proc.finish()
+        assert returncode == code and "Traceback" not in err, err
+        assert_nothing_truncated(run)
+        rows = metrics(run)
+        assert [r["loss"] for r in rows] == pytest.approx(expected[: len(rows)], abs=1e-5), point
+        assert all("accuracy" in r for r in rows)
+    code, out, err = Run(home, tiny_model, data, *dpo, "--resume").finish()
+    assert code == 0, err
+    assert [r["loss"] for r in metrics(run)] == pytest.approx(expected, abs=1e-5)
+
+
 # ---------------------------------------------------------------- kills during promote, merge, export and delete
 
 

@@ -188,3 +188,26 @@ def test_en_es_recipe_runs_end_to_end(tiny_model, home, capsys):
     assert "| + LoRA en-es |" in capsys.readouterr().out
     results = json.loads((home / "loras" / "en-es" / "evaluation.json").read_text())
     assert results["verses"] == 3 and 0 <= results["base"]["chrF"] <= 100 and 0 <= results["lora"]["chrF"] <= 100
+
+
+def test_preference_recipe_runs_end_to_end(tiny_model, home, capsys):
+    script("preference", "prepare").main(["--home", str(home), "--model", str(tiny_model), "--limit", "12",
+                                          "--held-out", "4"])  # fmt: skip
+    assert "train.jsonl 8 pairs, held_out.jsonl 4 pairs" in capsys.readouterr().out
+    folder = home / "datasets" / "preference"
+    pairs = [json.loads(line) for line in (folder / "train.jsonl").open()]
+    assert all(p["chosen"].startswith("Arr, matey!") and p["rejected"] for p in pairs)
+    cached = (folder / "base_answers.jsonl").read_bytes()
+    script("preference", "prepare").main(["--home", str(home), "--model", str(tiny_model), "--limit", "12",
+                                          "--held-out", "4"])  # fmt: skip
+    assert "generated" not in capsys.readouterr().out and (folder / "base_answers.jsonl").read_bytes() == cached
+
+    config = EXAMPLES / "preference" / "config.yaml"
+    loratune("train", "--config", str(config), "--model", str(tiny_model), "--train.max_steps", "2",
+             "--train.batch_size", "4", "--train.micro_batch", "4", "--train.retention", "false",
+             home=home)  # fmt: skip
+    script("preference", "evaluate").main(["--home", str(home)])
+    assert "| + LoRA demo-dpo (implicit reward) |" in capsys.readouterr().out
+    results = json.loads((home / "loras" / "demo-dpo" / "evaluation.json").read_text())
+    assert results["method"] == "dpo" and results["pairs"] == 4
+    assert 0 <= results["lora"]["eval_accuracy"] <= 1 and len(results["answers"]) == 6

@@ -37,7 +37,8 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 def prompt_of(record: dict) -> str:
     """The user turn training renders for an alpaca record (instruction and input)."""
-    return alpaca_to_messages(record, "demo record")[0]["content"]
+    asked = {k: record[k] for k in ("instruction", "input") if k in record}
+    return alpaca_to_messages(asked | {"output": "-"}, "demo record")[0]["content"]
 
 
 def base_answers(records: list[dict], cache: Path, model: str, home: str) -> dict[str, str]:
