@@ -111,6 +111,13 @@ def test_dpo_learns_the_preference_and_packed_equals_padded(tiny_model, data_fil
     assert first["reward_margin"] == pytest.approx(0, abs=1e-4)
     last = rows(packed.run_dir)[-1]
     assert last["loss"] < 0.5 * first["loss"] and last["accuracy"] == 1.0 and last["reward_margin"] > 0
+    assert (packed.run_dir / "loss.png").stat().st_size > 0
+    from loratune.ui.train_view import loss_curve, preference_line
+
+    train_rows = rows(packed.run_dir)
+    line = preference_line(train_rows, [])
+    assert line.startswith("preference accuracy 1.00 · reward margin") and "rejected" in line
+    assert "preference accuracy" in set(loss_curve(train_rows, [])["series"])
     evaluation = [r for r in map(json.loads, (packed.run_dir / "metrics.jsonl").read_text().splitlines())
                   if "eval_accuracy" in r]  # fmt: skip
     assert evaluation and evaluation[-1]["eval_accuracy"] >= 0.75  # 4 held-out pairs

@@ -1,6 +1,7 @@
 """loss.png: the training loss (and eval loss, when there is one) against the step, drawn from metrics.jsonl.
 
-A second panel below shows the retention probe (retention_kl from the base, and the share of unchanged short
+A preference method's run gets a panel of its preference accuracy and reward margin. A panel below shows the
+retention probe (retention_kl from the base, and the share of unchanged short
 answers) when the run measured it.
 
 Written into the adapter folder at the end and into each checkpoint, so a user can look rather than read numbers.
@@ -20,6 +21,7 @@ def plot_loss(metrics_file: Path, png: Path) -> Path | None:
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     kept = [r for r in rows if isinstance(r.get("retention_kl"), int | float)]
+    preferred = [r for r in rows if "accuracy" in r or "eval_accuracy" in r]
     if not train and not evals:
         return None
 
@@ -29,24 +31,45 @@ def plot_loss(metrics_file: Path, png: Path) -> Path | None:
     from matplotlib.figure import Figure
 
     # A Figure without pyplot keeps no global state between runs.
-    figure = Figure(figsize=(7, 6.5 if kept else 4), dpi=100)
-    axes = figure.add_subplot(2, 1, 1) if kept else figure.add_subplot()
+    panels = 1 + bool(preferred) + bool(kept)
+    figure = Figure(figsize=(7, 4 + 2.5 * (panels - 1)), dpi=100)
+    axes = figure.add_subplot(panels, 1, 1)
     if train:
         axes.plot(*zip(*train, strict=True), label="training loss", linewidth=1.2)
     if evals:
         axes.plot(*zip(*evals, strict=True), "o-", label="eval loss", linewidth=1.5)
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("loss per trained token")
+    axes.set_ylabel("loss per pair" if preferred else "loss per trained token")
     axes.set_title(png.parent.name if png.parent.name else "loss")
     axes.grid(alpha=0.3)
     axes.legend()
+    if preferred:
+        preference_panel(figure.add_subplot(panels, 1, 2, sharex=axes), preferred)
     if kept:
-        retention_panel(figure.add_subplot(2, 1, 2, sharex=axes), kept)
+        retention_panel(figure.add_subplot(panels, 1, panels, sharex=axes), kept)
     figure.tight_layout()
     tmp = png.with_name(f".{png.name}.tmp-{os.getpid()}")
     figure.savefig(tmp, format="png")
     os.replace(tmp, png)
     return png
+
+
+def preference_panel(axes, rows: list[dict]) -> None:
+    """Preference accuracy (training and eval) against the step, with the reward margin on a second axis."""
+    for key, style, label in (("accuracy", "-", "preference accuracy"), ("eval_accuracy", "o-", "eval accuracy")):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            axes.plot(*zip(*points, strict=True), style, label=label, linewidth=1.2)
+    axes.set_ylim(-0.05, 1.05)
+    axes.set_ylabel("chosen preferred")
+    axes.grid(alpha=0.3)
+    margins = [(r["step"], r["reward_margin"]) for r in rows if "reward_margin" in r]
+    if margins:
+        margin = axes.twinx()
+        margin.plot(*zip(*margins, strict=True), "--", color="tab:purple", label="reward margin")
+        margin.set_ylabel("reward margin")
+        margin.legend(loc="lower right")
+    axes.legend(loc="lower left")
 
 
 def retention_panel(axes, rows: list[dict]) -> None:

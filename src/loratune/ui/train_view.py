@@ -63,10 +63,26 @@ def job_view(ws: Workspace, name: str | None) -> JobView:
             f"eval loss {eval_rows[-1]['eval_loss']:.4f} at step {eval_rows[-1]['step']} "
             f"(best {best['eval_loss']:.4f} at step {best['step']})"
         )
+    preference = preference_line(train_rows, eval_rows)
+    if preference:
+        lines.append(preference)
     retention = retention_line(rows)
     if retention:
         lines.append(retention)
     return JobView("\n\n".join(lines), bar, loss_curve(train_rows, eval_rows), jobs.log_tail(ws, name))
+
+
+def preference_line(train_rows: list[dict], eval_rows: list[dict]) -> str:
+    """A preference method's newest figures: accuracy, reward margin, and the eval accuracy when measured."""
+    last = train_rows[-1] if train_rows and "accuracy" in train_rows[-1] else None
+    if last is None:
+        return ""
+    line = (
+        f"preference accuracy {last['accuracy']:.2f} · reward margin {last['reward_margin']:.3f} "
+        f"(chosen {last['reward_chosen']:.3f}, rejected {last['reward_rejected']:.3f})"
+    )
+    held = [r for r in eval_rows if "eval_accuracy" in r]
+    return line + (f" · eval accuracy {held[-1]['eval_accuracy']:.2f}" if held else "")
 
 
 def retention_line(rows: list[dict]) -> str:
@@ -102,6 +118,8 @@ def loss_curve(train_rows: list[dict], eval_rows: list[dict]) -> pd.DataFrame | 
     if shown[-1] is not train_rows[-1]:
         shown.append(train_rows[-1])
     points = [(r["step"], r["loss"], "train") for r in shown] + [(r["step"], r["eval_loss"], "eval") for r in eval_rows]
+    points += [(r["step"], r["accuracy"], "preference accuracy") for r in shown if "accuracy" in r]
+    points += [(r["step"], r["eval_accuracy"], "eval accuracy") for r in eval_rows if "eval_accuracy" in r]
     return pd.DataFrame(points, columns=["step", "loss", "series"])
 
 
