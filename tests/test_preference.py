@@ -102,7 +102,7 @@ def test_each_loss_equals_the_papers_formula_on_a_tiny_model(tiny_model, tokeniz
     assert len(set(round(x, 6) for x in expected)) == 3  # the pairs differ: not one number three times
 
 
-def test_dpo_learns_the_preference_and_packed_equals_padded(tiny_model, data_file, home):
+def test_dpo_learns_packed_equals_padded_and_the_reference_can_be_precomputed(tiny_model, data_file, home):
     packed = run(tiny_model, data_file, home, "packed", **{"train.method": "dpo", "data.eval_split": 0.2})
     same = {"train.method": "dpo", "adapter.dropout": 0.0}  # dropout masks depend on the tensors' shapes
     padded = run(tiny_model, data_file, home, "padded", **same, **{"train.packing": False})
@@ -126,12 +126,9 @@ def test_dpo_learns_the_preference_and_packed_equals_padded(tiny_model, data_fil
     assert [r["loss"] for r in rows(packed_all.run_dir)] == pytest.approx(
         [r["loss"] for r in rows(padded.run_dir)], abs=1e-5
     )
-
-
-def test_precomputed_reference_equals_the_per_step_reference(tiny_model, data_file, home):
-    once = run(tiny_model, data_file, home, "once", **{"train.method": "dpo"})
-    each = run(tiny_model, data_file, home, "each", **{"train.method": "dpo", "train.precompute_reference": False})
-    for a, b in zip(rows(once.run_dir), rows(each.run_dir), strict=True):
+    # the reference's log-probs computed once before the first step equal a reference pass in every step
+    each = run(tiny_model, data_file, home, "each", **same, **{"train.precompute_reference": False})
+    for a, b in zip(rows(packed_all.run_dir), rows(each.run_dir), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["reward_chosen"] == pytest.approx(b["reward_chosen"], abs=1e-5)
 
