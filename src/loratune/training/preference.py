@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -70,8 +71,13 @@ class Pairs(Sequence):
         return Pairs(self.samples, [self.indices[p] for p in positions])
 
     def fingerprint(self) -> str:
-        base = self.samples.fingerprint() if hasattr(self.samples, "fingerprint") else str(len(self.samples))
-        return hashlib.sha256(f"{base} {self.indices}".encode()).hexdigest()[:16]
+        digest = hashlib.sha256(np.asarray(self.indices, dtype=np.int64).tobytes())
+        if hasattr(self.samples, "fingerprint"):  # a data.store.SampleSet: its stores' digests
+            digest.update(self.samples.fingerprint().encode())
+        else:
+            for s in self.samples:
+                digest.update(np.asarray(s.input_ids + s.labels, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
 
 def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
