@@ -188,7 +188,7 @@ def test_a_checkpoint_fingerprinted_before_the_cache_still_resumes(tiny_model, c
 
 def test_a_store_written_in_tiny_blocks_equals_the_store_held_in_memory(tmp_path, tokenizer, home, monkeypatch):
     """The cache's writer puts every array on disk block by block; the store it reads back equals the in-memory one."""
-    monkeypatch.setattr(store.StoreWriter, "FLUSH_ITEMS", 5)  # every array crosses many blocks
+    monkeypatch.setattr(store.StoreWriter, "FLUSH_BYTES", 20)  # every array crosses many blocks
     monkeypatch.setattr(store._Column, "MAX_PIECES", 2)
     spec = DataSpec(path="sums.jsonl", cutoff=64, overlap=8, too_long="drop")
     records = list(enumerate(sum_records(range(1, 4), range(1, 4)) + [{"instruction": "Why? " * 40, "output": "No."}]))
@@ -230,7 +230,7 @@ def test_tiny_blocks_give_the_cached_samples_and_fingerprint_of_large_ones(token
     path = write_jsonl(home / "datasets" / "mixed.jsonl", records)
     large, report = _build(path, tokenizer, home, cutoff=64)
     shutil.rmtree(home / "datasets" / ".cache")
-    monkeypatch.setattr(store.StoreWriter, "FLUSH_ITEMS", 3)
+    monkeypatch.setattr(store.StoreWriter, "FLUSH_BYTES", 12)
     monkeypatch.setattr(store._Column, "MAX_PIECES", 2)
     tiny, again = _build(path, tokenizer, home, cutoff=64)
     assert not again.cached and again == report and report.kind == "mixed"

@@ -150,19 +150,19 @@ class SampleSet(Sequence):
 class StoreWriter:
     """Collects a dataset's tokens and samples; `finish` returns the Store (and writes it when given a folder).
 
-    With a folder every array goes to disk in blocks of FLUSH_ITEMS values as it grows (a few blocks are held, never
-    the dataset); without one (a store built for a single use) the arrays stay in memory."""
+    With a folder every array goes to disk in blocks of FLUSH_BYTES as it grows (a block per array is held, never the
+    dataset); without one (a store built for a single use) the arrays stay in memory."""
 
-    FLUSH_ITEMS = 1 << 22  # values of one array held before they go to disk
+    FLUSH_BYTES = 1 << 22  # bytes of one array held before they go to disk
 
     def __init__(self, folder: Path | None, bos_id: int | None, eos_id: int | None):
         self.folder, self.bos_id, self.eos_id = folder, bos_id, eos_id
         self.digest = hashlib.sha256()
-        self._ids = _Column(folder, "ids", np.uint32, self.FLUSH_ITEMS)
-        self._labels = _Column(folder, "labels", np.int32, self.FLUSH_ITEMS)
-        self._dropped = _Column(folder, "dropped", np.int32, self.FLUSH_ITEMS)
+        self._ids = _Column(folder, "ids", np.uint32, self.FLUSH_BYTES)
+        self._labels = _Column(folder, "labels", np.int32, self.FLUSH_BYTES)
+        self._dropped = _Column(folder, "dropped", np.int32, self.FLUSH_BYTES)
         self._rows = {
-            name: _Column(folder, f"rows.{name}", kind, self.FLUSH_ITEMS)
+            name: _Column(folder, f"rows.{name}", kind, self.FLUSH_BYTES)
             for name, kind in zip(ROW_FIELDS, ROW_TYPES, strict=True)
         }
 
@@ -248,14 +248,15 @@ class StoreWriter:
 
 
 class _Column:
-    """One array of a store as it grows: pieces are held until `flush_items` values (or MAX_PIECES pieces) are
+    """One array of a store as it grows: pieces are held until `flush_bytes` of them (or MAX_PIECES pieces) are
     pending, then written to `<name>.bin` in `folder`, or, without a folder, joined into one block in memory (a
     text record per window would otherwise leave a Python object per record)."""
 
     MAX_PIECES = 1024
 
-    def __init__(self, folder: Path | None, name: str, dtype, flush_items: int):
-        self.folder, self.name, self.dtype, self.flush_items = folder, name, np.dtype(dtype), flush_items
+    def __init__(self, folder: Path | None, name: str, dtype, flush_bytes: int):
+        self.folder, self.name, self.dtype = folder, name, np.dtype(dtype)
+        self.flush_items = max(1, flush_bytes // self.dtype.itemsize)
         self.count = 0  # values added
         self.pieces: list[np.ndarray] = []
         self.pending = 0
