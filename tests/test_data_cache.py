@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import CORPUS
 from helpers import run_config, sum_records, write_jsonl
 from loratune import train
 from loratune.config import AdapterSpec, DataSpec
-from loratune.data import pool, raw_text
+from loratune.data import instructions, pool, raw_text, store
 from loratune.data import samples as data_samples
 from loratune.data.build import build_samples
 from loratune.workspace import Workspace
@@ -182,3 +184,55 @@ def test_a_checkpoint_fingerprinted_before_the_cache_still_resumes(tiny_model, c
         else:
             with pytest.raises(LoratuneError, match="cannot resume exactly"):
                 train(config(max_steps=3, resume=True), home=home, show_progress=False)
+
+
+def test_a_store_written_in_tiny_blocks_equals_the_store_held_in_memory(tmp_path, tokenizer, home, monkeypatch):
+    """The cache's writer puts every array on disk block by block; the store it reads back equals the in-memory one."""
+    monkeypatch.setattr(store.StoreWriter, "FLUSH_BYTES", 20)  # every array crosses many blocks
+    monkeypatch.setattr(store._Column, "MAX_PIECES", 2)
+    spec = DataSpec(path="sums.jsonl", cutoff=64, overlap=8, too_long="drop")
+    records = list(enumerate(sum_records(range(1, 4), range(1, 4)) + [{"instruction": "Why? " * 40, "output": "No."}]))
+    report = data_samples.DataReport(kind="", path="")
+    built = instructions.build(records, Path("sums.jsonl"), "record", tokenizer, spec, Workspace.resolve(home), report)
+    assert report.too_long == 1 and len(built.dropped) == 1 and built.dropped[0] > 64 and len(built.samples) == 9
+    text = tokenizer(CORPUS, add_special_tokens=False)["input_ids"]
+    starts, ends = raw_text.window_bounds(len(text), 63, 8)
+
+    def write(folder: Path | None) -> store.Store:
+        writer = store.StoreWriter(folder, tokenizer.bos_token_id, tokenizer.eos_token_id)
+        writer.add_samples(built.samples[:4], built.full[:4])
+        at = writer.add_tokens(text)  # raw-text windows between instruction samples, as a mixed file has them
+        writer.add_windows(starts + at, ends + at, True, np.zeros(0, dtype=np.int64))
+        writer.add_samples(built.samples[4:], built.full[4:], built.dropped)
+        return writer.finish({})
+
+    in_memory = write(None)
+    folder = tmp_path / "store"
+    folder.mkdir()
+    on_disk = write(folder)
+    assert not list(folder.glob("*.bin")) and isinstance(on_disk.labels, np.memmap)
+    assert isinstance(on_disk.rows["start"], np.memmap)  # the sample table too is read from disk, not loaded
+    assert len(in_memory) == len(on_disk) == 9 + len(starts)
+    samples = [on_disk.sample(i) for i in range(len(on_disk))]
+    assert samples == [in_memory.sample(i) for i in range(len(in_memory))]
+    assert samples[:4] == built.samples[:4] and samples[-5:] == built.samples[4:]
+    assert any(-100 in s.labels for s in samples[:4])  # instruction labels, masked prompts and all, came back
+    assert on_disk.digest == in_memory.digest and len(on_disk.labels) > 0
+    for name in store.ROW_FIELDS:
+        assert np.array_equal(on_disk.rows[name], in_memory.rows[name]), name
+    assert on_disk.dropped.tolist() == in_memory.dropped.tolist() == built.dropped
+    assert store.SampleSet([(on_disk, None)]).fingerprint() == store.SampleSet([(in_memory, None)]).fingerprint()
+
+
+def test_tiny_blocks_give_the_cached_samples_and_fingerprint_of_large_ones(tokenizer, home, monkeypatch):
+    records = sum_records(range(1, 4), range(1, 4)) + [{"text": CORPUS}] + sum_records(range(2), range(2))
+    (home / "datasets").mkdir(parents=True)
+    path = write_jsonl(home / "datasets" / "mixed.jsonl", records)
+    large, report = _build(path, tokenizer, home, cutoff=64)
+    shutil.rmtree(home / "datasets" / ".cache")
+    monkeypatch.setattr(store.StoreWriter, "FLUSH_BYTES", 12)
+    monkeypatch.setattr(store._Column, "MAX_PIECES", 2)
+    tiny, again = _build(path, tokenizer, home, cutoff=64)
+    assert not again.cached and again == report and report.kind == "mixed"
+    assert tiny == large and tiny.fingerprint() == large.fingerprint()
+    assert report.samples > 13 and any(-100 in s.labels for s in tiny)  # windows and masked instruction samples

@@ -58,8 +58,8 @@ class InstructionBlocks:
         if not block:
             return
         if not pooled:
-            samples = instructions.build(block, self.file, self.unit, self.tokenizer, self.spec, self.ws, self.report)
-            self._write(samples)
+            built = instructions.build(block, self.file, self.unit, self.tokenizer, self.spec, self.ws, self.report)
+            self._write(built)
             return
         if self.running is None:
             self.running = pool.start((self.tokenizer, self.spec, self.ws), self.workers)
@@ -71,17 +71,17 @@ class InstructionBlocks:
             self._write(*self.queue[0].get())  # a block's error is raised here, in block order
             self.queue.popleft()
 
-    def _write(self, samples, counts: tuple[int, ...] | None = None) -> None:
+    def _write(self, built: instructions.Built, counts: tuple[int, ...] | None = None) -> None:
         self.texts.flush()
-        self.texts.writer.add_samples(samples)
+        self.texts.writer.add_samples(built.samples, built.full, built.dropped)
         if counts is not None:  # a worker's counts (built here, they are in the report already)
             for name, count in zip(COUNTERS, counts, strict=True):
                 setattr(self.report, name, getattr(self.report, name) + count)
 
 
 def _build(block: list[tuple[int, dict]], file: Path, unit: str):
-    """In a worker: a block's samples and what it counted."""
+    """In a worker: a block's samples (and their lengths) and what it counted."""
     tokenizer, spec, ws = pool.worker_state()
     report = DataReport(kind="", path="")
-    samples = instructions.build(block, file, unit, tokenizer, spec, ws, report)
-    return samples, tuple(getattr(report, name) for name in COUNTERS)
+    built = instructions.build(block, file, unit, tokenizer, spec, ws, report)
+    return built, tuple(getattr(report, name) for name in COUNTERS)

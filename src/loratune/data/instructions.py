@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from bisect import bisect_right
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -33,53 +34,69 @@ Segments = list[tuple[str, bool]]
 _PLACEHOLDER = re.compile(r"%([A-Za-z0-9_]+)%")
 
 
+# The data check measures samples over the cutoff up to this many cutoffs: measuring a 50 MB record exactly would
+# tokenize all of it (gigabytes) only to draw one bar; longer ones show at this length.
+UNCAPPED_FACTOR = 16
+
+
+@dataclass
+class Built:
+    """A block's samples, each one's length before the cutoff acted (up to UNCAPPED_FACTOR cutoffs), and those
+    lengths for the records the cutoff dropped (that would be samples without it): the data check's histogram."""
+
+    samples: list[Sample] = field(default_factory=list)
+    full: list[int] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+
+
 def build(
     records: list[tuple[int, dict]], file: Path, unit: str, tokenizer, spec: DataSpec, ws: Workspace, report: DataReport
-) -> list[Sample]:
+) -> Built:
     """Samples of a file's (number, record) pairs; `unit` ('record', 'row') is how errors count them."""
     budget = char_budget(tokenizer, spec.cutoff)
     template = resolve_chat_template(spec.chat_template, tokenizer)
-    render = make_renderer(spec.format, tokenizer, ws, template, budget, spec.train_on == "last_assistant")
-    samples, unmatched, bos = [], {}, wants_bos(tokenizer, spec.add_bos)
+    last_only = spec.train_on == "last_assistant"
+    render = make_renderer(spec.format, tokenizer, ws, template, budget, last_only)
+    built, unmatched, bos = Built(), {}, wants_bos(tokenizer, spec.add_bos)
+    renderers = {"longer": None}  # the renderer that measures a record past the cutoff, made when one is
 
-    def sample_of(record: dict, where: str) -> Sample | None:
-        """The record's sample, or None when it is dropped (counted in the report)."""
-        segments = render(record, where)
-        if not segments:
-            raise LoratuneError(f"{where}: renders to no text; give it a response")
-        if spec.add_eos and tokenizer.eos_token and not segments[-1][0].rstrip().endswith(tokenizer.eos_token):
-            segments.append((tokenizer.eos_token, True))
-        if spec.train_only_after:
-            segments = only_after(segments, spec.train_only_after)
-        check_text(segments, where)
+    def sample_of(record: dict, where: str) -> tuple[Sample | None, int, int | None]:
+        """(the record's sample, None when it is dropped and counted in the report; its length before the cutoff;
+        that length again when the cutoff dropped a record that would train, for the data check's histogram)."""
+        segments = _segments(render, record, where, spec, tokenizer)
         # Text past the budget cannot reach the cutoff's tokens: tokenize only up to it (a 50 MB record costs
         # milliseconds to drop or cut, not gigabytes), unless this tokenizer made fewer tokens of it than that.
-        clipped = clip(segments, budget)
-        sample = tokenize_segments(clipped, tokenizer, bos)
-        if clipped is not segments and len(sample.input_ids) <= spec.cutoff:
-            sample = tokenize_segments(segments, tokenizer, bos)
-        if len(sample.input_ids) > spec.cutoff:
+        sample = _tokenize_within(segments, budget, spec.cutoff, tokenizer, bos)
+        full, trains = len(sample.input_ids), True
+        if full > spec.cutoff:
+            if renderers["longer"] is None:
+                long_budget = _long_budget(tokenizer, spec)
+                renderers["longer"] = make_renderer(spec.format, tokenizer, ws, template, long_budget, last_only)
+            full, trains = _measure(renderers["longer"], record, where, spec, tokenizer, bos, sample)
             if spec.too_long == "drop":
                 report.too_long += 1
-                return None
+                return None, full, full if trains else None
             report.truncated += 1
             sample = Sample(sample.input_ids[: spec.cutoff], sample.labels[: spec.cutoff])
         if all(label == IGNORE for label in sample.labels[1:]):  # the first token is never predicted
             report.nothing_to_train += 1  # e.g. a prompt that fills the cutoff: dropped, never a 0/0 loss
-            return None
-        return sample
+            return None, full, full if full > spec.cutoff and trains else None
+        return sample, full, None
 
     for number, record in records:
         where = f"{file} {unit} {number}"
-        try:
-            if shapes.shape_of(record) == "preference":  # two samples side by side, or neither: pairs stay pairs
-                pair = [sample_of(side, where) for side in shapes.preference_sides(record, where)]
-                samples += pair if None not in pair else []
-            else:
-                sample = sample_of(record, where)
-                samples += [sample] if sample is not None else []
+        try:  # a preference record is two samples side by side, or neither: pairs stay pairs
+            pair = shapes.shape_of(record) == "preference"
+            sides = shapes.preference_sides(record, where) if pair else [record]
+            made = [sample_of(side, where) for side in sides]
         except NoKeySet as e:  # collected, so the error lists every key set the data has that the format lacks
             unmatched.setdefault(e.keys, []).append(number)
+            continue
+        if all(sample is not None for sample, _, _ in made):
+            built.samples += [sample for sample, _, _ in made]
+            built.full += [full for _, full, _ in made]
+        else:
+            built.dropped += [length for _, _, length in made if length is not None]
     if unmatched:
         found = "; ".join(
             f"{keys or '(no text keys)'} ({_records(numbers, unit)})" for keys, numbers in unmatched.items()
@@ -88,7 +105,47 @@ def build(
             f"{file}: {unit}s whose keys match no key set of format '{spec.format}': {found}; the format knows: "
             f"{'; '.join(load_format_keys(spec.format, ws))}; add a template for these keys or fix the {unit}s"
         )
-    return samples
+    return built
+
+
+def _segments(render, record: dict, where: str, spec: DataSpec, tokenizer) -> Segments:
+    """A record's segments as they are tokenized: rendered, EOS appended, data.train_only_after applied."""
+    segments = render(record, where)
+    if not segments:
+        raise LoratuneError(f"{where}: renders to no text; give it a response")
+    if spec.add_eos and tokenizer.eos_token and not segments[-1][0].rstrip().endswith(tokenizer.eos_token):
+        segments.append((tokenizer.eos_token, True))
+    if spec.train_only_after:
+        segments = only_after(segments, spec.train_only_after)
+    check_text(segments, where)
+    return segments
+
+
+def _tokenize_within(segments: Segments, budget: int, cutoff: int, tokenizer, bos: bool) -> Sample:
+    """The segments' sample, tokenized up to `budget` characters (all of them when that makes `cutoff` or fewer)."""
+    clipped = clip(segments, budget)
+    sample = tokenize_segments(clipped, tokenizer, bos)
+    if clipped is not segments and len(sample.input_ids) <= cutoff:
+        sample = tokenize_segments(segments, tokenizer, bos)
+    return sample
+
+
+def _long_budget(tokenizer, spec: DataSpec) -> int:
+    return char_budget(tokenizer, spec.cutoff * UNCAPPED_FACTOR)
+
+
+def _measure(render, record: dict, where: str, spec: DataSpec, tokenizer, bos: bool, within: Sample):
+    """(length, trains): a record over the cutoff, rendered and tokenized up to UNCAPPED_FACTOR cutoffs, and
+    whether it has tokens to train there. A record that renders only within the cutoff (a chat too long to render in
+    full) is measured by `within`, its sample up to the cutoff's budget."""
+    longest = spec.cutoff * UNCAPPED_FACTOR
+    try:
+        segments = _segments(render, record, where, spec, tokenizer)
+        sample = _tokenize_within(segments, _long_budget(tokenizer, spec), longest, tokenizer, bos)
+    except LoratuneError:
+        sample = within
+    trains = any(label != IGNORE for label in sample.labels[1:longest])
+    return min(len(sample.input_ids), longest), trains
 
 
 class NoKeySet(LoratuneError):

@@ -22,9 +22,6 @@ from loratune.errors import LoratuneError
 from loratune.workspace import Workspace
 
 HISTOGRAM_BINS = 8  # equal bins from 0 to the cutoff, plus one for the samples over it
-# How long samples are before the cutoff acts, up to this many cutoffs: measuring a 50 MB record exactly would
-# tokenize all of it (gigabytes) only to draw one bar; longer ones show at this length.
-UNCAPPED_FACTOR = 16
 
 
 @dataclass
@@ -114,8 +111,6 @@ def check_data(spec: DataSpec, tokenizer, ws: Workspace | None = None, examples:
     check = DataCheck(kind="", path=shown, cutoff=spec.cutoff)
     try:
         samples, report = read_samples(spec, tokenizer, ws)
-        # Instruction samples never exceed the cutoff once built: build again without one to see how long they are.
-        uncapped = samples if report.kind == "raw text" else _uncapped(spec, tokenizer, ws)
     except LoratuneError as e:  # a record the builders refuse (template, keys, JSON): training would stop there
         check.kind = "raw text" if is_raw_text(path, spec.columns) else "instruction"
         check.warn(str(e), problem=True)
@@ -131,7 +126,9 @@ def check_data(spec: DataSpec, tokenizer, ws: Workspace | None = None, examples:
     check.records, check.samples = report.records, len(samples)
     check.tokens, check.trained_tokens = report.tokens, report.trained_tokens
     check.dropped_nothing_to_train, check.dropped_too_short = report.nothing_to_train, report.too_short
-    lengths = uncapped.column("length")  # from the sample table: no sample is built to be measured
+    # Lengths before the cutoff acted (up to instructions.UNCAPPED_FACTOR cutoffs), of the samples and of the records
+    # the cutoff dropped, recorded by the one build: from the sample table, no sample is built to be measured.
+    lengths = np.concatenate([samples.column("full"), samples.dropped_lengths()])
     check.over_cutoff = int((lengths > spec.cutoff).sum())
     # Whatever rule data options set for long samples, a sample either survives (cut) or does not (dropped).
     check.dropped_too_long, check.truncated = report.too_long, report.truncated
@@ -141,14 +138,6 @@ def check_data(spec: DataSpec, tokenizer, ws: Workspace | None = None, examples:
     check.samples_with_eos = int(samples.column("eos").sum()) if eos is not None else 0
     _warn(check, spec, tokenizer, samples)
     return check
-
-
-def _uncapped(spec: DataSpec, tokenizer, ws: Workspace) -> SampleSet:
-    longer = dataclasses.replace(spec, cutoff=spec.cutoff * UNCAPPED_FACTOR, too_long="truncate")
-    try:
-        return read_samples(longer, tokenizer, ws)[0]
-    except LoratuneError:  # e.g. a chat too long to render in full, though its part within the cutoff renders
-        return read_samples(spec, tokenizer, ws)[0]
 
 
 def _warn(check: DataCheck, spec: DataSpec, tokenizer, samples: SampleSet) -> None:

@@ -1,10 +1,13 @@
 """Tokenized samples as flat numpy arrays, cached on disk and memory-mapped; `Sample`s are made one at a time.
 
 A store is one dataset's tokens: `ids.npy` (uint32, every token once), `labels.npy` (int32, only for samples whose
-labels differ from their inputs: instruction samples) and `rows.npz`, one entry per sample: its span of `ids`, whether
-BOS goes first (raw-text windows overlap in `ids` and get BOS on the fly, so nothing is copied), where its labels
-start (-1: the labels are the inputs) and its trained-token counts for the reports. Plain numpy (`np.load(mmap_mode=
-'r')`) rather than Arrow: two flat arrays and a table of spans need no schema, and a sample is two slices.
+labels differ from their inputs: instruction samples) and the sample table, one `rows.<field>.npy` per field, one
+entry per sample: its span of `ids`, whether BOS goes first (raw-text windows overlap in `ids` and get BOS on the fly,
+so nothing is copied), where its labels start (-1: the labels are the inputs), its trained-token counts for the reports
+and its length before the cutoff acted (the data check's histogram). `dropped.npy` holds the lengths before the cutoff
+of the records the cutoff dropped. Plain numpy (`np.load(mmap_mode='r')`) rather than Arrow: flat arrays need no
+schema, and a sample is two slices. Every array is written to disk in blocks as it grows (`StoreWriter`), so a writer
+holds a few blocks, never the dataset; a reader memory-maps them all.
 
 The cache lives in `<home>/datasets/.cache/<key>/`, the key a hash of the files' bytes, the tokenizer, the templates
 and the options that shape samples. A store is written into a temporary folder beside it and renamed into place
@@ -27,15 +30,25 @@ import numpy as np
 from loratune.data.samples import IGNORE, Sample
 from loratune.workspace import pid_alive
 
-ROW_FIELDS = ("start", "end", "bos", "label_start", "trained", "eos", "only_eos")
+ROW_FIELDS = ("start", "end", "bos", "label_start", "trained", "eos", "only_eos", "full")
+ROW_TYPES = (np.int64, np.int64, bool, np.int64, np.int32, bool, bool, np.int32)
 TMP_PREFIX = ".tmp-"
 
 
 class Store:
     """One dataset's tokens and sample table (arrays in memory or memory-mapped from a cache folder)."""
 
-    def __init__(self, ids: np.ndarray, labels: np.ndarray, rows: dict[str, np.ndarray], bos_id: int, digest: str):
+    def __init__(
+        self,
+        ids: np.ndarray,
+        labels: np.ndarray,
+        rows: dict[str, np.ndarray],
+        bos_id: int,
+        digest: str,
+        dropped: np.ndarray | None = None,
+    ):
         self.ids, self.labels, self.rows, self.bos_id, self.digest = ids, labels, rows, bos_id, digest
+        self.dropped = np.zeros(0, dtype=np.int32) if dropped is None else dropped
 
     def __len__(self) -> int:
         return len(self.rows["start"])
@@ -52,19 +65,24 @@ class Store:
     @classmethod
     def load(cls, folder: Path) -> Store:
         meta = json.loads((folder / "meta.json").read_text())
-        table = np.load(folder / "rows.npz")
-        rows = {name: table[name] for name in ROW_FIELDS}
-        ids = np.load(folder / "ids.npy", mmap_mode="r")
-        labels = np.load(folder / "labels.npy", mmap_mode="r")
-        return cls(ids, labels, rows, meta["bos_id"], meta["digest"])
+        rows = {name: _load(folder, f"rows.{name}") for name in ROW_FIELDS}
+        ids, labels, dropped = (_load(folder, name) for name in ("ids", "labels", "dropped"))
+        return cls(ids, labels, rows, meta["bos_id"], meta["digest"], dropped)
+
+
+def _load(folder: Path, name: str) -> np.ndarray:
+    return np.load(folder / f"{name}.npy", mmap_mode="r")
 
 
 class SampleSet(Sequence):
     """The samples of one or more stores, each part all of a store's samples or a selection (data.mix), in order."""
 
-    def __init__(self, parts: list[tuple[Store, np.ndarray | None]]):
+    def __init__(self, parts: list[tuple[Store, np.ndarray | None]], dropped: list[np.ndarray] | None = None):
         self.parts = [(s, sel) for s, sel in parts if (len(s) if sel is None else len(sel))]
         self._ends = np.cumsum([len(s) if sel is None else len(sel) for s, sel in self.parts]).tolist()
+        # Each store's lengths of records the cutoff dropped, kept from every part (a store whose every record was
+        # dropped has no samples, so no part, but its lengths still show in the data check).
+        self.dropped = [s.dropped for s, _ in parts] if dropped is None else dropped
 
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
@@ -89,7 +107,7 @@ class SampleSet(Sequence):
     __hash__ = None
 
     def __add__(self, other: SampleSet) -> SampleSet:
-        return SampleSet(self.parts + other.parts)
+        return SampleSet(self.parts + other.parts, self.dropped + other.dropped)
 
     def select(self, rows: np.ndarray) -> SampleSet:
         """The samples at `rows` (indices into this set, repeats allowed), in that order."""
@@ -101,10 +119,11 @@ class SampleSet(Sequence):
             parts.append((store, local if sel is None else sel[local]))
         if len(self.parts) > 1 and not np.all(np.diff(which) >= 0):
             raise ValueError("select keeps each part's order only for rows sorted by part")
-        return SampleSet(parts)
+        return SampleSet(parts, self.dropped)
 
     def column(self, name: str) -> np.ndarray:
-        """One field of the sample table over the whole set ('trained', 'eos', 'only_eos'), or 'length'."""
+        """One field of the sample table over the whole set ('trained', 'eos', 'only_eos', 'full': the length before
+        the cutoff acted), or 'length'."""
         columns = []
         for store, sel in self.parts:
             rows = store.rows
@@ -114,6 +133,10 @@ class SampleSet(Sequence):
                 value = rows[name]
             columns.append(value if sel is None else value[sel])
         return np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)
+
+    def dropped_lengths(self) -> np.ndarray:
+        """The lengths before the cutoff of the records it dropped (once per dataset, whatever data.mix repeats)."""
+        return np.concatenate(self.dropped) if self.dropped else np.zeros(0, dtype=np.int32)
 
     def fingerprint(self) -> str:
         """The samples and their order: each store's content digest and each selection's rows."""
@@ -125,32 +148,34 @@ class SampleSet(Sequence):
 
 
 class StoreWriter:
-    """Collects a dataset's tokens and samples; `finish` returns the Store (and writes it when given a folder)."""
+    """Collects a dataset's tokens and samples; `finish` returns the Store (and writes it when given a folder).
 
-    FLUSH_TOKENS = 1 << 22  # tokens held before they go to disk
+    With a folder every array goes to disk in blocks of FLUSH_BYTES as it grows (a block per array is held, never the
+    dataset); without one (a store built for a single use) the arrays stay in memory."""
+
+    FLUSH_BYTES = 1 << 22  # bytes of one array held before they go to disk
 
     def __init__(self, folder: Path | None, bos_id: int | None, eos_id: int | None):
         self.folder, self.bos_id, self.eos_id = folder, bos_id, eos_id
         self.digest = hashlib.sha256()
-        self.count = 0  # tokens written
-        self.label_count = 0
-        self._ids: list[np.ndarray] = []
-        self._pending = 0
-        self._labels: list[np.ndarray] = []
-        self._rows: dict[str, list[np.ndarray]] = {name: [] for name in ROW_FIELDS}
-        self._ids_file = open(folder / "ids.bin", "wb") if folder is not None else None
+        self._ids = _Column(folder, "ids", np.uint32, self.FLUSH_BYTES)
+        self._labels = _Column(folder, "labels", np.int32, self.FLUSH_BYTES)
+        self._dropped = _Column(folder, "dropped", np.int32, self.FLUSH_BYTES)
+        self._rows = {
+            name: _Column(folder, f"rows.{name}", kind, self.FLUSH_BYTES)
+            for name, kind in zip(ROW_FIELDS, ROW_TYPES, strict=True)
+        }
+
+    @property
+    def count(self) -> int:
+        """Tokens written."""
+        return self._ids.count
 
     def add_tokens(self, ids: np.ndarray) -> int:
         """Append tokens to the stream; returns where they start."""
-        at = self.count
         ids = np.ascontiguousarray(ids, dtype=np.uint32)
         self.digest.update(ids.tobytes())
-        self.count += len(ids)
-        self._ids.append(ids)
-        self._pending += len(ids)
-        if self._ids_file is not None and self._pending >= self.FLUSH_TOKENS:
-            self._flush()
-        return at
+        return self._ids.add(ids)
 
     def add_windows(self, starts: np.ndarray, ends: np.ndarray, bos: bool, eos_at: np.ndarray) -> None:
         """Raw-text windows over the stream: every token trained; `eos_at` are the stream positions holding EOS."""
@@ -160,70 +185,128 @@ class StoreWriter:
         if bos and self.bos_id == self.eos_id:
             has_eos[:] = True
         length = ends - starts + int(bos)
-        self._add_rows(starts, ends, np.full(n, bos), np.full(n, -1), length, has_eos, has_eos & (length == 1))
+        eos_only = has_eos & (length == 1)
+        self._add_rows(starts, ends, np.full(n, bos), np.full(n, -1), length, has_eos, eos_only, length)
 
-    def add_samples(self, samples: list[Sample]) -> None:
-        """Instruction samples: their tokens, and their labels where those differ from the tokens."""
+    def add_samples(self, samples: list[Sample], full: list[int] | None = None, dropped: list[int] = ()) -> None:
+        """Instruction samples: their tokens, and their labels where those differ from the tokens.
+
+        `full`: each sample's length before the cutoff acted (default: its length); `dropped`: the lengths before the
+        cutoff of records the cutoff dropped. Both are only for the data check's histogram."""
+        if len(dropped):
+            self._dropped.add(dropped)
         if not samples:
             return
         starts, ends, label_starts, trained, eos, only_eos = [], [], [], [], [], []
+        id_pieces, label_pieces = [], []
+        at, label_at = self._ids.count, self._labels.count
         for s in samples:
-            at = self.add_tokens(np.asarray(s.input_ids, dtype=np.uint32))
+            ids = np.asarray(s.input_ids, dtype=np.uint32)
+            self.digest.update(ids.tobytes())  # each sample's tokens, then its labels: the digest of v2 stores
+            id_pieces.append(ids)
             starts.append(at)
-            ends.append(at + len(s.input_ids))
+            at += len(ids)
+            ends.append(at)
             kept = [x for x in s.labels if x != IGNORE]
             if list(s.labels) == list(s.input_ids):
                 label_starts.append(-1)
             else:
-                label_starts.append(self.label_count)
-                self._labels.append(np.asarray(s.labels, dtype=np.int32))
-                self.label_count += len(s.labels)
-                self.digest.update(self._labels[-1].tobytes())
+                labels = np.asarray(s.labels, dtype=np.int32)
+                self.digest.update(labels.tobytes())
+                label_pieces.append(labels)
+                label_starts.append(label_at)
+                label_at += len(labels)
             trained.append(len(kept))
             eos.append(self.eos_id is not None and self.eos_id in kept)
             only_eos.append(kept == [self.eos_id])
+        self._ids.add(np.concatenate(id_pieces))
+        if label_pieces:
+            self._labels.add(np.concatenate(label_pieces))
         n = len(samples)
-        self._add_rows(starts, ends, np.zeros(n, bool), label_starts, trained, eos, only_eos)
+        lengths = [e - s for s, e in zip(starts, ends, strict=True)] if full is None else full
+        self._add_rows(starts, ends, np.zeros(n, bool), label_starts, trained, eos, only_eos, lengths)
 
     def _add_rows(self, *columns) -> None:
-        types = (np.int64, np.int64, bool, np.int64, np.int32, bool, bool)
-        for name, column, kind in zip(ROW_FIELDS, columns, types, strict=True):
-            self._rows[name].append(np.asarray(column, dtype=kind))
-
-    def _flush(self) -> None:
-        for chunk in self._ids:
-            self._ids_file.write(chunk.tobytes())
-        self._ids, self._pending = [], 0
+        for name, column in zip(ROW_FIELDS, columns, strict=True):
+            self._rows[name].add(column)
 
     def finish(self, meta: dict) -> Store:
-        rows = {
-            name: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64) for name, parts in self._rows.items()
-        }
-        for name in ("start", "end", "label_start"):
-            self.digest.update(rows[name].tobytes())
-        self.digest.update(rows["bos"].tobytes())
+        ids, labels, dropped = (column.finish() for column in (self._ids, self._labels, self._dropped))
+        rows = {name: column.finish() for name, column in self._rows.items()}
+        for name in ("start", "end", "label_start", "bos"):
+            _hash(self.digest, rows[name])
         digest = self.digest.hexdigest()[:32]
-        labels = np.concatenate(self._labels) if self._labels else np.zeros(0, dtype=np.int32)
         if self.folder is None:
-            ids = np.concatenate(self._ids) if self._ids else np.zeros(0, dtype=np.uint32)
-            return Store(ids, labels, rows, self.bos_id, digest)
-        self._flush()
-        self._ids_file.close()
-        _bin_to_npy(self.folder / "ids.bin", self.folder / "ids.npy", self.count)
-        np.save(self.folder / "labels.npy", labels)
-        np.savez(self.folder / "rows.npz", **rows)
+            return Store(ids, labels, rows, self.bos_id, digest, dropped)
         meta = dict(meta, bos_id=self.bos_id, digest=digest, tokens=self.count)
         (self.folder / "meta.json").write_text(json.dumps(meta))
         return Store.load(self.folder)
 
     def close(self) -> None:
-        if self._ids_file is not None and not self._ids_file.closed:
-            self._ids_file.close()
+        for column in (self._ids, self._labels, self._dropped, *self._rows.values()):
+            column.close()
 
 
-def _bin_to_npy(raw: Path, target: Path, count: int) -> None:
-    """Give the raw uint32 stream an .npy header, streaming (np.load then memory-maps it)."""
-    header = np.lib.format.header_data_from_array_1_0(np.zeros(0, dtype=np.uint32))
+class _Column:
+    """One array of a store as it grows: pieces are held until `flush_bytes` of them (or MAX_PIECES pieces) are
+    pending, then written to `<name>.bin` in `folder`, or, without a folder, joined into one block in memory (a
+    text record per window would otherwise leave a Python object per record)."""
+
+    MAX_PIECES = 1024
+
+    def __init__(self, folder: Path | None, name: str, dtype, flush_bytes: int):
+        self.folder, self.name, self.dtype = folder, name, np.dtype(dtype)
+        self.flush_items = max(1, flush_bytes // self.dtype.itemsize)
+        self.count = 0  # values added
+        self.pieces: list[np.ndarray] = []
+        self.pending = 0
+        self.blocks: list[np.ndarray] = []  # in memory: the joined pieces
+        self.file = open(folder / f"{name}.bin", "wb") if folder is not None else None
+
+    def add(self, values) -> int:
+        """Append values; returns where they start."""
+        at = self.count
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        self.pieces.append(values)
+        self.pending += len(values)
+        self.count += len(values)
+        if self.pending >= self.flush_items or len(self.pieces) >= self.MAX_PIECES:
+            self._flush()
+        return at
+
+    def _flush(self) -> None:
+        if not self.pieces:
+            return
+        if self.file is not None:
+            for piece in self.pieces:
+                self.file.write(piece.data)
+        else:
+            self.blocks.append(np.concatenate(self.pieces))
+        self.pieces, self.pending = [], 0
+
+    def finish(self) -> np.ndarray:
+        """The whole array: in memory, or memory-mapped from `<name>.npy`."""
+        self._flush()
+        if self.file is None:
+            return np.concatenate(self.blocks) if self.blocks else np.zeros(0, dtype=self.dtype)
+        self.file.close()
+        _bin_to_npy(self.folder / f"{self.name}.bin", self.folder / f"{self.name}.npy", self.count, self.dtype)
+        return _load(self.folder, self.name)
+
+    def close(self) -> None:
+        if self.file is not None and not self.file.closed:
+            self.file.close()
+
+
+def _hash(digest, values: np.ndarray, step: int = 1 << 22) -> None:
+    """Add an array's bytes to `digest` a block at a time (a memory-mapped one is not read in whole)."""
+    for at in range(0, len(values), step):
+        digest.update(np.ascontiguousarray(values[at : at + step]).tobytes())
+
+
+def _bin_to_npy(raw: Path, target: Path, count: int, dtype=np.uint32) -> None:
+    """Give a raw stream of `dtype` values an .npy header, streaming (np.load then memory-maps it)."""
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(0, dtype=dtype))
     header["shape"] = (count,)
     with open(target, "wb") as out, open(raw, "rb") as src:
         np.lib.format.write_array_header_1_0(out, header)
