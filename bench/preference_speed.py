@@ -21,7 +21,9 @@ Retention (train.retention) is off in the loratune arms: its probe is generation
 
 Each arm runs in its own process (peak RSS per process, resource.getrusage in the child), interleaved A B C A B C,
 --repeats times (--quick: once). Printed per arm, median and [min - max] over the repeats: useful tokens/s (both
-sides' tokens of every step after the first, over those steps' wall time), time to first step (process start to the
+sides' tokens of every step after the first, over those steps' wall time), the same tokens per CPU second of the
+arm's process over those steps (threads summed: less sensitive to neighbours than wall time on a shared machine, as
+long as the arm's threads do not oversubscribe the cores), time to first step (process start to the
 end of the first optimizer step: imports, model, data, the reference precompute, one step), whole-process wall time,
 peak RSS and MFU (bench/throughput.py's useful FLOPs over its measured matmul peak). The load average is printed
 before and after every arm: on a shared machine it says how far to trust the figures. The DPO arms' per-step losses
@@ -60,6 +62,7 @@ from throughput import (
 
 ARMS = ("sft", "dpo", "dpo-noref", "trl", "trl-precompute")
 MICRO, CUTOFF = 4, 256
+cpu_marks: list[float] = []  # the arm's process CPU time at the end of each optimizer step (threads summed)
 PAIRS_FILE = "datasets/preference/train.jsonl"  # in the test home, written by examples/preference
 HOME = Path(os.environ.get("LORATUNE_TEST_HOME") or os.environ.get("LORATUNE_HOME") or ".")
 
@@ -122,7 +125,7 @@ def prepare(pairs: int, batch: int, steps: int) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     records = [json.loads(line) for line in (HOME / PAIRS_FILE).read_text(encoding="utf-8").splitlines()[:pairs]]
     pairs_file = folder / "pairs.jsonl"
-    pairs_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    write_once(pairs_file, records)
     dpo_samples, tokenizer = built(loratune_options(pairs_file, "dpo", batch, steps))
     view = Pairs(dpo_samples)
     assert len(view) == pairs, f"{len(view)} of {pairs} pairs kept: a side is longer than the cutoff {CUTOFF}"
@@ -143,7 +146,7 @@ def prepare(pairs: int, batch: int, steps: int) -> dict:
     for j, position in enumerate(order):
         laid_out[position] = sides[j]
     sft_file = folder / "sides.jsonl"
-    sft_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in laid_out), encoding="utf-8")
+    write_once(sft_file, laid_out)
     sft_samples, _ = built(loratune_options(sft_file, "sft", 2 * batch, steps))
     for k, step_pairs in enumerate(dpo_steps):  # the guard: the same token ids and labels, step by step
         sft_step = step_samples(sft_samples, k, per_epoch, 2 * batch, SEED)
@@ -164,6 +167,13 @@ def prepare(pairs: int, batch: int, steps: int) -> dict:
         "trl_pairs": [trl_record(p, tokenizer) for step in dpo_steps for p in step],
         "flops_per_token": sum(sample_flops(cfg, r) for r in rows) / sum(len(r["input_ids"]) for r in rows),
     }
+
+
+def write_once(path: Path, records: list[dict]) -> None:
+    """Records as JSONL, left alone when the file holds them already (another bench process may be reading it)."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
 
 
 def trl_record(pair, tokenizer) -> dict:
@@ -192,6 +202,7 @@ def run_loratune(suite: dict, clock: StepClock, method: str, **train) -> list[fl
     def on_step(row):
         clock.count(suite["tokens_per_step"][row["step"] - 1], 0)
         clock.step_done()
+        cpu_marks.append(time.process_time())
         losses.append(row["loss"])
 
     options = loratune_options(Path(data), method, batch, suite["steps"], **train)
@@ -213,6 +224,7 @@ def run_trl(suite: dict, clock: StepClock, precompute: bool) -> list[float]:
         def on_step_end(self, args, state, control, **kwargs):
             clock.count(suite["tokens_per_step"][state.global_step - 1], 0)
             clock.step_done()
+            cpu_marks.append(time.process_time())
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -260,13 +272,59 @@ def arm_main(arm: str, suite: dict, threads: int) -> None:
         "trl-precompute": lambda: run_trl(suite, clock, precompute=True),
     }
     losses = arms[arm]()
+    later_tokens = sum(suite["tokens_per_step"][1 : len(cpu_marks)])
     result = clock.result() | {
+        "cpu_tok_s": later_tokens / (cpu_marks[-1] - cpu_marks[0]),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
         "losses": losses,
         "threads": torch.get_num_threads(),
     }
     result.pop("trained_tok_s")
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def profile_methods(suite: dict) -> list[str]:
+    """Where one optimizer step's time goes, SFT beside DPO (precomputed reference) on the same tokens: the second
+    step of each, after the first as a warm-up, split by bench/profile_step.py's kinds of work."""
+    import torch
+    from profile_step import ORDER, shares
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
+
+    from loratune.config import RunConfig
+    from loratune.training.guard import RunGuard
+    from loratune.training.loop import step_samples, train_step
+    from loratune.training.setup import plan_run, setup
+
+    table, walls = {}, {}
+    for method in ("sft", "dpo"):
+        data = suite["sft_file"] if method == "sft" else suite["pairs_file"]
+        batch = 2 * suite["batch"] if method == "sft" else suite["batch"]
+        with RunGuard() as guard:
+            options = loratune_options(Path(data), method, batch, 2) | {"name": f"profile-{method}"}
+            plan = plan_run(RunConfig(), CACHE / "pref-profile-home", options, guard)
+            run = setup(plan, guard, show_progress=False)
+            tc = run.config.train
+            first, second = (step_samples(run.samples, k, run.steps_per_epoch, batch, tc.seed) for k in range(2))
+            train_step(run, first)  # warm-up: allocator, thread pools, lazy inits
+            started = time.perf_counter()
+            with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                with record_function("## step"):
+                    train_step(run, second)
+            walls[method] = time.perf_counter() - started
+            vocab = run.model.get_output_embeddings().weight.shape[0]
+            table[method], rest = shares(prof.events(), run.config.adapter.rank, vocab)
+            top = sorted(rest.items(), key=lambda kv: -kv[1])[:6]
+            print(f"{method}: element-wise and other, largest: " + ", ".join(f"{n} {t:.2f} s" for n, t in top))
+    lines = [
+        f"profile of step 2 ({suite['tokens_per_step'][1]} tokens, both sides), {torch.get_num_threads()} thread(s): "
+        + ", ".join(f"{m} {w:.1f} s wall" for m, w in walls.items()),
+        "| work | sft s | dpo s |",
+        "|---|---|---|",
+    ]
+    for kind in ORDER:
+        lines.append(f"| {kind} | {table['sft'].get(kind, 0.0):.2f} | {table['dpo'].get(kind, 0.0):.2f} |")
+    return lines
 
 
 # ---------------------------------------------------------------- the driver
@@ -301,7 +359,7 @@ def trl_importable() -> bool:
     return done.returncode == 0
 
 
-KEYS = (("useful_tok_s", "useful tok/s", 1), ("first_step_s", "first step s", 1), ("wall_s", "wall s", 1))
+KEYS = (("useful_tok_s", 1), ("cpu_tok_s", 1), ("first_step_s", 1), ("wall_s", 1))
 
 
 def report(results: dict[str, list[dict]], suite: dict, peak: float) -> list[str]:
@@ -314,18 +372,21 @@ def report(results: dict[str, list[dict]], suite: dict, peak: float) -> list[str
     lines = [
         f"\n### {len(suite['trl_pairs'])} pairs, {suite['steps']} steps of {suite['batch']} pairs "
         f"({sum(suite['tokens_per_step'])} tokens, both sides); {runs_per_arm} runs per arm, median [min - max]",
-        "| arm | useful tok/s | first step s | wall s | peak RSS GB | MFU |",
-        "|---|---|---|---|---|---|",
+        "| arm | useful tok/s | tok per CPU s | first step s | wall s | peak RSS GB | MFU |",
+        "|---|---|---|---|---|---|---|",
     ]
     med = {arm: statistics.median(r["useful_tok_s"] for r in runs) for arm, runs in results.items()}
+    cpu = {arm: statistics.median(r["cpu_tok_s"] for r in runs) for arm, runs in results.items()}
     for arm, runs in results.items():
-        cells = [spread(runs, key, digits) for key, _, digits in KEYS]
+        cells = [spread(runs, key, digits) for key, digits in KEYS]
         rss = spread(runs, "peak_rss_gb", 2)
         mfu = med[arm] * suite["flops_per_token"] / (peak * 1e9)
         lines.append(f"| {arm} | {' | '.join(cells)} | {rss} | {mfu:.0%} |")
     ratios = [f"{arm}/sft {med[arm] / med['sft']:.2f}" for arm in med if arm != "sft" and "sft" in med]
     ratios += [f"dpo/{arm} {med['dpo'] / med[arm]:.2f}" for arm in med if arm.startswith("trl") and "dpo" in med]
     lines.append("tokens/s ratios (medians): " + ", ".join(ratios) + " (target: dpo/sft >= 0.85)")
+    cpu_ratios = [f"{arm}/sft {cpu[arm] / cpu['sft']:.2f}" for arm in cpu if arm != "sft" and "sft" in cpu]
+    lines.append("tokens per CPU second ratios (medians): " + ", ".join(cpu_ratios))
     if "dpo" in results and "dpo-noref" in results:
         gap = max(abs(a - b) for x, y in zip(results["dpo"], results["dpo-noref"], strict=True)
                   for a, b in zip(x["losses"], y["losses"], strict=True))  # fmt: skip
@@ -350,6 +411,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="pairs per optimizer step (SFT: twice as many sides)")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps (one epoch at most)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per arm (0: OMP_NUM_THREADS, else free)")
+    parser.add_argument("--profile", action="store_true", help="instead: one SFT and one DPO step, by kind of work")
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     parser.add_argument("--suite-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -366,6 +428,8 @@ def main() -> None:
         arms = [a for a in arms if not a.startswith("trl")]
     CACHE.mkdir(parents=True, exist_ok=True)
     suite = prepare(args.pairs, args.batch, args.steps)
+    if args.profile:
+        return print("\n".join(profile_methods(suite)), flush=True)
     peak = matmul_peak_gflops()
     header = (
         f"{os.cpu_count()} cores, {threads} torch thread(s) per arm, fp32 matmul peak {peak:.1f} GFLOP/s; "
