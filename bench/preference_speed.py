@@ -13,9 +13,9 @@ most):
   dpo          loratune DPO, train.precompute_reference true (the default: the base's log-probs once, before step 1);
   dpo-noref    loratune DPO, train.precompute_reference false (a reference forward pass per pass, adapter disabled);
   trl, trl-precompute   TRL's DPOTrainer + peft (the same LoRA and optimizer, 2 pairs per micro-batch, the pairs in
-               loratune's order), precompute_ref_log_probs false / true; skipped, with a note, when trl is not
-               importable. The prompt and both answers are given as text decoded from loratune's tokens (TRL
-               tokenizes them itself), and the clock counts loratune's token count of the same pairs.
+               loratune's order, padded: TRL's default), precompute_ref_log_probs false / true; skipped, with a note,
+               when trl is not importable. The prompt and both answers are given as text decoded from loratune's
+               tokens (TRL tokenizes them itself), and the clock counts loratune's token count of the same pairs.
 
 Retention (train.retention) is off in the loratune arms: its probe is generation before the first step, not training.
 
@@ -245,6 +245,7 @@ def run_trl(suite: dict, clock: StepClock, precompute: bool) -> list[float]:
         beta=0.1,
         max_length=2 * CUTOFF,
         precompute_ref_log_probs=precompute,
+        disable_dropout=False,  # TRL's default turns the LoRA dropout off; loratune's policy passes keep it
         **common_args() | {"output_dir": str(CACHE / "trl-dpo-out")},
     )
     trainer = Ordered(
