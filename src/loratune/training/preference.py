@@ -190,10 +190,11 @@ class Reference:
         self.table: torch.Tensor | None = None  # (pairs, 2), by Pair.index, when precomputed
 
     @torch.no_grad()
-    def precompute(self, model, pairs: Pairs, micro_batch: int, pad_id: int, device) -> None:
+    def precompute(self, model, pairs: Pairs, micro_batch: int, pad_id: int, device, packed_tokens: int = 0) -> None:
+        """Every pair's reference log-probs, in passes as training makes them (packed rows when training packs)."""
         table = torch.full((len(pairs.samples) // 2, 2), float("nan"), dtype=torch.float64)
         every = [pairs[i] for i in range(len(pairs))]
-        for tensors, group, _ in pass_groups(every, micro_batch, pad_id, 0):
+        for tensors, group, _ in pass_groups(every, micro_batch, pad_id, packed_tokens):
             logps = self._base_logps(model, tensors, device)
             for k, pair in enumerate(group):
                 table[pair.index] = logps[2 * k : 2 * k + 2].double().cpu()

@@ -160,7 +160,8 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
         write_run_folder(plan, guard, contract, tokenizer)
     if reference.needed and tc.precompute_reference:  # the base's log-probs of every pair, once (not saved)
         say(f"reference: the base model's log-probs of {len(samples)} pairs")
-        reference.precompute(model, samples, tc.micro_batch, tokenizer.pad_token_id, accelerator.device)
+        packed = tc.packing * (tc.packed_tokens or tc.micro_batch * config.data.cutoff)
+        reference.precompute(model, samples, tc.micro_batch, tokenizer.pad_token_id, accelerator.device, packed)
     if retention is not None:  # the base model's answers to the probe, once per run (cached in the run folder)
         with accelerator.main_process_first():
             trained_tokens = sum(len(s.input_ids) for s in samples) * total_steps // steps_per_epoch
