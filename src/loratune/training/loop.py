@@ -26,6 +26,7 @@ from loratune.training.checkpoint import checkpoint_dir, save_adapter
 from loratune.training.evaluate import Evaluator
 from loratune.training.guard import RunGuard
 from loratune.training.loss import token_loss_sum
+from loratune.training.packing import packed_tokens
 from loratune.training.pause import pause_point
 from loratune.training.plot import plot_loss
 from loratune.training.preference import Options, preference_step
@@ -147,10 +148,9 @@ def sft_backward(run: Run, batch: list[Sample]) -> float:
     """The backward passes of one supervised step on `batch`, in micro-batches; returns its loss per trained token."""
     tc, accelerator, model = run.config.train, run.accelerator, run.model
     world = accelerator.num_processes  # under `accelerate launch`, each process trains on its share of every step
-    # Packed: rows of up to micro_batch * cutoff tokens (the most a padded micro-batch could hold) unless set.
-    packed_tokens = tc.packing * (tc.packed_tokens or tc.micro_batch * run.config.data.cutoff)
     pad_id = run.tokenizer.pad_token_id
-    passes, weights = micro_batches(batch, tc.micro_batch, pad_id, packed_tokens, accelerator.process_index, world)
+    passes, weights = micro_batches(batch, tc.micro_batch, pad_id, packed_tokens(run.config), accelerator.process_index,
+                                    world)  # fmt: skip
     n_trained = sum(sum(1 for x in s.labels[1:] if x != IGNORE) for s in batch)
     loss_total = 0.0
     if tc.retain:  # train.retain: the KL to the base on a replay of its own answers, before the synchronised passes

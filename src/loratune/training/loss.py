@@ -17,27 +17,36 @@ from loratune.data.build import IGNORE
 
 def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(sum of token losses, number of trained tokens) for one micro-batch."""
+    keep, wanted, inputs = trained_positions(batch)
+    parts = decoder_and_frozen_head(model)
+    if parts is not None:  # the LM head and the cross-entropy in chunks, never a full (positions x vocab) tensor
+        decoder, head = parts
+        hidden = decoder(**inputs).last_hidden_state[keep]
+        return ChunkedHeadCrossEntropy.apply(hidden, head.weight, wanted), int(wanted.numel())
+    loss = F.cross_entropy(kept_logits(model, inputs, keep).float(), wanted, reduction="sum")
+    return loss, int(wanted.numel())
+
+
+def trained_positions(batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(keep: the (rows, positions) whose next token is trained, those next tokens, the model's inputs)."""
     labels = batch["labels"]
     targets = labels[:, 1:]
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = targets != IGNORE  # position p predicts token p+1
     # input_ids with attention_mask (padded rows) or position_ids and packed_bounds (packed rows)
     inputs = {k: v for k, v in batch.items() if k != "labels"} | {"use_cache": False}  # no KV cache in training
-    wanted = targets[keep[:, :-1]]
-    parts = decoder_and_frozen_head(model)
-    if parts is not None:  # the LM head and the cross-entropy in chunks, never a full (positions x vocab) tensor
-        decoder, head = parts
-        hidden = decoder(**inputs).last_hidden_state[keep]
-        return ChunkedHeadCrossEntropy.apply(hidden, head.weight, wanted), int(wanted.numel())
+    return keep, targets[keep[:, :-1]], inputs
+
+
+def kept_logits(model, inputs: dict, keep: torch.Tensor) -> torch.Tensor:
+    """The logits at the `keep` positions only, (n_kept, vocab), in row-major order of `keep`."""
     if not accepts_logits_to_keep(model):
-        logits = model(**inputs).logits[keep]
-    elif mask_supported():
-        logits = model(**inputs, logits_to_keep=keep).logits  # (n_kept, vocab)
-    else:  # older transformers 5.x: keep the union of the rows' positions, then pick each row's own
-        positions = keep.any(0).nonzero().squeeze(1)
-        logits = model(**inputs, logits_to_keep=positions).logits[keep[:, positions]]
-    loss = F.cross_entropy(logits.float(), wanted, reduction="sum")
-    return loss, int(wanted.numel())
+        return model(**inputs).logits[keep]
+    if mask_supported():
+        return model(**inputs, logits_to_keep=keep).logits
+    # older transformers 5.x: keep the union of the rows' positions, then pick each row's own
+    positions = keep.any(0).nonzero().squeeze(1)
+    return model(**inputs, logits_to_keep=positions).logits[keep[:, positions]]
 
 
 @functools.cache  # asked at the first loss, not at import: importing this module loads no transformers modeling code

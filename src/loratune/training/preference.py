@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from loratune.data.batching import collate, collate_packed
-from loratune.data.samples import IGNORE, Sample
+from loratune.data.samples import Sample
 from loratune.errors import LoratuneError
-from loratune.training.loss import accepts_logits_to_keep, mask_supported
+from loratune.training.loss import kept_logits, trained_positions
+from loratune.training.packing import packed_tokens
 
-PAIR_METHODS = ("dpo", "ipo", "simpo", "orpo")
 NEEDS_REFERENCE = ("dpo", "ipo")
 DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1}  # the papers' (ORPO: lambda, its own option)
 
@@ -84,16 +84,8 @@ def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of trained tokens' log-probs, number of trained tokens) per sample of a collated pass, in sample order.
 
     Padded passes hold a sample per row; packed ones one row of samples end to end (`packed_bounds`)."""
-    labels = batch["labels"]
-    targets = labels[:, 1:]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = targets != IGNORE
-    inputs = {k: v for k, v in batch.items() if k != "labels"} | {"use_cache": False}
-    if accepts_logits_to_keep(model) and mask_supported():
-        logits = model(**inputs, logits_to_keep=keep).logits
-    else:
-        logits = model(**inputs).logits[keep]
-    wanted = targets[keep[:, :-1]]
+    keep, wanted, inputs = trained_positions(batch)
+    logits = kept_logits(model, inputs, keep)
     logits = logits if logits.dtype == torch.float64 else logits.float()
     token_logps = -F.cross_entropy(logits, wanted, reduction="none")
     rows, columns = keep.nonzero(as_tuple=True)
@@ -102,7 +94,7 @@ def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         owner = torch.searchsorted(starts, columns, right=True) - 1
         n = len(batch["packed_bounds"])
     else:
-        owner, n = rows, labels.shape[0]
+        owner, n = rows, keep.shape[0]
     sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owner, token_logps)
     counts = torch.zeros(n, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
     return sums, counts
@@ -229,8 +221,8 @@ def preference_step(run, batch: list[Pair], reference: Reference) -> tuple[float
     tc, accelerator, model = run.config.train, run.accelerator, run.model
     world = accelerator.num_processes
     options = Options.of(tc)
-    packed = tc.packing * (tc.packed_tokens or tc.micro_batch * run.config.data.cutoff)
-    passes = pass_groups(batch, tc.micro_batch, run.tokenizer.pad_token_id, packed, accelerator.process_index, world)
+    pad_id, packed = run.tokenizer.pad_token_id, packed_tokens(run.config)
+    passes = pass_groups(batch, tc.micro_batch, pad_id, packed, accelerator.process_index, world)
     totals = torch.zeros(5, dtype=torch.float64)  # loss, chosen reward, rejected reward, correct, pairs
     for i, (tensors, group, weight) in enumerate(passes):
         ref = reference.of(model, tensors, group, accelerator.device)

@@ -35,7 +35,7 @@ from loratune.training.checkpoint import (
 from loratune.training.evaluate import split_eval
 from loratune.training.guard import RunGuard
 from loratune.training.optim import build_optimizer, build_scheduler
-from loratune.training.packing import use_packed_attention
+from loratune.training.packing import packed_tokens, use_packed_attention
 from loratune.training.preference import NEEDS_REFERENCE, Pairs, Reference
 from loratune.training.resume import already_finished, check_resume_options
 from loratune.training.retention import Retention
@@ -160,8 +160,8 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
         write_run_folder(plan, guard, contract, tokenizer)
     if reference.needed and tc.precompute_reference:  # the base's log-probs of every pair, once (not saved)
         say(f"reference: the base model's log-probs of {len(samples)} pairs")
-        packed = tc.packing * (tc.packed_tokens or tc.micro_batch * config.data.cutoff)
-        reference.precompute(model, samples, tc.micro_batch, tokenizer.pad_token_id, accelerator.device, packed)
+        pad_id = tokenizer.pad_token_id
+        reference.precompute(model, samples, tc.micro_batch, pad_id, accelerator.device, packed_tokens(config))
     if retention is not None:  # the base model's answers to the probe, once per run (cached in the run folder)
         with accelerator.main_process_first():
             trained_tokens = sum(len(s.input_ids) for s in samples) * total_steps // steps_per_epoch
