@@ -165,8 +165,8 @@ def test_a_pair_is_kept_or_dropped_whole_and_the_methods_match_their_data(tiny_m
     assert "dropped whole" in messages
     with pytest.raises(LoratuneError, match=r"preference records \(chosen / rejected\).*--train.method dpo"):
         run(tiny_model, data, home, "sft")
-    sft_data = write_jsonl(tmp_path / "sft.jsonl", [{"instruction": "Hi", "output": "Arr!"}] * 4)
-    with pytest.raises(LoratuneError, match="train.method dpo needs preference records.*alpaca 4"):
+    sft_data = write_jsonl(tmp_path / "sft.jsonl", [{"instruction": "Hi", "output": "Arr!"}] * 3)  # odd: no pairs
+    with pytest.raises(LoratuneError, match="train.method dpo needs preference records.*alpaca 3"):
         run(tiny_model, sft_data, home, "dpo", **{"train.method": "dpo"})
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"prompt": "Hi", "chosen": "Arr!", "rejected": " "}])
     with pytest.raises(LoratuneError, match="record 1: 'rejected' is empty"):

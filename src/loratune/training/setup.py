@@ -131,9 +131,9 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     if config.model.quant != "none":  # QLoRA: frozen k-bit base, fp32 norms, gradient checkpointing on
         model = prepare_for_training(model)
     samples, report = build_samples(config.data, tokenizer, plan.ws)
+    check_method(tc.method, report)  # first: other records under a preference method are refused by name
     if tc.method != "sft":  # preference data: its samples are pairs (chosen, rejected)
         samples = Pairs(samples)
-    check_method(tc.method, report)
     contract = make_contract(config.data, tokenizer, plan.ws)  # how prompts were built: generate/serve/merge reuse it
     samples, eval_samples = split_eval(config.data, samples, tokenizer, plan.ws, tc.seed)
     retention = Retention.prepare(config, plan.ws, contract, tokenizer)  # a bad probe file fails here
