@@ -13,6 +13,19 @@ from loratune.models.checks import check_model_folder, load_adapter
 from loratune.training.pause import pause_point
 from loratune.workspace import Workspace, check_name, inside
 
+MERGED_FROM = "MERGED_FROM.txt"  # in each merged model folder: the base and the adapter it was made from
+
+
+def merged_folders(adapter: Path, ws: Workspace) -> list[Path]:
+    """The models/ folders `loras merge` made from this adapter folder (their MERGED_FROM.txt names it)."""
+    found = []
+    for marker in sorted(ws.models.glob(f"*/{MERGED_FROM}")) if ws.models.is_dir() else []:
+        lines = marker.read_text(encoding="utf-8", errors="replace").splitlines()
+        named = [line.removeprefix("adapter: ") for line in lines if line.startswith("adapter: ")]
+        if named and Path(named[0]).resolve() == adapter.resolve():
+            found.append(marker.parent)
+    return found
+
 
 def merge(
     lora: str,
@@ -72,7 +85,7 @@ def write_merged(
         merged.generation_config.eos_token_id = contract.stop_token_ids
     merged.save_pretrained(folder, safe_serialization=True)
     save_contract(folder, contract, tokenizer)
-    (folder / "MERGED_FROM.txt").write_text(f"base: {base}\nadapter: {adapter}\n", encoding="utf-8")
+    (folder / MERGED_FROM).write_text(f"base: {base}\nadapter: {adapter}\n", encoding="utf-8")
     normal_permissions(folder)  # safetensors writes 0600 whatever the umask
 
 

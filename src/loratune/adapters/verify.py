@@ -26,6 +26,7 @@ from pathlib import Path
 
 from loratune.adapters.catalog import adapter_path, base_model_path
 from loratune.adapters.files import temporary
+from loratune.adapters.merge import merged_folders
 from loratune.adapters.verify_gguf import check_ggufs
 from loratune.adapters.verify_reference import (
     Check,
@@ -88,16 +89,6 @@ def failed(checks: list[Check]) -> bool:
 
 
 # ---------------------------------------------------------------- the merged folder
-
-
-def merged_folders(adapter: Path, ws: Workspace) -> list[Path]:
-    """The models/ folders `loras merge` made from this adapter (their MERGED_FROM.txt names it)."""
-    found = []
-    for marker in sorted(ws.models.glob("*/MERGED_FROM.txt")) if ws.models.is_dir() else []:
-        lines = marker.read_text(encoding="utf-8").splitlines()
-        if f"adapter: {adapter}" in lines:
-            found.append(marker.parent)
-    return found
 
 
 def check_merged_folders(adapter, base_dir, ws, tokenizer, contract, reference) -> list[Check]:

@@ -28,12 +28,12 @@ from pathlib import Path
 
 from loratune.adapters import adapter_path
 from loratune.adapters.files import clean_stale, temporary
+from loratune.adapters.merge import merged_folders
 from loratune.errors import LoratuneError
 from loratune.rundir import ADAPTER_FILES, CARD
 from loratune.workspace import Workspace, inside
 
 CONTRACT = "prompt.json"  # the prompt contract training writes beside the adapter (loratune.prompting)
-MERGED_FROM = "MERGED_FROM.txt"  # written by adapters.merge into each merged model
 # Tokenizer files an adapter saved by peft alone may carry (a run's prompt.json lists its own).
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -74,7 +74,7 @@ def exports(ws: Workspace, spec: str) -> list[Export]:
         if _ours(folder, sub) and (sub / "Modelfile").is_file():
             label = f"{sub.name}/ (Ollama folder, as a zip)"
             found.append(Export(f"ollama:{sub.name}", label, sub, f"{stem}-{sub.name}.zip", _members(sub)))
-    for model in merged_models(ws, folder):
+    for model in (m for m in merged_folders(folder, ws) if _ours(ws.models, m)):
         label = f"models/{model.name}/ (merged model, as a zip)"
         found.append(Export(f"merged:{model.name}", label, model, f"{model.name}.zip", _members(model)))
     return found
@@ -89,22 +89,6 @@ def find(ws: Workspace, spec: str | None, key: str | None) -> Export:
         if export.key == key:
             return export
     raise LoratuneError(f"{spec} has no export {key!r} (any more); press ↻ Refresh")
-
-
-def merged_models(ws: Workspace, adapter: Path) -> list[Path]:
-    """Model folders in models/ that `adapters.merge` wrote from this adapter folder."""
-    found = []
-    if not ws.models.is_dir():
-        return found
-    for model in sorted(ws.models.iterdir()):
-        record = model / MERGED_FROM
-        if not _ours(ws.models, model) or not record.is_file():
-            continue
-        lines = record.read_text(encoding="utf-8", errors="replace").splitlines()
-        named = [line.removeprefix("adapter: ") for line in lines if line.startswith("adapter: ")]
-        if named and Path(named[0]).resolve() == adapter.resolve():
-            found.append(model)
-    return found
 
 
 def stage(export: Export, root: Path) -> Path:
