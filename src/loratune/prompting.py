@@ -30,10 +30,9 @@ from loratune.data import instructions as ins
 from loratune.data.build import IGNORE, adds_bos, find_data, is_raw_text, wants_bos
 from loratune.data.chat_templates import format_to_jinja, resolve_chat_template
 from loratune.errors import LoratuneError
-from loratune.rundir import CONFIG, config_folder, read_run_config
+from loratune.rundir import CONFIG, CONTRACT_FILE, config_folder, read_run_config
 from loratune.workspace import Workspace
 
-CONTRACT_FILE = "prompt.json"
 # Training tokenizes prompt + response as one text. A prompt is cut where a response starting with a letter (nearly
 # all of them) would begin, so e.g. vicuna's "ASSISTANT: " ends before the space that training merged into " Arr".
 PROBE = "A"

@@ -31,6 +31,7 @@ RETENTION = "retention.json"
 PROMOTED = "promoted.json"
 LOSS_PLOT = "loss.png"
 CARD = "README.md"
+CONTRACT_FILE = "prompt.json"  # the prompt contract training writes beside the adapter (loratune.prompting)
 LOCK = ".lock"
 COMPLETE = "COMPLETE"
 CHECKPOINT_PREFIX = "checkpoint-"

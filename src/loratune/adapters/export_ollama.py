@@ -26,10 +26,9 @@ from pathlib import Path
 from loratune.adapters.catalog import adapter_path, base_model_path
 from loratune.adapters.export_gguf import write_lora_gguf
 from loratune.errors import LoratuneError
-from loratune.rundir import CONFIG, config_folder, read_run_config
+from loratune.rundir import CONFIG, CONTRACT_FILE, config_folder, read_run_config
 from loratune.workspace import Workspace, check_name, inside
 
-CONTRACT = "prompt.json"  # the run's prompt contract, written by training
 KINDS = ("chat", "format", "raw")
 _PLACEHOLDER = re.compile(r"%([A-Za-z0-9_]+)%")
 # Unique texts no template contains, so each one's position in a rendering is unambiguous.
@@ -82,7 +81,7 @@ def read_prompt_contract(adapter: Path, ws: Workspace, tokenizer) -> dict:
     run's loratune.yaml and the base tokenizer, as training built its prompts."""
     folders = [adapter, adapter.parent] if adapter.name.startswith("checkpoint-") else [adapter]
     for folder in folders:
-        path = folder / CONTRACT
+        path = folder / CONTRACT_FILE
         if path.is_file():
             try:
                 contract = json.loads(path.read_text(encoding="utf-8"))
@@ -97,7 +96,7 @@ def read_prompt_contract(adapter: Path, ws: Workspace, tokenizer) -> dict:
             return contract
     saved = read_run_config(config_folder(adapter))
     if saved is None:
-        raise LoratuneError(f"{adapter}: no {CONTRACT} or {CONFIG}, so the prompt it was trained on is unknown")
+        raise LoratuneError(f"{adapter}: no {CONTRACT_FILE} or {CONFIG}, so the prompt it was trained on is unknown")
     return _contract_from_config(saved.get("data") or {}, ws, tokenizer)
 
 

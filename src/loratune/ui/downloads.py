@@ -30,10 +30,9 @@ from loratune.adapters import adapter_path
 from loratune.adapters.files import clean_stale, temporary
 from loratune.adapters.merge import merged_folders
 from loratune.errors import LoratuneError
-from loratune.rundir import ADAPTER_FILES, CARD
+from loratune.rundir import ADAPTER_FILES, CARD, CONTRACT_FILE
 from loratune.workspace import Workspace, inside
 
-CONTRACT = "prompt.json"  # the prompt contract training writes beside the adapter (loratune.prompting)
 # Tokenizer files an adapter saved by peft alone may carry (a run's prompt.json lists its own).
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -145,10 +144,10 @@ def _write(export: Export, tmp: Path) -> None:
 def _adapter(folder: Path) -> tuple[str, ...]:
     """The adapter's own files: weights, config, prompt contract, tokenizer files and model card."""
     try:
-        listed = json.loads((folder / CONTRACT).read_text(encoding="utf-8")).get("tokenizer_files") or []
+        listed = json.loads((folder / CONTRACT_FILE).read_text(encoding="utf-8")).get("tokenizer_files") or []
     except (OSError, ValueError):
         listed = []
-    names = [*ADAPTER_FILES, CONTRACT, *[n for n in listed if isinstance(n, str)], *TOKENIZER_FILES, CARD]
+    names = [*ADAPTER_FILES, CONTRACT_FILE, *[n for n in listed if isinstance(n, str)], *TOKENIZER_FILES, CARD]
     return tuple(
         n for n in dict.fromkeys(names) if "/" not in n and _ours(folder, folder / n) and (folder / n).is_file()
     )
