@@ -414,6 +414,10 @@ def arm_main(arm: str, suite: dict) -> None:
         "loratune": run_loratune,
         "loratune-padded": lambda suite, clock: run_loratune(suite, clock, **{"train.packing": False}),
         "loratune-rows512": lambda suite, clock: run_loratune(suite, clock, **{"train.packed_tokens": 512}),
+        "loratune-ckpt": lambda suite, clock: run_loratune(suite, clock, **{"train.gradient_checkpointing": True}),
+        "loratune-ckpt256": lambda suite, clock: run_loratune(
+            suite, clock, **{"train.gradient_checkpointing": True, "train.packed_tokens": 256}
+        ),
         "webui": run_webui,
         "trl": run_trl,
     }

@@ -189,3 +189,41 @@ def test_resume_with_packing_continues_exactly(tiny_model, home, tmp_path):
     b = load_file(cut / "adapter_model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
+
+
+def test_low_memory_trains_the_same_adapter_in_smaller_checkpointed_passes(tiny_model, home, tmp_path, monkeypatch):
+    """train.low_memory: activation checkpointing, one cutoff of tokens per pass; the same steps, losses and adapter."""
+    import loratune.training.loop as loop
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(json.dumps(r | {"output": r["output"] * (1 + i % 3)}) + "\n" for i, r in enumerate(RECORDS * 4))
+    )
+    passes = []
+    real = loop.micro_batches
+    monkeypatch.setattr(loop, "micro_batches", lambda *a, **k: passes.append(real(*a, **k)) or passes[-1])
+
+    def run(name, low_memory):
+        spec = TrainSpec(max_steps=3, batch_size=8, micro_batch=4, lr=3e-3, low_memory=low_memory, retention=False)
+        config = RunConfig(
+            name=name,
+            model=ModelSpec(source=str(tiny_model)),
+            adapter=AdapterSpec(rank=8, alpha=16, dropout=0.0),  # masks drawn per pass differ with the passes
+            data=DataSpec(path=str(data), cutoff=96),
+            train=spec,
+        )
+        assert config.packed_tokens() == (96 if low_memory else 4 * 96) and config.checkpointing() == low_memory
+        passes.clear()
+        result = train(config, home=home, show_progress=False)
+        base = result.model.get_base_model()
+        assert bool(getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing) == low_memory
+        rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+        widest = max(t["input_ids"].shape[1] for p, _ in passes for t in p)
+        return [r["loss"] for r in rows if "loss" in r], load_file(result.run_dir / "adapter_model.safetensors"), widest
+
+    losses, adapter, widest = run("default", False)
+    small_losses, small_adapter, small_widest = run("small", True)
+    assert small_widest <= 96 < widest
+    assert small_losses == pytest.approx(losses, abs=1e-5)
+    for key in adapter:
+        torch.testing.assert_close(small_adapter[key], adapter[key], rtol=0, atol=1e-5)

@@ -213,7 +213,7 @@ class TrainSpec:
     packing: bool = True
     """Lay samples end to end, no padding (up to micro_batch x cutoff tokens per pass); attention stays per sample."""
     packed_tokens: int = 0
-    """Tokens per packed pass (0: micro_batch x cutoff). Fewer use less memory."""
+    """Tokens per packed pass (0: micro_batch x cutoff, or data.cutoff with train.low_memory). Fewer use less memory."""
     weight_decay: float = 0.0
     """Weight decay on the LoRA weights (decoupled for adamw and adafactor)."""
     max_grad_norm: float = 1.0
@@ -232,6 +232,9 @@ class TrainSpec:
     """End the run (and save the adapter) once a step's training loss is at or below this (0: off)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, more compute per step."""
+    low_memory: bool = False
+    """Train in about half the memory, a little slower: activation checkpointing, and packed passes of data.cutoff
+    tokens (unless train.packed_tokens is given)."""
     memory_check: bool = True
     """Before loading, refuse a run whose estimated peak memory exceeds the free RAM / VRAM (false: try anyway)."""
     eval_every: int = 0
@@ -368,6 +371,16 @@ class RunConfig:
                 "so a packed pass holds the longest sample"
             )
         return self
+
+    def packed_tokens(self) -> int:
+        """Tokens per packed pass (0: not packed): train.packed_tokens, else data.cutoff with train.low_memory, else
+        micro_batch x cutoff, the most a padded micro-batch could hold."""
+        tc, cutoff = self.train, self.data.cutoff
+        return tc.packing * (tc.packed_tokens or (cutoff if tc.low_memory else tc.micro_batch * cutoff))
+
+    def checkpointing(self) -> bool:
+        """Whether activations are recomputed in the backward pass (train.gradient_checkpointing or low_memory)."""
+        return self.train.gradient_checkpointing or self.train.low_memory
 
 
 def _looks_like(value: Any, opening: str) -> bool:

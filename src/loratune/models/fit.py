@@ -23,9 +23,10 @@ def run_estimate(config: RunConfig, model_path: str | Path, device: str) -> Esti
     shape = shape_of(load_config(str(model_path), None, config.model.trust_remote_code), config.adapter.rank,
                      config.adapter.targets)  # fmt: skip
     micro_batch, cutoff = tc.micro_batch, config.data.cutoff
-    if tc.packing and tc.packed_tokens:  # one packed row of packed_tokens per pass
-        micro_batch, cutoff = 1, tc.packed_tokens
-    checkpointing = tc.gradient_checkpointing or quant != "none"
+    packed = config.packed_tokens()
+    if packed and packed != micro_batch * cutoff:  # one packed row of `packed` tokens per pass
+        micro_batch, cutoff = 1, packed
+    checkpointing = config.checkpointing() or quant != "none"
     return estimate(shape, micro_batch, cutoff, device, quant, config.adapter.dropout > 0, checkpointing)
 
 
@@ -59,7 +60,7 @@ def check_fits(config: RunConfig, model_path: str | Path, device: str) -> None:
     raise LoratuneError(
         f"this run needs about {human(need * processes)}{each} and the machine has {human(free)} of {where} "
         f"(`loratune estimate` shows the parts): lower adapter.rank ({config.adapter.rank}), train.micro_batch "
-        f"({config.train.micro_batch}) or data.cutoff ({config.data.cutoff}), turn on train.gradient_checkpointing, "
+        f"({config.train.micro_batch}) or data.cutoff ({config.data.cutoff}), turn on train.low_memory, "
         "use model.quant 4bit on a GPU, or set train.memory_check false to try anyway"
     )
 

@@ -26,7 +26,6 @@ from loratune.training.checkpoint import checkpoint_dir, save_adapter
 from loratune.training.evaluate import Evaluator
 from loratune.training.guard import RunGuard
 from loratune.training.loss import token_loss_sum
-from loratune.training.packing import packed_tokens
 from loratune.training.pause import pause_point
 from loratune.training.plot import plot_loss
 from loratune.training.preference import Options, preference_step
@@ -149,8 +148,8 @@ def sft_backward(run: Run, batch: list[Sample]) -> float:
     tc, accelerator, model = run.config.train, run.accelerator, run.model
     world = accelerator.num_processes  # under `accelerate launch`, each process trains on its share of every step
     pad_id = run.tokenizer.pad_token_id
-    passes, weights = micro_batches(batch, tc.micro_batch, pad_id, packed_tokens(run.config), accelerator.process_index,
-                                    world)  # fmt: skip
+    packed, rank = run.config.packed_tokens(), accelerator.process_index
+    passes, weights = micro_batches(batch, tc.micro_batch, pad_id, packed, rank, world)
     n_trained = sum(sum(1 for x in s.labels[1:] if x != IGNORE) for s in batch)
     loss_total = 0.0
     if tc.retain:  # train.retain: the KL to the base on a replay of its own answers, before the synchronised passes

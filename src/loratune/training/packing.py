@@ -18,13 +18,6 @@ import torch.nn.functional as F
 NAME = "loratune_packed_sdpa"
 
 
-def packed_tokens(config) -> int:
-    """Tokens per packed pass of a run (0: not packed): train.packed_tokens, or micro_batch x cutoff, the most a
-    padded micro-batch could hold."""
-    tc = config.train
-    return tc.packing * (tc.packed_tokens or tc.micro_batch * config.data.cutoff)
-
-
 def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """query (1, heads, total, dim), key/value (1, kv_heads, total, dim) -> output (1, total, heads, dim)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward

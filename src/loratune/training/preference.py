@@ -32,7 +32,6 @@ from loratune.data.batching import collate, collate_packed
 from loratune.data.samples import Sample
 from loratune.errors import LoratuneError
 from loratune.training.loss import kept_logits, trained_positions
-from loratune.training.packing import packed_tokens
 
 NEEDS_REFERENCE = ("dpo", "ipo")
 DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1}  # the papers' (ORPO: lambda, its own option)
@@ -221,7 +220,7 @@ def preference_step(run, batch: list[Pair], reference: Reference) -> tuple[float
     tc, accelerator, model = run.config.train, run.accelerator, run.model
     world = accelerator.num_processes
     options = Options.of(tc)
-    pad_id, packed = run.tokenizer.pad_token_id, packed_tokens(run.config)
+    pad_id, packed = run.tokenizer.pad_token_id, run.config.packed_tokens()
     passes = pass_groups(batch, tc.micro_batch, pad_id, packed, accelerator.process_index, world)
     totals = torch.zeros(5, dtype=torch.float64)  # loss, chosen reward, rejected reward, correct, pairs
     for i, (tensors, group, weight) in enumerate(passes):

@@ -40,6 +40,7 @@ RESUME_MAY_CHANGE = {
     "train.packed_tokens",
     "train.packing",
     "train.gradient_checkpointing",
+    "train.low_memory",
     "train.memory_check",
     "train.precompute_reference",
     # permissions and what this command does, not how the run trains

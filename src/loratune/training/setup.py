@@ -34,8 +34,9 @@ from loratune.training.checkpoint import (
 )
 from loratune.training.evaluate import split_eval
 from loratune.training.guard import RunGuard
+from loratune.training.lora_dropout import share_lora_dropout
 from loratune.training.optim import build_optimizer, build_scheduler
-from loratune.training.packing import packed_tokens, use_packed_attention
+from loratune.training.packing import use_packed_attention
 from loratune.training.preference import NEEDS_REFERENCE, Pairs, Reference
 from loratune.training.resume import already_finished, check_resume_options
 from loratune.training.retention import Retention
@@ -138,7 +139,7 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     samples, eval_samples = split_eval(config.data, samples, tokenizer, plan.ws, tc.seed)
     retention = Retention.prepare(config, plan.ws, contract, tokenizer)  # a bad probe file fails here
     say(report.summary() + (f"; {len(eval_samples)} samples for evaluation" if eval_samples else ""))
-    if tc.gradient_checkpointing:
+    if config.checkpointing():
         enable_gradient_checkpointing(model)
     model = add_lora(model, config)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -161,7 +162,7 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     if reference.needed and tc.precompute_reference:  # the base's log-probs of every pair, once (not saved)
         say(f"reference: the base model's log-probs of {len(samples)} pairs")
         pad_id = tokenizer.pad_token_id
-        reference.precompute(model, samples, tc.micro_batch, pad_id, accelerator.device, packed_tokens(config))
+        reference.precompute(model, samples, tc.micro_batch, pad_id, accelerator.device, config.packed_tokens())
     if retention is not None:  # the base model's answers to the probe, once per run (cached in the run folder)
         with accelerator.main_process_first():
             trained_tokens = sum(len(s.input_ids) for s in samples) * total_steps // steps_per_epoch
@@ -213,6 +214,7 @@ def add_lora(model, config: RunConfig):
     # never change them, so the same seed gives the same run the first time too.
     torch.manual_seed(config.train.seed)
     model = get_peft_model(model, lora)
+    share_lora_dropout(model, config.adapter.dropout)
     if config.train.packing:
         use_packed_attention(model)
     return model
