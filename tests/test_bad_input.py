@@ -473,6 +473,7 @@ def test_a_checkpoint_is_never_written_with_non_finite_weights(tiny_model, tmp_p
     from transformers import AutoModelForCausalLM
 
     from loratune.training.checkpoint import save_checkpoint
+    from loratune.training.sharding import adapter_weights
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=2, target_modules=["q_proj"]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
@@ -481,5 +482,5 @@ def test_a_checkpoint_is_never_written_with_non_finite_weights(tiny_model, tmp_p
     run = tmp_path / "run"
     run.mkdir()
     with pytest.raises(LoratuneError, match=r"not finite at step 3 .*no checkpoint was written"):
-        save_checkpoint(run, 3, model, optimizer, scheduler)
+        save_checkpoint(run, 3, model, adapter_weights(model), optimizer.state_dict(), scheduler)
     assert list(run.iterdir()) == []

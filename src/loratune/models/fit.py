@@ -43,14 +43,21 @@ def free_memory(device: str) -> int:
     return min(free, limit) if limit is not None else free
 
 
-def check_fits(config: RunConfig, model_path: str | Path, device: str) -> None:
-    """Refuse, in one line, a run whose estimated peak exceeds the free memory (unless train.memory_check is off)."""
+def check_fits(config: RunConfig, model_path: str | Path, device: str, shards: int = 1) -> None:
+    """Refuse, in one line, a run whose estimated peak exceeds the free memory (unless train.memory_check is off).
+
+    Under FSDP over `shards` GPUs each holds its share of the base and of the adapter's state (the activations are
+    its own); on CPUs the processes share one RAM, and each loads the whole base before it is sharded."""
     if not config.train.memory_check:
         return
     try:
-        need = run_estimate(config, model_path, device).total
+        parts = run_estimate(config, model_path, device)
     except LoratuneError:
         return  # a model the estimate cannot read: loading it next says why, in training's own words
+    need = parts.total
+    if shards > 1 and device == "cuda":  # (plus one layer gathered whole at a time, small beside the rest)
+        sharded = parts.weights + parts.lora_and_optimizer
+        need = parts.total - sharded + sharded // shards
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device != "cuda" else 1  # CPU DDP shares one RAM
     free = free_memory(device)
     if need * processes <= free:

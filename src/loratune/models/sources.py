@@ -127,8 +127,10 @@ def download(repo_id: str, ws: Workspace, trust_remote_code: bool = False) -> Pa
     return target
 
 
-def load_base(path: Path, device="cpu", trust_remote_code: bool = False, quant: str = "none"):
-    """Load (model, tokenizer) from a local folder in the dtype the device runs fast (quant: 'none', '4bit', '8bit')."""
+def load_base(path: Path, device="cpu", trust_remote_code: bool = False, quant: str = "none", place: bool = True):
+    """Load (model, tokenizer) from a local folder in the dtype the device runs fast (quant: 'none', '4bit', '8bit').
+
+    `place` False leaves the weights in host memory (FSDP moves each process's shard to `device` itself)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -167,7 +169,7 @@ def load_base(path: Path, device="cpu", trust_remote_code: bool = False, quant: 
             f"{path}: the weights do not have the shapes config.json describes (hidden_size, vocab_size or layer "
             "sizes were changed?); restore the model's own config.json"
         ) from None
-    return (model if quant != "none" else model.to(device)), tokenizer
+    return (model.to(device) if place and quant == "none" else model), tokenizer
 
 
 def _complete(folder: Path) -> bool:

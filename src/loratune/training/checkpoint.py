@@ -32,11 +32,22 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model, optimizer, scheduler, keep: int = 0, position: dict | None = None
+    run_dir: Path,
+    step: int,
+    model,
+    weights: dict,
+    optimizer_state: dict,
+    scheduler,
+    keep: int = 0,
+    position: dict | None = None,
 ) -> Path:
-    """Write checkpoint-<step> atomically; then keep only the newest `keep` complete ones (0: all)."""
+    """Write checkpoint-<step> atomically; then keep only the newest `keep` complete ones (0: all).
+
+    `weights` are the adapter's (sharding.adapter_weights) and `optimizer_state` the optimizer's state dict, whole
+    (under FSDP gathered from every process first): the checkpoint is the same whatever the number of processes.
+    """
     target = checkpoint_dir(run_dir, step)
-    bad = next((name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()), None)
+    bad = next((name for name, w in weights.items() if not torch.isfinite(w).all()), None)
     if bad is not None:  # a checkpoint is only ever complete with weights a resume can train on
         raise LoratuneError(
             f"the adapter weights are not finite at step {step} ({bad}), so no checkpoint was written; lower "
@@ -45,13 +56,13 @@ def save_checkpoint(
     tmp = run_dir / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=weights)
         copy_contract(run_dir, tmp)  # prompt.json and tokenizer files: a checkpoint is prompted like its run
         pause_point("checkpoint-write")
         state = {
             "step": step,
             "position": {**(position or {}), **_epoch_of(step, position)},
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -79,8 +90,9 @@ def _epoch_of(step: int, position: dict | None) -> dict:
     return {"epoch": step // per_epoch, "step_in_epoch": step % per_epoch} if per_epoch else {}
 
 
-def save_adapter(run_dir: Path, model, step: int | None = None) -> None:
-    """The final adapter into the run folder itself; each file replaced atomically, so none is ever truncated.
+def save_adapter(run_dir: Path, model, weights: dict, step: int | None = None) -> None:
+    """The final adapter (`weights`, whole: sharding.adapter_weights) into the run folder itself; each file replaced
+    atomically, so none is ever truncated.
 
     With `step`, `adapter_step.json` records the step these weights come from (with their hash), so the LoRAs list
     shows it, not the step a later resumed run has reached. The weights file is replaced last, after the config.
@@ -88,7 +100,7 @@ def save_adapter(run_dir: Path, model, step: int | None = None) -> None:
     tmp = run_dir / f".final.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=weights)
         normal_permissions(tmp)
         _fsync_tree(tmp)
     except BaseException:
@@ -205,8 +217,11 @@ def sample_hash(samples) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_state(checkpoint: Path, model, optimizer, scheduler, position: dict | None = None, samples=None) -> int:
-    """Restore adapter weights, optimizer, scheduler and RNG; return the step to continue from.
+def load_state(checkpoint: Path, model, scheduler, position: dict | None = None, samples=None) -> tuple[int, dict]:
+    """Restore adapter weights, scheduler and RNG; return the step to continue from and the optimizer's state.
+
+    The optimizer's state is loaded by the caller once the optimizer holds the parameters it trains: under FSDP,
+    the shards that accelerate's `prepare` puts in place of the whole parameters (sharding.shard_optimizer_state).
 
     With `position`, refuse a resume whose data no longer matches the checkpoint's: its steps would see other samples.
     A checkpoint written before the samples cache holds the sample-by-sample hash: `samples` are hashed that way then.
@@ -230,12 +245,11 @@ def load_state(checkpoint: Path, model, optimizer, scheduler, position: dict | N
     if not weights.is_file():
         raise LoratuneError(f"{checkpoint} has no adapter_model.safetensors (loratune loads no pickled weights)")
     set_peft_model_state_dict(model, load_file(weights))
-    optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(state["step"])
+    return int(state["step"]), state["optimizer"]
 
 
 # ---------------------------------------------------------------- the training state without pickle

@@ -97,8 +97,12 @@ class RunGuard:
             return "no step had finished, so there was nothing to save"
         if is_complete(checkpoint_dir(self.run_dir, step)):
             return f"{checkpoint_name(step)} holds all finished steps"
+        if self.run.sharded:  # gathering the shards needs every process, and the others may be gone or stuck
+            latest = latest_checkpoint(self.run_dir)
+            kept = f"{latest.name} is the last complete checkpoint" if latest else "no checkpoint was written yet"
+            return f"under FSDP each process holds a shard of the adapter, so nothing was saved now; {kept}"
         try:
-            self.run.save_checkpoint(step)
+            self.run.save_checkpoint(step, write=True)
         except Exception as e:
             return f"saving {checkpoint_name(step)} failed too ({type(e).__name__}: {e})"
         return f"saved the {step} finished steps as {checkpoint_name(step)}"

@@ -33,6 +33,7 @@ from loratune.training.progress import Progress, retention_text
 from loratune.training.resume import mark_finished, resume_command
 from loratune.training.retention import replay_loss
 from loratune.training.setup import Plan, Run, plan_run, setup
+from loratune.training.sharding import adapter_weights
 from loratune.training.stop import LOSS_TARGET, StopRequest, StopSource, stop_reason
 
 
@@ -109,9 +110,10 @@ def train_loop(run: Run, stopping: StopRequest, on_step) -> str | None:
             board.log(row)
             if on_step is not None:
                 on_step(row)
-            if main and tc.save_every and run.step % tc.save_every == 0 and run.step < run.total_steps:
-                run.save_checkpoint(run.step)
-                plot_loss(run.run_dir / METRICS, checkpoint_dir(run.run_dir, run.step) / LOSS_PLOT)
+            if tc.save_every and run.step % tc.save_every == 0 and run.step < run.total_steps:
+                run.save_checkpoint(run.step)  # every process: under FSDP each gives its shards
+                if main:
+                    plot_loss(run.run_dir / METRICS, checkpoint_dir(run.run_dir, run.step) / LOSS_PLOT)
             if evaluate.due(run.step):
                 evaluation = evaluate(run.model, run.step, epoch)
                 board.log(evaluation)
@@ -174,11 +176,13 @@ def finish(run: Run, ended_by: str | None, started: float) -> TrainResult:
     """Save the final checkpoint and adapter, the model card and the loss plot; mark the run finished unless stopped."""
     reached_loss = ended_by == LOSS_TARGET
     stopped = ended_by is not None and not reached_loss and run.step < run.total_steps
+    run.say(f"finish: saving the adapter of step {run.step}")
+    if run.step:  # a complete checkpoint of the final step too: resumable, and never the only copy of the weights
+        run.save_checkpoint(run.step)  # every process: under FSDP each gives its shards
+    model = run.accelerator.unwrap_model(run.model)
+    weights = adapter_weights(model)
     if run.accelerator.is_main_process:
-        run.say(f"finish: saving the adapter of step {run.step}")
-        if run.step:  # a complete checkpoint of the final step too: resumable, and never the only copy of the weights
-            run.save_checkpoint(run.step)
-        save_adapter(run.run_dir, run.accelerator.unwrap_model(run.model), run.step)
+        save_adapter(run.run_dir, model, weights, run.step)
         write_card(run.run_dir, run.config, run.step, run.loss)
         plot_loss(run.run_dir / METRICS, run.run_dir / LOSS_PLOT)
         stop_at_loss = run.config.train.stop_at_loss
@@ -194,7 +198,6 @@ def finish(run: Run, ended_by: str | None, started: float) -> TrainResult:
             run.say(f"reached train.stop_at_loss {stop_at_loss} at step {run.step}")
     run.accelerator.wait_for_everyone()
     run.model.eval()
-    model = run.accelerator.unwrap_model(run.model)
     return TrainResult(run.run_dir, run.step, run.loss, time.perf_counter() - started, model, run.tokenizer, stopped)
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from loratune.data.build import IGNORE
+from loratune.training.sharding import is_sharded
 
 
 def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -78,10 +79,11 @@ CHUNK = 256  # rows of logits alive at once: 256 x 50k vocabulary x 4 bytes = 50
 def decoder_and_frozen_head(model):
     """(decoder, lm_head) when the chunked loss applies: a plain-head family with a frozen, bias-free linear head.
 
-    Not under DistributedDataParallel: calling the decoder directly would skip DDP's forward, which its gradient
-    synchronisation needs; there the whole model runs with `logits_to_keep`.
+    Not under DistributedDataParallel or FSDP: calling the decoder directly would skip DDP's forward, which its
+    gradient synchronisation needs, or FSDP's root forward (and the head's weight is a shard there); both run the
+    whole model with `logits_to_keep`.
     """
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or is_sharded(model):
         return None
     base = unwrapped(model)
     head = base.get_output_embeddings()

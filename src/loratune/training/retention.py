@@ -33,6 +33,7 @@ from loratune.errors import LoratuneError
 from loratune.prompting import PromptContract, render_chat, render_completion, sampling_options
 from loratune.rundir import RETENTION, read_json
 from loratune.training.loss import decoder_and_frozen_head
+from loratune.training.sharding import is_sharded
 
 PROBES = Path(__file__).with_name("probes")
 GENERAL, REPLAY = PROBES / "general.jsonl", PROBES / "replay.jsonl"
@@ -140,6 +141,7 @@ class Retention:
         from loratune.generator import left_padded
 
         peft, items = _peft(model), [None] * len(prompts)
+        sharded = is_sharded(peft)  # under FSDP every process generates: each step's forward pass until all are done
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][0]))
         was_training = peft.training
         peft.eval()
@@ -148,7 +150,7 @@ class Retention:
                 inputs = left_padded([prompts[i][0] for i in chunk], self.pad_id, peft.device)
                 record = TopTokens()
                 out = peft.generate(**inputs, **sampling_options(0.0), max_new_tokens=self.tokens,
-                                    eos_token_id=self.stops, pad_token_id=self.pad_id,
+                                    eos_token_id=self.stops, pad_token_id=self.pad_id, synced_gpus=sharded,
                                     logits_processor=LogitsProcessorList([record] if keep_top else []))  # fmt: skip
                 for n, (i, row) in enumerate(zip(chunk, out[:, inputs["input_ids"].shape[1] :].tolist(), strict=True)):
                     ends = [t for t, token in enumerate(row) if token in self.stops]

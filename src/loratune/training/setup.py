@@ -7,6 +7,7 @@ fails its setup leaves the folder as it was.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,14 @@ from loratune.training.packing import use_packed_attention
 from loratune.training.preference import NEEDS_REFERENCE, Pairs, Reference
 from loratune.training.resume import already_finished, check_resume_options
 from loratune.training.retention import Retention
+from loratune.training.sharding import (
+    adapter_weights,
+    check_sharding,
+    full_tensors,
+    is_sharded,
+    shard_optimizer_state,
+    uses_fsdp2,
+)
 from loratune.workspace import Workspace
 
 
@@ -65,11 +74,11 @@ class Run:
     run_dir: Path
     accelerator: object
     show: bool  # print progress: this is the main process and the caller asked for it
-    model: torch.nn.Module  # the PeftModel, prepared by accelerate (wrapped for DDP under `accelerate launch`)
+    model: torch.nn.Module  # the PeftModel, prepared by accelerate (wrapped for DDP, or sharded for FSDP)
     tokenizer: object
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    trainable: list[torch.nn.Parameter]
+    trainable: list[torch.nn.Parameter]  # the model's own after `prepare` (under FSDP: this process's shards)
     samples: list[Sample]
     eval_samples: list[Sample]
     steps_per_epoch: int
@@ -84,12 +93,20 @@ class Run:
         if self.show:
             print(text)
 
-    def save_checkpoint(self, step: int) -> None:
-        """A complete checkpoint of `step`, unless one exists already."""
-        if not is_complete(checkpoint_dir(self.run_dir, step)):
-            model = self.accelerator.unwrap_model(self.model)
+    @property
+    def sharded(self) -> bool:
+        return is_sharded(self.model)
+
+    def save_checkpoint(self, step: int, write: bool | None = None) -> None:
+        """A complete checkpoint of `step`, unless one exists already. Every process calls it (under FSDP each holds
+        a shard of the adapter and of the optimizer's state, gathered here); `write` (default: the main process
+        does) writes it."""
+        model = self.accelerator.unwrap_model(self.model)
+        weights, optimizer_state = adapter_weights(model), full_tensors(self.optimizer.state_dict())
+        write = self.accelerator.is_main_process if write is None else write
+        if write and not is_complete(checkpoint_dir(self.run_dir, step)):
             keep = self.config.train.keep_checkpoints
-            save_checkpoint(self.run_dir, step, model, self.optimizer, self.scheduler, keep, self.position)
+            save_checkpoint(self.run_dir, step, model, weights, optimizer_state, self.scheduler, keep, self.position)
 
 
 def plan_run(config: RunConfig | None, home, options: dict, guard: RunGuard) -> Plan:
@@ -110,6 +127,9 @@ def plan_run(config: RunConfig | None, home, options: dict, guard: RunGuard) -> 
         config.adapter = adapter_from_run(ws.lora_dir(config.adapter.copy_from), config.adapter)
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    note = check_sharding(accelerator)  # FSDP1 is refused; FSDP asked for on CPUs is DDP there
+    if note and accelerator.is_main_process:
+        print(note)
     guard.claim(run_dir, ws.home, accelerator.is_main_process)  # a second run on the same name is refused here
     finished = already_finished(run_dir, config) if tc.resume else None
     resume_from, clear_first = check_run_dir(run_dir, tc.resume, tc.overwrite) if finished is None else (None, False)
@@ -122,13 +142,22 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     """Load the model and data, wrap the model in LoRA, build the optimizer, restore a checkpoint; then write the run
     folder's loratune.yaml and prompt files."""
     config, tc, accelerator = plan.config, plan.config.train, plan.accelerator
+    sharded = uses_fsdp2(accelerator)  # `prepare` will shard the model over the processes (FSDP2)
     show = accelerator.is_main_process and show_progress
     say = print if show else (lambda *a, **k: None)
     say(f"setup: {config.name}: loading the model and the data")
     with accelerator.main_process_first():  # one process converts or downloads the model; the others then reuse it
         model_path = resolve_model_path(config.model.source, plan.ws, config.model.trust_remote_code)
-    check_fits(config, model_path, accelerator.device.type)  # a run that cannot fit stops here, not in the OOM killer
-    model, tokenizer = load_base(model_path, accelerator.device, config.model.trust_remote_code, config.model.quant)
+    shards = accelerator.num_processes if sharded else 1
+    check_fits(config, model_path, accelerator.device.type, shards)  # stopped here, not by the OOM killer
+    if sharded and config.model.quant != "none":
+        raise LoratuneError(
+            f"model.quant {config.model.quant} places the whole base on each GPU, which FSDP is there to avoid: "
+            "train the unquantized base under FSDP, or the quantized one with DDP (`accelerate launch --multi_gpu`)"
+        )
+    # Under FSDP the base stays in host memory until `prepare` moves each process's shard to its device.
+    model, tokenizer = load_base(model_path, accelerator.device, config.model.trust_remote_code, config.model.quant,
+                                 place=not sharded)  # fmt: skip
     if config.model.quant != "none":  # QLoRA: frozen k-bit base, fp32 norms, gradient checkpointing on
         model = prepare_for_training(model)
     samples, report = build_samples(config.data, tokenizer, plan.ws)
@@ -142,8 +171,7 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     if config.checkpointing():
         enable_gradient_checkpointing(model)
     model = add_lora(model, config)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(trainable, tc)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], tc)
 
     steps_per_epoch = math.ceil(len(samples) / tc.batch_size)
     if len(samples) < tc.batch_size:
@@ -152,11 +180,18 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     scheduler = build_scheduler(optimizer, tc, total_steps)
     position = data_position(samples, steps_per_epoch, tc.seed)
     reference = Reference(tc.method in NEEDS_REFERENCE)
-    step = 0
-    if plan.resume_from is not None:
-        step = restore(plan, model, optimizer, scheduler, position, total_steps, samples)
+    step, optimizer_state = 0, None
+    if plan.resume_from is not None:  # the adapter before `prepare` shards it; the optimizer's state after
+        step, optimizer_state = restore(plan, model, scheduler, position, total_steps, samples)
         say(f"resuming from {plan.resume_from.name} (step {step} of {total_steps})")
     model, optimizer = accelerator.prepare(model, optimizer)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # under FSDP, new parameters: the shards
+    if sharded:
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        register_fsdp_forward_method(model, "generate")  # the retention probe's answers gather the shards too
+    if optimizer_state is not None:
+        optimizer.load_state_dict(shard_optimizer_state(optimizer, optimizer_state) if sharded else optimizer_state)
     if accelerator.is_main_process:  # model, data and options are good: only now is anything written
         write_run_folder(plan, guard, contract, tokenizer)
     if reference.needed and tc.precompute_reference:  # the base's log-probs of every pair, once (not saved)
@@ -164,7 +199,8 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
         pad_id = tokenizer.pad_token_id
         reference.precompute(model, samples, tc.micro_batch, pad_id, accelerator.device, config.packed_tokens())
     if retention is not None:  # the base model's answers to the probe, once per run (cached in the run folder)
-        with accelerator.main_process_first():
+        # Under FSDP every process takes part in each forward pass, so all answer together.
+        with nullcontext() if sharded else accelerator.main_process_first():
             trained_tokens = sum(len(s.input_ids) for s in samples) * total_steps // steps_per_epoch
             measures = (tc.eval_every and total_steps // tc.eval_every) + 1
             retention.fit(tc.retention_items, trained_tokens, measures)
@@ -172,6 +208,7 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     say(
         f"{sum(p.numel() for p in trainable):,} trainable parameters; {total_steps} steps of {tc.batch_size} samples "
         f"({tc.micro_batch} per micro-batch) on {accelerator.device}"
+        + (f", sharded over {accelerator.num_processes} processes (FSDP2)" if sharded else "")
     )
     return Run(
         config=config, ws=plan.ws, run_dir=plan.run_dir, accelerator=accelerator, show=show, model=model,
@@ -220,18 +257,18 @@ def add_lora(model, config: RunConfig):
     return model
 
 
-def restore(plan: Plan, model, optimizer, scheduler, position: dict, total_steps: int, samples) -> int:
-    """Load the checkpoint to resume from into the model, optimizer and scheduler; return its step."""
+def restore(plan: Plan, model, scheduler, position: dict, total_steps: int, samples) -> tuple[int, dict]:
+    """Load the checkpoint to resume from into the model and scheduler; return its step and the optimizer's state."""
     resumed = checkpoint_step(plan.resume_from.name)
     if total_steps < resumed:  # equal: a kill after the last step's checkpoint; the run only needs finishing
         raise LoratuneError(
             f"train.max_steps / train.epochs now end the run at step {total_steps}, but {plan.resume_from.name} is "
             f"already at step {resumed}: nothing is left to train; give more steps to resume"
         )
-    step = load_state(plan.resume_from, model, optimizer, scheduler, position, samples)
+    step, optimizer_state = load_state(plan.resume_from, model, scheduler, position, samples)
     if plan.accelerator.is_main_process:
         trim_metrics(plan.run_dir, step)
-    return step
+    return step, optimizer_state
 
 
 def write_run_folder(plan: Plan, guard: RunGuard, contract, tokenizer) -> None:

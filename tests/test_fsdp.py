@@ -1,0 +1,180 @@
+"""Training under `accelerate launch --use_fsdp --fsdp_version 2` with 2 CPU processes (gloo) equals 1 process; its
+checkpoints are whole PEFT adapters that resume on 1 process, and a 1-process checkpoint resumes under FSDP.
+
+accelerate 1.15 runs FSDP on accelerators only (on CPUs `--use_fsdp` trains with DDP); torch's `fully_shard` runs
+on CPUs over gloo, so the 2 processes start through tests/fsdp_on_cpu.py, which makes the one choice accelerate
+skips on CPUs. Everything after it is the GPU path: accelerate's FSDP2 preparation (one shard unit per decoder
+layer), every parameter a DTensor split over the 2 processes, loratune's gathers into whole checkpoints.
+
+Tolerance: the runs do the same arithmetic in a different order (each process sums its share of the step, the
+reduce-scatter adds the halves; one process takes the loss through the chunked head, FSDP through the whole model),
+so they differ by float32 rounding. Measured after 4 AdamW steps: 1.0e-6 at most on weights up to 0.14, Adam's
+moments within 5.7e-6 of their largest value, the losses (6 decimals in metrics.jsonl) within 1e-6. We allow 1e-5
+on the weights (10x; the DDP test allows 2e-5), 1e-5 on each step's training, evaluation and retention loss, and,
+as the DDP test does, 1e-4 relative on the moments, which a gradient scaled by the number of processes, or a resume
+that lost them, would miss by far. A resume lands within 6e-8 of the run it continues.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from loratune.training.checkpoint import read_state
+
+pytestmark = [
+    pytest.mark.long,  # three runs of 2 processes under accelerate launch: make test-long
+    pytest.mark.skipif(
+        not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+        reason="this torch has no torch.distributed with the gloo backend, which 2 CPU processes need",
+    ),
+]
+
+SHIM = Path(__file__).with_name("fsdp_on_cpu.py")
+RECORDS = [
+    {"instruction": f"What is {a} plus {b}?", "output": f"Arr, it be {a + b}." + " Yo ho!" * a}
+    for a in range(5)
+    for b in range(3)
+]  # 15 samples of varied lengths: the second step of each epoch has 7, an uneven split over 2 processes
+OPTIONS = {
+    "adapter.dropout": 0.0,  # dropout masks come from each process's RNG: they would differ by design
+    "adapter.rank": 4,
+    "train.max_steps": 4,
+    "train.batch_size": 8,
+    "train.micro_batch": 2,
+    "train.save_every": 2,
+    "train.lr": 1e-2,
+    "data.eval_split": 0.2,  # an evaluation and the retention probe after every step: passes without gradients
+    "train.eval_every": 1,  # between the training steps, which FSDP must gather and free like the others
+}
+ATOL = 1e-5
+CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # both arms on CPU, wherever the test runs
+
+
+def fsdp(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """`loratune train ARGS` in 2 processes sharded with FSDP2, as on GPUs but over gloo."""
+    with socket.socket() as s:  # a free port, so parallel runs on one machine do not collide on 29500
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--use_fsdp", "--fsdp_version", "2"]
+    cmd += ["--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+    cmd += [str(SHIM), "--home", str(home), "train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=CPU_ONLY)
+
+
+def single(home: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "loratune.cli", "--home", str(home), "train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=CPU_ONLY)
+
+
+def flags(options: dict) -> list[str]:
+    return [x for key, value in options.items() for x in (f"--{key}", str(value))]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model):
+    home = tmp_path_factory.mktemp("fsdp") / "home"
+    data = home.parent / "sums.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    run = ["--model", str(tiny_model), "--data", str(data), *flags(OPTIONS)]
+    one = single(home, "--name", "one", *run)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = fsdp(home, "--name", "two", *run)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "sharded over 2 processes (FSDP2)" in two.stdout
+    return home
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_adapter(a: Path, b: Path, atol: float) -> None:
+    wa, wb = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=atol, msg=key)
+
+
+def assert_same_moments(a: Path, b: Path) -> None:
+    """Adam's moments scale with the gradient: a wrong factor for the number of processes, or a resume that lost
+    them (a fresh optimizer), shows here."""
+    s1, s2 = read_state(a)["optimizer"]["state"], read_state(b)["optimizer"]["state"]
+    assert s1.keys() == s2.keys()
+    for i in s1:
+        assert s2[i]["step"] == s1[i]["step"]
+        for moment in ("exp_avg", "exp_avg_sq"):
+            scale = s1[i][moment].abs().max().item()
+            torch.testing.assert_close(s2[i][moment], s1[i][moment], rtol=1e-4, atol=1e-4 * scale)
+
+
+def cut_back(run: Path, to: Path) -> None:
+    """A copy of `run` that lost everything after checkpoint-000002."""
+    shutil.copytree(run, to)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):
+        (to / name).unlink()
+    shutil.rmtree(to / "checkpoint-000004")
+
+
+def test_two_sharded_processes_train_the_same_adapter_as_one(runs):
+    one, two = runs / "loras" / "one", runs / "loras" / "two"
+    assert_same_adapter(one, two, ATOL)
+    assert max(t.abs().max().item() for t in load_file(one / "adapter_model.safetensors").values()) > 0.05
+    for checkpoint in ("checkpoint-000002", "checkpoint-000004"):
+        assert_same_adapter(one / checkpoint, two / checkpoint, ATOL)  # each a whole adapter, not a shard
+        assert_same_moments(one / checkpoint, two / checkpoint)
+    # rank 0 alone wrote metrics (one row per step and per evaluation, not two) with the loss of the whole step
+    rows_one, rows_two = metrics(one), metrics(two)
+    assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one]
+    for r1, r2 in zip(rows_one, rows_two, strict=True):
+        for key in ("loss", "eval_loss", "retention_kl"):
+            if key in r1:
+                assert r2[key] == pytest.approx(r1[key], abs=1e-5), (r1["step"], key)
+    assert (two / "retention.json").read_bytes() == (one / "retention.json").read_bytes()  # the base's answers
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def test_a_sharded_checkpoint_loads_as_an_adapter(runs, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = runs / "loras" / "two" / "checkpoint-000002"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), checkpoint)
+    saved = load_file(checkpoint / "adapter_model.safetensors")
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert len(loaded) == len(saved)
+    for key, value in saved.items():
+        torch.testing.assert_close(loaded[key.replace(".weight", ".default.weight")], value, rtol=0, atol=0)
+
+
+def test_a_sharded_checkpoint_resumes_on_one_process(runs):
+    """Lose everything after checkpoint-000002 of the FSDP run, resume it on 1 process: the uninterrupted adapter."""
+    two, resumed = runs / "loras" / "two", runs / "loras" / "two-on-one"
+    cut_back(two, resumed)
+    result = single(runs, "--name", resumed.name, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from checkpoint-000002 (step 2 of 4)" in result.stdout
+    assert_same_adapter(two, resumed, ATOL)
+    assert_same_moments(two / "checkpoint-000004", resumed / "checkpoint-000004")  # the moments went on
+    assert [r["step"] for r in metrics(resumed)] == [r["step"] for r in metrics(two)]
+
+
+def test_a_one_process_checkpoint_resumes_sharded(runs):
+    """The other way: checkpoint-000002 of the 1-process run resumed by 2 FSDP processes."""
+    one, resumed = runs / "loras" / "one", runs / "loras" / "one-on-two"
+    cut_back(one, resumed)
+    result = fsdp(runs, "--name", resumed.name, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from checkpoint-000002 (step 2 of 4)" in result.stdout
+    assert_same_adapter(one, resumed, ATOL)
+    assert_same_moments(one / "checkpoint-000004", resumed / "checkpoint-000004")
+    assert not list(resumed.glob(".*tmp*")), "temporary folders left behind"
