@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from loratune.training.checkpoint import read_state
@@ -35,6 +36,7 @@ pytestmark = [
         not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
         reason="this torch has no torch.distributed with the gloo backend, which 2 CPU processes need",
     ),
+    pytest.mark.skipif(not hasattr(Accelerator, "is_fsdp2"), reason="accelerate < 1.6 has no FSDP2"),
 ]
 
 SHIM = Path(__file__).with_name("fsdp_on_cpu.py")
@@ -58,16 +60,27 @@ ATOL = 1e-5
 CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # both arms on CPU, wherever the test runs
 
 
-def fsdp(home: Path, *args: str) -> subprocess.CompletedProcess:
-    """`loratune train ARGS` in 2 processes sharded with FSDP2, as on GPUs but over gloo."""
+def fsdp(home: Path, *args: str, wrap: bool = True, shim: bool = True) -> subprocess.CompletedProcess:
+    """`loratune train ARGS` in 2 processes sharded with FSDP2, as on GPUs but over gloo (without `shim`: as
+    accelerate alone runs them on CPUs)."""
     with socket.socket() as s:  # a free port, so parallel runs on one machine do not collide on 29500
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--use_fsdp", "--fsdp_version", "2"]
-    cmd += ["--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
-    cmd += [str(SHIM), "--home", str(home), "train", *args]
+    cmd = [str(accelerate), "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2"]
+    cmd += ["--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP"] if wrap else []
+    cmd += [
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ]
+    cmd += [str(SHIM)] if shim else ["-m", "loratune.cli"]
+    cmd += ["--home", str(home), "train", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=CPU_ONLY)
 
 
@@ -178,3 +191,21 @@ def test_a_one_process_checkpoint_resumes_sharded(runs):
     assert_same_adapter(one, resumed, ATOL)
     assert_same_moments(one / "checkpoint-000004", resumed / "checkpoint-000004")
     assert not list(resumed.glob(".*tmp*")), "temporary folders left behind"
+
+
+def test_fsdp_without_the_layer_wrap_is_refused(runs, tiny_model):
+    result = fsdp(runs, "--model", str(tiny_model), "--data", str(runs.parent / "sums.jsonl"), "--name", "nowrap",
+                  wrap=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "add --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP" in result.stderr
+    assert not (runs / "loras" / "nowrap").exists()
+
+
+def test_fsdp_asked_for_on_cpus_trains_with_ddp_and_says_so(runs, tiny_model):
+    """accelerate alone (no shim) turns --use_fsdp on CPUs into DDP; loratune says so instead of pretending."""
+    data = str(runs.parent / "sums.jsonl")
+    result = fsdp(runs, "--model", str(tiny_model), "--data", data, "--name", "ddp", "--train.max_steps", "1",
+                  shim=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "accelerate runs FSDP on GPUs only; these 2 cpu processes train with DDP" in result.stdout
+    assert "sharded over" not in result.stdout

@@ -78,8 +78,8 @@ def full_tensors(value):
     """`value` (a tensor, or dicts and lists of them: a state dict) with every FSDP shard gathered into the whole
     tensor; anything else as it is."""
     if isinstance(value, torch.Tensor):  # a DTensor (FSDP's shard) has full_tensor(); a plain tensor is whole
-        value = value.detach()
-        return value.full_tensor() if hasattr(value, "full_tensor") else value
+        value = value.detach()  # gathered whole on every process, then straight to host memory: one at a time on GPU
+        return value.full_tensor().cpu() if hasattr(value, "full_tensor") else value
     if isinstance(value, dict):
         return {k: full_tensors(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
