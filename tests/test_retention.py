@@ -58,6 +58,7 @@ def probe(tiny_model, tokenizer, tmp_path, model, **train) -> Retention:
         setattr(cfg.train, k, v)
     retention = Retention.prepare(cfg, Workspace.resolve(tmp_path), model_contract(tokenizer), tokenizer)
     retention.answer_as_base(model, tmp_path, True, print)
+    retention.answer_probe(model)  # (training leaves it to the first measurement)
     return retention
 
 
@@ -128,7 +129,10 @@ def test_the_automatic_probe_size_follows_the_run():
 
 
 def test_the_base_answers_are_cached_and_reused_on_resume(tiny_model, data_file, home, capsys):
-    straight = train(config(tiny_model, data_file, name="straight", eval_every=4), home=home)
+    cached_at = {}  # the base answers the probe when it is first measured (step 4), not before the first step
+    watch = lambda row: cached_at.setdefault(row["step"], (home / "loras/straight/retention.json").exists())  # noqa: E731
+    straight = train(config(tiny_model, data_file, name="straight", eval_every=4), home=home, on_step=watch)
+    assert cached_at[1] is False and cached_at[5] is True
     stop = threading.Event()
     cut = train(
         config(tiny_model, data_file, name="cut", eval_every=4),

@@ -70,7 +70,11 @@ class TopTokens:
 
 
 class Retention:
-    """The probe of one run: `prepare` (reads it), `answer_as_base` (once), then `measure` and `replay_loss`."""
+    """The probe of one run: `prepare` (reads it), `answer_as_base` (once), then `measure` and `replay_loss`.
+
+    The base's answers to the probe are generated when the probe is first measured (the base is the model with the
+    adapter disabled, the same at any step), so the first step does not wait for them; the replay's (train.retain)
+    before the first step, which trains on them."""
 
     def __init__(self, probe, replay, key: str, tokens: int, pad_id: int, stops: list[int]):
         self.probe, self.replay = probe, replay  # (prompt ids, short) before the base answered, then Items
@@ -78,6 +82,7 @@ class Retention:
         self.seconds = 0.0  # time spent on the probe in this process (for its cost against the training time)
         self.cpu_seconds = 0.0  # ... and the CPU time (a fairer cost on a machine other programs share)
         self.cpu_mark = time.process_time()  # the process's CPU clock when training began (after answer_as_base)
+        self.unanswered: tuple | None = None  # (run_dir, write, say) until the base has answered the probe
 
     @classmethod
     def prepare(cls, config, ws, contract: PromptContract, tokenizer) -> Retention | None:
@@ -119,18 +124,32 @@ class Retention:
             self.probe, self.replay = _items(cached["probe"]), _items(cached["replay"])
             say(f"retention: the base model's {len(self.probe) + len(self.replay)} probe answers from {RETENTION}")
         else:
-            self.probe = self._generate(model, self.probe, keep_top=True)
             self.replay = self._generate(model, self.replay, keep_top=False)
-            if write:
-                record = {"key": self.key, "probe": [i.__dict__ for i in self.probe],
-                          "replay": [i.__dict__ for i in self.replay]}  # fmt: skip
-                write_json(run_dir / RETENTION, record)
-            seconds = time.perf_counter() - started
-            n = len(self.probe) + len(self.replay)
-            say(f"retention: the base model answered {n} probe prompts in {seconds:.1f} s")
+            self.unanswered = (run_dir, write, say)
+            if not self.probe:
+                self.answer_probe(model)
+            elif self.replay:
+                say(f"retention: the base model answered {len(self.replay)} replay prompts")
         self.seconds += time.perf_counter() - started
         self.cpu_mark = time.process_time()
         self.cpu_seconds += self.cpu_mark - cpu
+
+    def answer_probe(self, model) -> None:
+        """The base's answers to the probe, unless it has them (and the cache of all its answers, written by the main
+        process)."""
+        if self.unanswered is None:
+            return
+        run_dir, write, say = self.unanswered
+        started = time.perf_counter()
+        self.probe = self._generate(model, self.probe, keep_top=True)
+        if write:
+            record = {"key": self.key, "probe": [i.__dict__ for i in self.probe],
+                      "replay": [i.__dict__ for i in self.replay]}  # fmt: skip
+            write_json(run_dir / RETENTION, record)
+        if self.probe:
+            say(f"retention: the base model answered {len(self.probe)} probe prompts in "
+                f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+        self.unanswered = None
 
     @torch.no_grad()
     def _generate(self, model, prompts: list[tuple[list[int], bool]], keep_top: bool) -> list[Item]:
@@ -165,6 +184,7 @@ class Retention:
         """{retention_kl, retention_same, retention_s} of the adapter now (dropout off); same is None without
         short-answer items. One forward pass of the adapter: the base's side was recorded when it answered."""
         started, cpu = time.perf_counter(), time.process_time()
+        self.answer_probe(model)
         peft = _peft(model)
         was_training = peft.training
         peft.eval()
