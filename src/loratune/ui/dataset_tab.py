@@ -132,12 +132,13 @@ def mask_view(check) -> str:
     )
     samples = "".join(
         '<div class="mask-sample">'
+        + (f"<b>{label}:</b> " if label else "")
         + "".join(
             f'<span class="{"mask-trained" if trained else "mask-masked"}">{html.escape(text)}</span>'
             for text, trained in segments
         )
         + "</div>"
-        for segments in check.examples
+        for segments, label in zip(check.examples, check.example_labels, strict=True)
     )
     return legend + samples
 
