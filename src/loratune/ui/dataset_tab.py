@@ -101,15 +101,16 @@ def build(ws: Workspace, max_upload_mb: int) -> DatasetTab:
 
 def summary_text(check) -> str:
     share = f"{100 * check.trained_tokens / check.tokens:.1f} %" if check.tokens else "-"
-    return "\n\n".join(
-        [
-            f"**{check.kind or 'unreadable'}** data, cutoff {check.cutoff} tokens: {check.records} records → "
-            f"**{check.samples} samples**, {check.tokens:,} tokens, {check.trained_tokens:,} trained ({share})",
-            f"dropped {check.dropped} (too long {check.dropped_too_long}, nothing to train "
-            f"{check.dropped_nothing_to_train}, too short {check.dropped_too_short}), cut {check.truncated}; "
-            f"samples that train EOS: {check.samples_with_eos} of {check.samples}",
-        ]
-    )
+    lines = [
+        f"**{check.kind or 'unreadable'}** data, cutoff {check.cutoff} tokens: {check.records} records → "
+        f"**{check.samples} samples**, {check.tokens:,} tokens, {check.trained_tokens:,} trained ({share})",
+        f"dropped {check.dropped} (too long {check.dropped_too_long}, nothing to train "
+        f"{check.dropped_nothing_to_train}, too short {check.dropped_too_short}), cut {check.truncated}; "
+        f"samples that train EOS: {check.samples_with_eos} of {check.samples}",
+    ]
+    if check.labels:  # kto data
+        lines.append("labels: " + ", ".join(f"{label} {count}" for label, count in check.labels.items()))
+    return "\n\n".join(lines)
 
 
 def warnings_html(check) -> str:
