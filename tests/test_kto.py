@@ -18,7 +18,7 @@ from loratune.data.batching import collate
 from loratune.data.preview import check_data
 from loratune.errors import LoratuneError
 from loratune.training.kto import LabelledSamples, kl_sums, kto_losses
-from loratune.training.preference import Options, Reference, sequence_logps
+from loratune.training.preference import Options, sequence_logps
 from loratune.workspace import Workspace
 
 RECORDS = [
@@ -78,14 +78,14 @@ def test_the_loss_equals_the_papers_formula_on_a_tiny_model(tiny_model, tokenize
     options = Options.of(TrainSpec(method="kto", kto_desirable_weight=1.5, kto_undesirable_weight=0.7))
     pad = tokenizer.pad_token_id
     with torch.no_grad():
-        sums = kl_sums(model, list(items), Reference(True), 2, pad, 0, "cpu")  # in passes of 2 samples
+        sums = kl_sums(model, list(items), 2, pad, 0, "cpu")  # in passes of 2 samples
         own = collate([item.sample for item in items], pad)
         logps, _ = sequence_logps(model, own)
         with model.disable_adapter():
             ref, _ = sequence_logps(model, own)
         desirable = torch.tensor([item.desirable for item in items])
 
-        # Ethayarajh et al. 2024, eq. 8, and the KL estimate of section 4.1 from mismatched pairs (x_i, y_{i+1})
+        # Ethayarajh et al. 2024, eq. 8, and its KL estimate from mismatched pairs, as TRL makes them: (x_i, y_{i-1})
         def log_ratio(ids, labels):
             policy = logp_by_hand(model, ids, labels)
             with model.disable_adapter():
@@ -94,9 +94,9 @@ def test_the_loss_equals_the_papers_formula_on_a_tiny_model(tiny_model, tokenize
         mean = 0.0
         for i, item in enumerate(items):
             prompt, _ = prompt_and_completion(item.sample)
-            following = items[(i + 1) % len(items)].sample
-            _, completion = prompt_and_completion(following)
-            ids = (prompt + completion)[: max(len(item.sample.input_ids), len(following.input_ids))]  # cut as built
+            before = items[i - 1].sample  # the first item's completion is the last's
+            _, completion = prompt_and_completion(before)
+            ids = (prompt + completion)[: max(len(item.sample.input_ids), len(before.input_ids))]  # cut as built
             mean += log_ratio(ids, [-100] * len(prompt) + ids[len(prompt) :]) / len(items)
         assert sums[0].item() / sums[1].item() == pytest.approx(mean, abs=1e-6)
         sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731

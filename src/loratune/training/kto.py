@@ -1,22 +1,22 @@
 """KTO (train.method kto; Ethayarajh et al. 2024, arXiv:2402.01306): unpaired completions, each labelled desirable
 or undesirable, in the passes and with the reference of the pair methods (training.preference).
 
-A KTO record is one sample that carries its label (data.shapes.kto_side). `LabelledSamples` views the samples as
-items, each with its mismatched sample: its own prompt followed by the completion of the view's next item (the last
-item's by the first's), the sample the KL term is estimated on. With r = log pi(y|x) - log pi_ref(y|x) summed over
-the completion's tokens (pi_ref: the base with the adapter disabled) and beta = train.beta (0: the paper's 0.1):
+A KTO record is one sample that carries its label (data.shapes.kto_side); `LabelledSamples` views the samples as
+items. The KL term is estimated on mismatched samples: each item's prompt followed by the completion of the item
+before it in the step (the first item's by the last's). With r = log pi(y|x) - log pi_ref(y|x) summed over the
+completion's tokens (pi_ref: the base with the adapter disabled) and beta = train.beta (0: the paper's 0.1):
 
     z_ref = max(0, mean over the step's items of log pi(y'|x) - log pi_ref(y'|x)), y' the mismatched completion
     loss  = lambda_D (1 - sigmoid(beta (r - z_ref)))  for a desirable completion  (train.kto_desirable_weight)
             lambda_U (1 - sigmoid(beta (z_ref - r)))  for an undesirable one      (train.kto_undesirable_weight)
 
 a step's loss the mean over its items. z_ref is the paper's estimate of KL(pi || pi_ref) from mismatched
-prompt/completion pairs, as TRL's KTOTrainer makes it: detached (no gradient flows through it) and, here, over the
-whole optimizer step (all its passes and processes, by a forward pass without gradients before the backward
-passes), so it does not depend on micro_batch or packing. TRL pairs each prompt with the next completion within each
-per-device batch of the unshuffled data; here the pairing is fixed in data order over the whole view (fixed, so the
-reference's log-probs of both samples are precomputed once, train.precompute_reference), and a mismatched sample is
-cut to the longer of the two samples it comes from.
+prompt/completion pairs as TRL's KTOTrainer makes them, completions rotated by one within the batch, so the
+mismatched completions are the batch's own (TRL: "for best results"): detached (no gradient flows through it) and,
+here, over the whole optimizer step (all its passes and processes, by forward passes without gradients before the
+backward passes), so it does not depend on micro_batch or packing. A mismatched sample is cut to the longer of the
+two samples it comes from. The reference's log-probs of the items are precomputed once (train.precompute_reference);
+those of the mismatched samples, paired anew each step as the batches are drawn, take a pass of the base per step.
 
 Logged per step as the pair methods' rewards are: reward_chosen / reward_rejected, the mean beta r of the step's
 desirable / undesirable samples (TRL's rewards/chosen and rewards/rejected; absent from a step that has none),
@@ -35,19 +35,16 @@ from loratune.errors import LoratuneError
 from loratune.training.packing import packed_tokens
 from loratune.training.preference import Items, Options, Reference, pass_groups, sequence_logps
 
-SAMPLE, MISMATCHED = 0, 1  # an item's sides: in passes (pass_groups' `side`) and the reference table's columns
-
 
 @dataclass(frozen=True)
 class Labelled:
-    index: int  # the sample's place in the data (its reference log-probs' row when precomputed)
+    index: int  # the sample's place in the data (its reference log-probs' row when precomputed); -1: a mismatched one
     sample: Sample
-    mismatched: Sample  # this prompt, the next item's completion: the KL estimate's sample
     desirable: bool
 
     @property
-    def sides(self) -> tuple[Sample, Sample]:
-        return self.sample, self.mismatched
+    def sides(self) -> tuple[Sample]:  # one sample: its passes and its reference table's one column
+        return (self.sample,)
 
     @property
     def input_ids(self) -> list[int]:  # what the loop counts as a step's tokens: the data's own
@@ -55,18 +52,23 @@ class Labelled:
 
 
 class LabelledSamples(Items):
-    """KTO samples seen as items with their labels and mismatched samples."""
+    """KTO samples seen as items with their labels."""
 
     @property
     def total(self) -> int:
         return len(self.samples)
 
     def item(self, i: int) -> Labelled:
-        at, following = self.indices[i], self.indices[(i + 1) % len(self.indices)]
+        at = self.indices[i]
         own = self.samples[at]
         if own.desirable is None:  # an eval file of other records (training data is checked by its shapes)
             raise LoratuneError("train.method kto needs labelled records (prompt, completion, label) in all its data")
-        return Labelled(at, own, mismatched(own, self.samples[following]), own.desirable)
+        return Labelled(at, own, own.desirable)
+
+
+def mismatched_items(items: list[Labelled]) -> list[Labelled]:
+    """Each item's prompt with the completion of the item before it (the first's with the last's): TRL's rotation."""
+    return [Labelled(-1, mismatched(item.sample, items[i - 1].sample), item.desirable) for i, item in enumerate(items)]
 
 
 def mismatched(own: Sample, other: Sample) -> Sample:
@@ -95,14 +97,14 @@ def kto_losses(o: Options, logps, ref, kl: float, desirable) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def kl_sums(model, items: list[Labelled], reference: Reference, micro_batch: int, pad_id: int, packed: int, device,
-            rank: int = 0, world: int = 1) -> torch.Tensor:  # fmt: skip
-    """(sum of log pi(y'|x) - log pi_ref(y'|x) over this process's share of the mismatched samples, their count):
-    z_ref is max(0, the first over the second), summed over the processes."""
+def kl_sums(model, items: list[Labelled], micro_batch: int, pad_id: int, packed: int, device, rank: int = 0,
+            world: int = 1) -> torch.Tensor:  # fmt: skip
+    """(sum of log pi(y'|x) - log pi_ref(y'|x) over this process's share of the items' mismatched samples, their
+    count): z_ref is max(0, the first over the second), summed over the processes."""
     inner = getattr(model, "module", model)  # DDP's module: no gradients here, so nothing to synchronise
-    sums = torch.zeros(2, dtype=torch.float64)
-    for tensors, group, weight in pass_groups(items, micro_batch, pad_id, packed, rank, world, side=MISMATCHED):
-        ref = reference.of(inner, tensors, group, device, side=MISMATCHED)
+    reference, sums = Reference(True), torch.zeros(2, dtype=torch.float64)
+    for tensors, group, weight in pass_groups(mismatched_items(items), micro_batch, pad_id, packed, rank, world):
+        ref = reference.of(inner, tensors, group, device)[:, 0]
         logps, _ = sequence_logps(inner, _on(tensors, device))
         sums += weight * torch.tensor([(logps - ref).sum().item(), len(group)], dtype=torch.float64)
     return sums
@@ -114,11 +116,11 @@ def kto_step(run, batch: list[Labelled], reference: Reference) -> tuple[float, d
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     options = Options.of(tc)
     pad_id, packed = run.tokenizer.pad_token_id, packed_tokens(run.config)
-    sums = kl_sums(model, batch, reference, tc.micro_batch, pad_id, packed, device, rank, world)
+    sums = kl_sums(model, batch, tc.micro_batch, pad_id, packed, device, rank, world)
     if world > 1:
         sums = accelerator.reduce(sums.to(device), "sum").cpu()
     kl = max(0.0, sums[0].item() / max(sums[1].item(), 1))
-    passes = pass_groups(batch, tc.micro_batch, pad_id, packed, rank, world, side=SAMPLE)
+    passes = pass_groups(batch, tc.micro_batch, pad_id, packed, rank, world)
     totals = torch.zeros(5, dtype=torch.float64)  # loss, desirable rewards and count, undesirable rewards and count
     for i, (tensors, group, weight) in enumerate(passes):
         with accelerator.no_sync(model) if i < len(passes) - 1 else nullcontext():
@@ -137,10 +139,10 @@ def evaluate_labelled(model, items: list[Labelled], options: Options, micro_batc
     was_training = model.training
     model.eval()
     reference = Reference(True)
-    sums = kl_sums(model, items, reference, micro_batch, pad_id, 0, device)
+    sums = kl_sums(model, items, micro_batch, pad_id, 0, device)  # the eval set as one batch
     kl = max(0.0, sums[0].item() / max(sums[1].item(), 1))
     totals = torch.zeros(5, dtype=torch.float64)
-    for tensors, group, _ in pass_groups(items, micro_batch, pad_id, 0, side=SAMPLE):
+    for tensors, group, _ in pass_groups(items, micro_batch, pad_id, 0):
         totals += _sums(*_losses(model, tensors, group, reference, options, kl, device))
     model.train(was_training)
     row = {"eval_loss": round(totals[0].item() / max(len(items), 1), 6)}
@@ -150,7 +152,7 @@ def evaluate_labelled(model, items: list[Labelled], options: Options, micro_batc
 
 def _losses(model, tensors, group: list[Labelled], reference: Reference, options: Options, kl: float, device):
     """(loss, reward, desirable) per sample of a pass of the items' own samples."""
-    ref = reference.of(model, tensors, group, device, side=SAMPLE)
+    ref = reference.of(model, tensors, group, device)[:, 0]
     logps, _ = sequence_logps(model, _on(tensors, device))
     desirable = torch.tensor([item.desirable for item in group], device=logps.device)
     loss, rewards = kto_losses(options, logps, ref, kl, desirable)

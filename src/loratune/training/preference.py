@@ -173,32 +173,30 @@ def _log1m_exp(x: torch.Tensor) -> torch.Tensor:
     return torch.log1p(-torch.exp(x).clamp(max=1 - 1e-7))
 
 
-def pass_groups(items: list, micro_batch: int, pad_id: int, packed_tokens: int, rank: int = 0, world: int = 1,
-                side: int | None = None):  # fmt: skip
-    """This process's share of a step's items (pairs) as collated passes of whole items, each with its items and its
-    weight (each pass's samples: an item's sides in turn, chosen, rejected, ...; or only side `side` of each).
+def pass_groups(items: list, micro_batch: int, pad_id: int, packed_tokens: int, rank: int = 0, world: int = 1):
+    """This process's share of a step's items (pairs; KTO's samples) as collated passes of whole items, each with its
+    items and its weight (each pass's samples: the items' sides in turn, chosen, rejected, ...).
 
-    Pairs go micro_batch / 2 to a padded pass (a pair at least), one side of each micro_batch, or into packed rows of
-    up to `packed_tokens`. Under `accelerate launch` every process runs as many passes (DDP synchronises on the
-    last): one with fewer repeats its last with weight 0."""
-    sides = (lambda item: item.sides) if side is None else (lambda item: item.sides[side : side + 1])
-    every = [_groups(items[r::world], micro_batch, packed_tokens, sides) for r in range(world)]
+    Pairs go micro_batch / 2 to a padded pass (a pair at least), KTO's samples micro_batch, or into packed rows of up
+    to `packed_tokens`. Under `accelerate launch` every process runs as many passes (DDP synchronises on the last):
+    one with fewer repeats its last with weight 0."""
+    every = [_groups(items[r::world], micro_batch, packed_tokens) for r in range(world)]
     mine, count = every[rank], max(len(g) for g in every)
     weights = [1.0] * len(mine) + [0.0] * (count - len(mine))
     mine = mine + [mine[-1] if mine else items[:1]] * (count - len(mine))
     passes = []
     for group, weight in zip(mine, weights, strict=True):
-        samples = [s for p in group for s in sides(p)]
+        samples = [s for item in group for s in item.sides]
         collated = collate_packed(samples) if packed_tokens > 0 else collate(samples, pad_id)
         passes.append((collated, group, weight))
     return passes
 
 
-def _groups(items: list, micro_batch: int, packed_tokens: int, sides) -> list[list]:
-    per_pass = max(1, micro_batch // len(sides(items[0]))) if items else 1
+def _groups(items: list, micro_batch: int, packed_tokens: int) -> list[list]:
+    per_pass = max(1, micro_batch // len(items[0].sides)) if items else 1
     groups, current, used = [], [], 0
     for item in items:
-        size = sum(len(s.input_ids) for s in sides(item))
+        size = sum(len(s.input_ids) for s in item.sides)
         full = used + size > packed_tokens if packed_tokens > 0 else len(current) >= per_pass
         if current and full:
             groups.append(current)
@@ -228,19 +226,16 @@ class Reference:
                 table[item.index] = logps[width * k : width * (k + 1)].double().cpu()
         self.table = table
 
-    def of(self, model, tensors, group: list, device, side: int | None = None) -> torch.Tensor | None:
-        """The reference log-probs of a pass's items, (items, sides); of side `side` alone, (items,), for a pass of
-        that side (pass_groups' `side`)."""
+    def of(self, model, tensors, group: list, device) -> torch.Tensor | None:
+        """The reference log-probs of a pass's items, (items, sides)."""
         if not self.needed:
             return None
         if self.table is not None:
             rows = [self.table[p.index] for p in group]
             if not any(torch.isnan(r).any() for r in rows):
-                table = torch.stack(rows).to(device=device, dtype=torch.float32)
-                return table if side is None else table[:, side]
+                return torch.stack(rows).to(device=device, dtype=torch.float32)
         with torch.no_grad():
-            logps = self._base_logps(model, tensors, device).view(len(group), -1)
-            return logps if side is None else logps[:, 0]
+            return self._base_logps(model, tensors, device).view(len(group), -1)
 
     @staticmethod
     def _base_logps(model, tensors, device) -> torch.Tensor:
