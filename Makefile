@@ -41,7 +41,8 @@ en-es: $(STAMP)
 METHOD ?= dpo
 preference: $(STAMP)
 	$(BIN)/python examples/preference/prepare.py
-	$(BIN)/loratune train --config examples/preference/config.yaml --train.method $(METHOD) --name demo-$(METHOD) --overwrite
+	$(BIN)/loratune train --config examples/preference/config.yaml --train.method $(METHOD) --name demo-$(METHOD) --overwrite \
+		$(if $(filter kto,$(METHOD)),--data.path preference/train_kto.jsonl)
 	$(BIN)/python examples/preference/evaluate.py --lora demo-$(METHOD)
 
 # The suite without the long checks (under 10 minutes on 2 cores); test-long runs those, test-all everything.

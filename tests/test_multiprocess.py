@@ -1,5 +1,6 @@
-"""Training under `accelerate launch` with 2 CPU processes (gloo) equals 1 process with the same global batch;
-only rank 0 writes; a 2-process run resumes from its checkpoint.
+"""Training under `accelerate launch` with 2 CPU processes (gloo) equals 1 process with the same global batch (SFT,
+and KTO, whose KL estimate is summed over the processes); only rank 0 writes; a 2-process run resumes from its
+checkpoint.
 
 Tolerance: the two runs do the same arithmetic in a different order (each process sums its share of the step, then
 gloo adds the two halves; micro-batches are padded to different widths), so they differ by float32 rounding,
@@ -114,6 +115,26 @@ def test_two_processes_resume_from_a_checkpoint(runs):
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
     assert [r["step"] for r in metrics(resumed)] == [1, 2, 3, 4]
     assert not list(resumed.glob(".*tmp*")), "temporary folders left behind"
+
+
+def test_kto_under_two_processes_equals_one(tmp_path, tiny_model):
+    """KTO's z_ref is the whole step's, summed over the processes before the backward passes: 2 processes = 1."""
+    labelled = enumerate(RECORDS)
+    records = [{"prompt": r["instruction"], "completion": r["output"], "label": n % 3 != 0} for n, r in labelled]
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    home, options = tmp_path / "home", OPTIONS | {"train.method": "kto", "train.retention": False}
+    train(model=str(tiny_model), data=str(data), name="one", home=home, show_progress=False, **options)
+    two = launch(home, "--model", str(tiny_model), "--data", str(data), "--name", "two", *flags(options))
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows_one, rows_two = metrics(home / "loras" / "one"), metrics(home / "loras" / "two")
+    assert len(rows_two) == 4 and any(r["kl"] > 0 for r in rows_one)
+    for r1, r2 in zip(rows_one, rows_two, strict=True):
+        assert r2["loss"] == pytest.approx(r1["loss"], abs=1e-5) and r2["kl"] == pytest.approx(r1["kl"], rel=1e-5)
+    a = load_file(home / "loras" / "one" / "adapter_model.safetensors")
+    b = load_file(home / "loras" / "two" / "adapter_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=ATOL, msg=key)
 
 
 def samples(lengths):

@@ -3,7 +3,8 @@
     python examples/preference/evaluate.py [--home HOME] [--lora demo-dpo]
 
 On the held-out pairs of prepare.py: the adapter's preference accuracy (implicit reward of chosen above rejected, as
-its method defines the reward, e.g. DPO's beta (log p - log p_ref)), its loss and margin; the base model's accuracy by
+its method defines the reward, e.g. DPO's beta (log p - log p_ref), which is KTO's too: a kto adapter is measured on
+the pairs as DPO's, its loss then DPO's), its loss and margin; the base model's accuracy by
 its own log-probs (it wrote the rejected answers, so it prefers them); then the demo's six held-out prompts answered
 by base and LoRA, counted as pirate style when the answer starts with "Arr". Writes loras/<lora>/evaluation.json.
 """
@@ -11,6 +12,7 @@ by base and LoRA, counted as pirate style when the answer starts with "Arr". Wri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -53,10 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     samples, _ = build_samples(spec, generator.tokenizer, generator.ws)
     pairs = Pairs(samples)
     options = Options.of(config.train)
+    if options.method == "kto":  # the same implicit reward as DPO's; KTO's own loss needs no pairs
+        options = dataclasses.replace(options, method="dpo")
     start = time.perf_counter()
     lora = evaluate_pairs(generator.model, list(pairs), options, 8, generator.tokenizer.pad_token_id)
     results = {
-        "method": options.method,
+        "method": config.train.method,
         "pairs": len(pairs),
         "lora": lora,
         "base_logp_accuracy": round(base_accuracy(generator, pairs), 4),
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     results["pirate"] = {who: sum(a.startswith("Arr") for a in said) for who, said in answers.items()}
     results["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
-    print(f"{args.lora} ({options.method}) on {len(pairs)} held-out pairs ({held_out}):")
+    print(f"{args.lora} ({config.train.method}) on {len(pairs)} held-out pairs ({held_out}):")
     print("| model | preference accuracy | held-out prompts in pirate style |")
     print("|---|---|---|")
     pirate, n = results["pirate"], len(prompts)

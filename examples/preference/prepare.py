@@ -6,7 +6,8 @@ Reads examples/demo/pirate.jsonl (300 instruction records), asks the base model 
 tokens, through its chat template as training renders alpaca records) and caches the answers in
 <home>/datasets/preference/base_answers.jsonl, so a second run generates nothing. Writes train.jsonl and
 held_out.jsonl beside it: {instruction, input?, chosen, rejected} records, the held-out split a seeded sample of
-instructions never trained on.
+instructions never trained on; and train_kto.jsonl, the training pairs unpaired for train.method kto: each side a
+{instruction, input?, completion, label} record, the pirate answer desirable (true), the base's not (false).
 """
 
 from __future__ import annotations
@@ -79,7 +80,18 @@ def main(argv: list[str] | None = None) -> None:
     held_out = [p for p in pairs if prompt_of(p) in held]
     write_jsonl(folder / "train.jsonl", train)
     write_jsonl(folder / "held_out.jsonl", held_out)
-    print(f"{folder}: train.jsonl {len(train)} pairs, held_out.jsonl {len(held_out)} pairs")
+    write_jsonl(folder / "train_kto.jsonl", [labelled for pair in train for labelled in unpaired(pair)])
+    print(f"{folder}: train.jsonl {len(train)} pairs, held_out.jsonl {len(held_out)} pairs, train_kto.jsonl "
+          f"{2 * len(train)} labelled answers")  # fmt: skip
+
+
+def unpaired(pair: dict) -> list[dict]:
+    """A pair as KTO's two records: the chosen answer desirable, the rejected one not."""
+    asked = {k: pair[k] for k in ("instruction", "input") if k in pair}
+    return [
+        asked | {"completion": pair["chosen"], "label": True},
+        asked | {"completion": pair["rejected"], "label": False},
+    ]
 
 
 if __name__ == "__main__":

@@ -255,21 +255,27 @@ class TrainSpec:
     """Keep the base's behaviour elsewhere (0: off): each step also trains on the base's own answers to general
     prompts with the KL to the base as their loss, times this weight (e.g. 1.0). For a task adapter, not for a style
     meant to change every answer."""
-    method: Literal["sft", "dpo", "ipo", "simpo", "orpo"] = "sft"
+    method: Literal["sft", "dpo", "ipo", "simpo", "orpo", "kto"] = "sft"
     """sft: supervised fine-tuning on the responses. On preference data (prompt / chosen / rejected records): dpo
     (Rafailov et al. 2023), ipo (Azar et al. 2023), simpo (Meng et al. 2024, no reference model) or orpo (Hong et al.
-    2024, no reference model, an SFT term on the chosen side); the reference is the base with the adapter disabled."""
+    2024, no reference model, an SFT term on the chosen side). On unpaired prompt / completion / label records: kto
+    (Ethayarajh et al. 2024). The reference is the base with the adapter disabled."""
     beta: float = 0.0
-    """Preference methods: the strength of the preference (0: the paper's default, dpo/ipo 0.1, simpo 2.0)."""
+    """Preference methods: the strength of the preference (0: the paper's default, dpo/ipo/kto 0.1, simpo 2.0)."""
     label_smoothing: float = 0.0
     """dpo: the share of pairs assumed mislabelled (conservative DPO, Mitchell 2023; 0: plain DPO), below 0.5."""
     simpo_gamma: float = 1.0
     """simpo: the target reward margin gamma (the paper's gamma / beta = 0.5 at beta 2.0)."""
     orpo_lambda: float = 0.1
     """orpo: the weight lambda of the odds-ratio term beside the chosen side's NLL (the paper's 0.1)."""
+    kto_desirable_weight: float = 1.0
+    """kto: the weight lambda_D of the desirable samples' loss (the paper: lambda_D n_D / (lambda_U n_U) in [1, 4/3]
+    for n_D desirable and n_U undesirable samples)."""
+    kto_undesirable_weight: float = 1.0
+    """kto: the weight lambda_U of the undesirable samples' loss."""
     precompute_reference: bool = True
-    """dpo/ipo: the reference log-probs of every pair once before the first step, instead of a forward pass of the
-    base per step (the same figures, fewer passes)."""
+    """dpo/ipo/kto: the reference log-probs of every pair (kto: sample) once before the first step, instead of a
+    forward pass of the base per step (the same figures, fewer passes)."""
     report_to: Literal["none", "tensorboard"] = "none"
     """Also log to TensorBoard (in <run>/tensorboard/); metrics.jsonl is always written."""
     overwrite: bool = False
@@ -298,6 +304,10 @@ class TrainSpec:
             (lambda: self.beta >= 0, "train.beta must be >= 0 (0: the method's default)"),
             (lambda: 0 <= self.label_smoothing < 0.5, "train.label_smoothing must be in [0, 0.5)"),
             (lambda: self.orpo_lambda >= 0, "train.orpo_lambda must be >= 0"),
+            (
+                lambda: self.kto_desirable_weight >= 0 and self.kto_undesirable_weight >= 0,
+                "train.kto_desirable_weight and train.kto_undesirable_weight must be >= 0",
+            ),
             (lambda: self.micro_batch > 0, "train.micro_batch must be > 0"),
             (
                 lambda: self.batch_size % self.micro_batch == 0 and self.batch_size > 0,

@@ -98,6 +98,8 @@ def render(check, color: bool) -> str:
         ]
     if check.shapes:
         lines.append("  shapes: " + ", ".join(f"{shape} {count}" for shape, count in check.shapes.items()))
+    if check.labels:
+        lines.append("  labels: " + ", ".join(f"{label} {count}" for label, count in check.labels.items()))
     for summary in check.datasets:
         lines.append(f"  dataset {summary}")
     if len(check.file_shapes) > 1 or check.skipped:
@@ -118,9 +120,10 @@ def render(check, color: bool) -> str:
     if check.examples:
         legend = "green: trained, grey: masked" if color else "trained text between ⟦ and ⟧, the rest is masked"
         lines.append(f"samples ({legend}):")
-        for number, segments in enumerate(check.examples, 1):
+        for number, (segments, label) in enumerate(zip(check.examples, check.example_labels, strict=True), 1):
             text = "".join(_paint(piece, trained, color) for piece, trained in segments)
-            lines.append(f"  #{number} " + text.rstrip("\n").replace("\n", "\n     "))
+            label = f"({label}) " if label else ""
+            lines.append(f"  #{number} {label}" + text.rstrip("\n").replace("\n", "\n     "))
     for w in check.warnings:
         lines.append(f"{'PROBLEM' if w.problem else 'warning'}: {w.message}")
     problems = sum(w.problem for w in check.warnings)

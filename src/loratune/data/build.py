@@ -135,8 +135,9 @@ CACHE_FOLDER = ".cache"
 # Change when the way samples are built changes, so old caches are not read. v2: a file mixing `text` records with
 # instruction records keeps its order (v1 put its text after its instruction samples). v3: the sample table is one
 # .npy per field (written in blocks, memory-mapped) with each sample's length before the cutoff, and dropped.npy (for
-# the data check's histogram, from the one build); the samples and their fingerprint are those of v2.
-CACHE_VERSION = b"loratune samples v3"
+# the data check's histogram, from the one build); the samples and their fingerprint are those of v2. v4: the sample
+# table holds each sample's KTO label (`desirable`), and a prompt/completion chat's prompt turns are never trained.
+CACHE_VERSION = b"loratune samples v4"
 NOT_SHAPING = ("path", "eval_path", "eval_split", "mix")  # data options that never change a dataset's own samples
 
 

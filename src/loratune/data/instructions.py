@@ -3,7 +3,8 @@
 A record is rendered as text segments, each marked trained or not:
 - chats (`messages`, ShareGPT `conversations`, prompt/completion message lists) through the chat template
   (`data.chat_template`: the tokenizer's, or a named one); assistant turns are trained (`data.train_on`: all of
-  them, or the last); a `tools` list and tool calls go to the template, which must render them;
+  them, or the last), but never those of a prompt/completion record's prompt; a `tools` list and tool calls go to
+  the template, which must render them;
 - alpaca records (instruction / input / output / system) through the chat template when the model has one (format
   'auto' or 'chat'), else through a text-generation-webui format file ('alpaca' ships with loratune);
 - prompt/completion texts as they are: the prompt masked, the completion trained;
@@ -86,13 +87,21 @@ def build(
     for number, record in records:
         where = f"{file} {unit} {number}"
         try:  # a preference record is two samples side by side, or neither: pairs stay pairs
-            pair = shapes.shape_of(record) == "preference"
-            sides = shapes.preference_sides(record, where) if pair else [record]
+            shape, desirable = shapes.shape_of(record), None
+            if shape == "preference":
+                sides = shapes.preference_sides(record, where)
+            elif shape == "kto":  # one sample that carries its label
+                side, desirable = shapes.kto_side(record, where)
+                sides = [side]
+            else:
+                sides = [record]
             made = [sample_of(side, where) for side in sides]
         except NoKeySet as e:  # collected, so the error lists every key set the data has that the format lacks
             unmatched.setdefault(e.keys, []).append(number)
             continue
         if all(sample is not None for sample, _, _ in made):
+            for sample, _, _ in made:
+                sample.desirable = desirable
             built.samples += [sample for sample, _, _ in made]
             built.full += [full for _, full, _ in made]
         else:
@@ -233,11 +242,11 @@ def make_renderer(
     templates = load_format(fmt, ws) if uses_format_file(fmt) else None
     fallback = load_format("alpaca", ws) if templates is None and not chat_template else None
 
-    def chat(messages: list[dict], record: dict, where: str) -> Segments:
+    def chat(messages: list[dict], record: dict, where: str, prompt_turns: int = 0) -> Segments:
         if not chat_template:
             raise LoratuneError(f"{where}: a chat needs a chat template and this model has none; {NO_TEMPLATE}")
         messages, tools = check_messages(messages, where), shapes.tools_of(record, where)
-        return chat_segments(messages, tokenizer, where, chat_template, budget, tools=tools, last_only=last_only)
+        return chat_segments(messages, tokenizer, where, chat_template, budget, tools, last_only, prompt_turns)
 
     def render(record: dict, where: str) -> Segments:
         shape = shapes.shape_of(record)
@@ -247,8 +256,8 @@ def make_renderer(
             return chat(record["messages"], record, where)
         if shape == "sharegpt":
             return chat(shapes.sharegpt_messages(record, where), record, where)
-        if shape == "completion" and isinstance(record["prompt"], list):
-            return chat(shapes.completion_parts(record, where), record, where)
+        if shape == "completion" and isinstance(record["prompt"], list):  # the prompt's turns are masked, as TRL does
+            return chat(shapes.completion_parts(record, where), record, where, len(record["prompt"]))
         if templates is not None:
             return format_segments(record, templates, where)
         if shape == "completion":
@@ -357,13 +366,15 @@ def chat_segments(
     budget: int | None = None,
     tools: list[dict] | None = None,
     last_only: bool = False,
+    prompt_turns: int = 0,
 ) -> Segments:
     """Render progressively: what each assistant turn adds to the prompt before it is the trained text.
 
     `chat_template`: the Jinja text to render with (None: the tokenizer's own). Rendering stops once `budget`
     characters are rendered (an append-only template makes the rest a suffix beyond the cutoff); a chat needing more
     than MAX_CHAT_TURNS renders is refused rather than taking minutes. `tools` go to the template, which must show
-    them (and every tool call and tool turn); `last_only` trains the last assistant turn alone.
+    them (and every tool call and tool turn); `last_only` trains the last assistant turn alone; the first
+    `prompt_turns` messages are a prompt (a prompt/completion record's), none of their turns trained.
     """
 
     def render(upto: int, prompt: bool) -> str:
@@ -389,7 +400,8 @@ def chat_segments(
                 f"{where}: the model's chat template does not render this chat by appending turns, so the "
                 "response cannot be masked; use a format file (data.format)"
             )
-        segments += [(prompt[len(done) :], False), (full[len(prompt) :], not last_only or i == last)]
+        trained = i >= prompt_turns and (not last_only or i == last)
+        segments += [(prompt[len(done) :], False), (full[len(prompt) :], trained)]
         done = full
     if budget is None or len(done) <= budget:  # rendered in full: everything the chat holds must be in the text
         check_tools_rendered(messages, tools, done, where)

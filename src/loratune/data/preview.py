@@ -75,9 +75,13 @@ class DataCheck:
     """Raw text: blocks shorter than data.min_chunk."""
     samples_with_eos: int = 0
     """Samples with EOS among the trained tokens (the model learns to stop there)."""
+    labels: dict[str, int] = field(default_factory=dict)
+    """KTO data: samples per label ('desirable', 'undesirable')."""
     histogram: list[Bin] = field(default_factory=list)
     examples: list[list[tuple[str, bool]]] = field(default_factory=list)
     """A few samples as (text, trained) segments, in order: the mask view."""
+    example_labels: list[str] = field(default_factory=list)
+    """Each example's KTO label ('desirable', 'undesirable'; '' for a sample of any other record)."""
     warnings: list[DataWarning] = field(default_factory=list)
 
     @property
@@ -134,6 +138,10 @@ def check_data(spec: DataSpec, tokenizer, ws: Workspace | None = None, examples:
     check.dropped_too_long, check.truncated = report.too_long, report.truncated
     check.histogram = histogram(lengths, spec.cutoff)
     check.examples = [segments(s, tokenizer) for s in samples[:examples]]
+    check.example_labels = [label_of(s.desirable) for s in samples[:examples]]
+    if "kto" in check.shapes:
+        desirable = samples.column("desirable")
+        check.labels = {"desirable": int((desirable == 1).sum()), "undesirable": int((desirable == 0).sum())}
     eos = tokenizer.eos_token_id
     check.samples_with_eos = int(samples.column("eos").sum()) if eos is not None else 0
     _warn(check, spec, tokenizer, samples)
@@ -168,6 +176,9 @@ def _warn(check: DataCheck, spec: DataSpec, tokenizer, samples: SampleSet) -> No
     _warn_eos(check, spec, tokenizer, samples)
     if "preference" in check.shapes:
         _warn_pairs(check, samples)
+    if "kto" in check.shapes and 0 in check.labels.values():
+        kind = "desirable" if check.labels["desirable"] else "undesirable"
+        check.warn(f"all {len(samples)} labelled samples are {kind}: KTO learns from the contrast of the two kinds")
 
 
 def _warn_pairs(check: DataCheck, samples: SampleSet) -> None:
@@ -237,6 +248,10 @@ def segments(sample: Sample, tokenizer) -> list[tuple[str, bool]]:
         else:
             runs.append(([token], trained))
     return [(tokenizer.decode(ids, skip_special_tokens=False), trained) for ids, trained in runs]
+
+
+def label_of(desirable: bool | None) -> str:
+    return "" if desirable is None else "desirable" if desirable else "undesirable"
 
 
 def _trained_ids(sample: Sample) -> list[int]:

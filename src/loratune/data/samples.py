@@ -22,6 +22,7 @@ READ_BYTES = 1 << 22  # files are decoded in blocks of this many bytes (read_blo
 class Sample:
     input_ids: list[int]
     labels: list[int]
+    desirable: bool | None = None  # a KTO record's label (data.shapes.kto_side); None for every other record
 
 
 @dataclass
@@ -37,7 +38,7 @@ class DataReport:
     tokens: int = 0
     trained_tokens: int = 0
     shapes: dict[str, int] = field(default_factory=dict)
-    """Records per shape (alpaca, chat, sharegpt, completion, text) and raw text files ('raw text')."""
+    """Records per shape (alpaca, chat, sharegpt, completion, text, preference, kto) and raw text files ('raw text')."""
     files: dict[str, int] = field(default_factory=dict)
     """Files read per suffix ('.jsonl': 2)."""
     file_shapes: list[str] = field(default_factory=list)

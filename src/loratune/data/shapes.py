@@ -9,7 +9,10 @@
 - text: `text` alone, a raw text document;
 - preference: `chosen` and `rejected` beside a `prompt` (text, or a chat history as a message list, the sides then
   message lists too: TRL's form) or alpaca keys (`instruction` / `input` / `system`: LLaMA-Factory's pairwise form);
-  each side becomes a record of the shapes above (see `preference_sides`), for train.method dpo / ipo / simpo / orpo.
+  each side becomes a record of the shapes above (see `preference_sides`), for train.method dpo / ipo / simpo / orpo;
+- kto: `prompt`, `completion` and a boolean `label` (desirable or not: TRL's unpaired form), the prompt text or a
+  chat history, the completion text or message lists; one record of the shapes above (see `kto_side`), for
+  train.method kto.
 `data.columns` renames a file's columns to these names first.
 """
 
@@ -19,7 +22,7 @@ import json
 
 from loratune.errors import LoratuneError
 
-SHAPES = ("alpaca", "chat", "sharegpt", "completion", "text", "preference")
+SHAPES = ("alpaca", "chat", "sharegpt", "completion", "text", "preference", "kto")
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -48,6 +51,8 @@ def rename_columns(record: dict, columns: dict[str, str]) -> dict:
 def shape_of(record: dict) -> str:
     if "chosen" in record and "rejected" in record:
         return "preference"
+    if "label" in record and "completion" in record:
+        return "kto"
     if "messages" in record:
         return "chat"
     if "conversations" in record:
@@ -60,29 +65,43 @@ def shape_of(record: dict) -> str:
 
 
 def preference_sides(record: dict, where: str) -> tuple[dict, dict]:
-    """A preference record's (chosen, rejected) as two instruction records that share the prompt: prompt/completion
-    records (a text prompt as it is, or a chat history with the answers as message lists) or alpaca records."""
-    sides = []
-    for key in ("chosen", "rejected"):
-        value = record[key]
-        if isinstance(value, list):  # message lists: the answer's turns after the shared history
-            prompt = record.get("prompt", [])
-            if isinstance(prompt, str):
-                prompt = [{"role": "user", "content": prompt}]
-            if not isinstance(prompt, list):
-                raise LoratuneError(f"{where}: 'prompt' must be text or a list of messages")
-            sides.append({"prompt": prompt, "completion": value} | _beside(record))
-        elif not isinstance(value, str):
-            raise LoratuneError(f"{where}: '{key}' must be text or a list of messages, got {type(value).__name__}")
-        elif not value.strip():
-            raise LoratuneError(f"{where}: '{key}' is empty; a preference pair needs two answers")
-        elif "prompt" in record:
-            sides.append({"prompt": record["prompt"], "completion": value})
-        elif "instruction" in record:
-            sides.append({k: record[k] for k in ("instruction", "input", "system") if k in record} | {"output": value})
-        else:
-            raise LoratuneError(f"{where}: a preference record needs a 'prompt' (or 'instruction') beside its answers")
-    return sides[0], sides[1]
+    """A preference record's (chosen, rejected) as two instruction records that share the prompt (see `answer_of`)."""
+    return answer_of(record, "chosen", where), answer_of(record, "rejected", where)
+
+
+def kto_side(record: dict, where: str) -> tuple[dict, bool]:
+    """A KTO record as an instruction record (see `answer_of`) and whether its completion is desirable. The label is
+    a boolean; 0 / 1 and the texts true / false (a CSV column) are read as one."""
+    label = record["label"]
+    if isinstance(label, str) and label.strip().lower() in ("true", "false", "1", "0"):
+        label = label.strip().lower() in ("true", "1")
+    elif isinstance(label, int) and label in (0, 1):  # bool is an int: True, False, 1, 0
+        label = bool(label)
+    else:
+        raise LoratuneError(f"{where}: 'label' must be true (a desirable completion) or false, got {label!r}")
+    return answer_of(record, "completion", where), label
+
+
+def answer_of(record: dict, key: str, where: str) -> dict:
+    """The answer under `key` with the record's prompt, as an instruction record: a prompt/completion record (a text
+    prompt as it is, or a chat history with the answer as message lists) or an alpaca record."""
+    value = record[key]
+    if isinstance(value, list):  # message lists: the answer's turns after the history
+        prompt = record.get("prompt", [])
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if not isinstance(prompt, list):
+            raise LoratuneError(f"{where}: 'prompt' must be text or a list of messages")
+        return {"prompt": prompt, "completion": value} | _beside(record)
+    if not isinstance(value, str):
+        raise LoratuneError(f"{where}: '{key}' must be text or a list of messages, got {type(value).__name__}")
+    if not value.strip():
+        raise LoratuneError(f"{where}: '{key}' is empty; give it an answer or remove the record")
+    if "prompt" in record:
+        return {"prompt": record["prompt"], "completion": value}
+    if "instruction" in record:
+        return {k: record[k] for k in ("instruction", "input", "system") if k in record} | {"output": value}
+    raise LoratuneError(f"{where}: a '{key}' needs a 'prompt' (or 'instruction') beside it")
 
 
 def _beside(record: dict) -> dict:

@@ -1,13 +1,14 @@
 """Tokenized samples as flat numpy arrays, cached on disk and memory-mapped; `Sample`s are made one at a time.
 
 A store is one dataset's tokens: `ids.npy` (uint32, every token once), `labels.npy` (int32, only for samples whose
-labels differ from their inputs: instruction samples) and the sample table, one `rows.<field>.npy` per field, one
-entry per sample: its span of `ids`, whether BOS goes first (raw-text windows overlap in `ids` and get BOS on the fly,
-so nothing is copied), where its labels start (-1: the labels are the inputs), its trained-token counts for the reports
-and its length before the cutoff acted (the data check's histogram). `dropped.npy` holds the lengths before the cutoff
-of the records the cutoff dropped. Plain numpy (`np.load(mmap_mode='r')`) rather than Arrow: flat arrays need no
-schema, and a sample is two slices. Every array is written to disk in blocks as it grows (`StoreWriter`), so a writer
-holds a few blocks, never the dataset; a reader memory-maps them all.
+labels differ from their inputs: instruction samples) and the sample table, one `rows.<field>.npy` per field, one entry
+per sample: its span of `ids`, whether BOS goes first (raw-text windows overlap in `ids` and get BOS on the fly, so
+nothing is copied), where its labels start (-1: the labels are the inputs), its trained-token counts for the reports,
+its length before the cutoff acted (the data check's histogram) and its KTO label (`desirable`: 1, 0, -1 for none).
+`dropped.npy` holds the lengths before the cutoff of the records the cutoff dropped. Plain numpy
+(`np.load(mmap_mode='r')`) rather than Arrow: flat arrays need no schema, and a sample is two slices. Every array is
+written to disk in blocks as it grows (`StoreWriter`), so a writer holds a few blocks, never the dataset; a reader
+memory-maps them all.
 
 The cache lives in `<home>/datasets/.cache/<key>/`, the key a hash of the files' bytes, the tokenizer, the templates
 and the options that shape samples. A store is written into a temporary folder beside it and renamed into place
@@ -30,8 +31,9 @@ import numpy as np
 from loratune.data.samples import IGNORE, Sample
 from loratune.workspace import pid_alive
 
-ROW_FIELDS = ("start", "end", "bos", "label_start", "trained", "eos", "only_eos", "full")
-ROW_TYPES = (np.int64, np.int64, bool, np.int64, np.int32, bool, bool, np.int32)
+ROW_FIELDS = ("start", "end", "bos", "label_start", "trained", "eos", "only_eos", "full", "desirable")
+ROW_TYPES = (np.int64, np.int64, bool, np.int64, np.int32, bool, bool, np.int32, np.int8)
+NO_LABEL = -1  # `desirable` of a sample that is not a KTO record's
 TMP_PREFIX = ".tmp-"
 
 
@@ -60,7 +62,9 @@ class Store:
             ids.insert(0, self.bos_id)
         at = int(self.rows["label_start"][i])
         labels = ids if at < 0 else self.labels[at : at + len(ids)].tolist()
-        return Sample(ids, labels)  # raw text: one list, as every token is trained and nothing mutates it
+        desirable = int(self.rows["desirable"][i])
+        # raw text: one list for ids and labels, as every token is trained and nothing mutates it
+        return Sample(ids, labels, None if desirable == NO_LABEL else bool(desirable))
 
     @classmethod
     def load(cls, folder: Path) -> Store:
@@ -123,7 +127,7 @@ class SampleSet(Sequence):
 
     def column(self, name: str) -> np.ndarray:
         """One field of the sample table over the whole set ('trained', 'eos', 'only_eos', 'full': the length before
-        the cutoff acted), or 'length'."""
+        the cutoff acted, 'desirable'), or 'length'."""
         columns = []
         for store, sel in self.parts:
             rows = store.rows
@@ -186,7 +190,8 @@ class StoreWriter:
             has_eos[:] = True
         length = ends - starts + int(bos)
         eos_only = has_eos & (length == 1)
-        self._add_rows(starts, ends, np.full(n, bos), np.full(n, -1), length, has_eos, eos_only, length)
+        self._add_rows(starts, ends, np.full(n, bos), np.full(n, -1), length, has_eos, eos_only, length,
+                       np.full(n, NO_LABEL))  # fmt: skip
 
     def add_samples(self, samples: list[Sample], full: list[int] | None = None, dropped: list[int] = ()) -> None:
         """Instruction samples: their tokens, and their labels where those differ from the tokens.
@@ -197,7 +202,7 @@ class StoreWriter:
             self._dropped.add(dropped)
         if not samples:
             return
-        starts, ends, label_starts, trained, eos, only_eos = [], [], [], [], [], []
+        starts, ends, label_starts, trained, eos, only_eos, desirable = [], [], [], [], [], [], []
         id_pieces, label_pieces = [], []
         at, label_at = self._ids.count, self._labels.count
         for s in samples:
@@ -219,12 +224,13 @@ class StoreWriter:
             trained.append(len(kept))
             eos.append(self.eos_id is not None and self.eos_id in kept)
             only_eos.append(kept == [self.eos_id])
+            desirable.append(NO_LABEL if s.desirable is None else int(s.desirable))
         self._ids.add(np.concatenate(id_pieces))
         if label_pieces:
             self._labels.add(np.concatenate(label_pieces))
         n = len(samples)
         lengths = [e - s for s, e in zip(starts, ends, strict=True)] if full is None else full
-        self._add_rows(starts, ends, np.zeros(n, bool), label_starts, trained, eos, only_eos, lengths)
+        self._add_rows(starts, ends, np.zeros(n, bool), label_starts, trained, eos, only_eos, lengths, desirable)
 
     def _add_rows(self, *columns) -> None:
         for name, column in zip(ROW_FIELDS, columns, strict=True):
@@ -235,6 +241,8 @@ class StoreWriter:
         rows = {name: column.finish() for name, column in self._rows.items()}
         for name in ("start", "end", "label_start", "bos"):
             _hash(self.digest, rows[name])
+        if (rows["desirable"] != NO_LABEL).any():  # KTO labels; other stores keep the digests they had before them
+            _hash(self.digest, rows["desirable"])
         digest = self.digest.hexdigest()[:32]
         if self.folder is None:
             return Store(ids, labels, rows, self.bos_id, digest, dropped)

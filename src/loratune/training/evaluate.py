@@ -20,15 +20,16 @@ from loratune.data import Sample, build_samples, collate
 from loratune.errors import LoratuneError
 from loratune.rundir import BEST, METRICS, read_json, read_metrics
 from loratune.training.checkpoint import checkpoint_dir
+from loratune.training.kto import evaluate_labelled
 from loratune.training.loss import token_loss_sum
-from loratune.training.preference import Pairs, evaluate_pairs
+from loratune.training.preference import Items, evaluate_pairs
 
 
 def split_eval(spec: DataSpec, samples: list[Sample], tokenizer, ws, seed: int) -> tuple[list[Sample], list[Sample]]:
     """(training samples, eval samples): the eval file's samples, or a seeded share of `samples`, or none."""
     if spec.eval_path:
         eval_samples, _ = build_samples(dataclasses.replace(spec, path=spec.eval_path), tokenizer, ws)
-        return samples, Pairs(eval_samples) if isinstance(samples, Pairs) else eval_samples
+        return samples, type(samples)(eval_samples) if isinstance(samples, Items) else eval_samples
     if spec.eval_split <= 0:
         return samples, []
     n_eval = max(1, round(len(samples) * spec.eval_split))
@@ -38,7 +39,7 @@ def split_eval(spec: DataSpec, samples: list[Sample], tokenizer, ws, seed: int) 
         )
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
     held = set(order[:n_eval])
-    if isinstance(samples, Pairs):  # whole pairs are held out
+    if isinstance(samples, Items):  # whole pairs are held out
         return samples.subset([i for i in range(len(samples)) if i not in held]), samples.subset(sorted(held))
     return [s for i, s in enumerate(samples) if i not in held], [samples[i] for i in sorted(held)]
 
@@ -87,7 +88,8 @@ class Evaluator:
         """The metrics row; `self.last_was_best` then says whether it is the lowest eval loss of the run so far."""
         row = {"step": step}
         if self.samples and self.pairs is not None:
-            row |= evaluate_pairs(model, self.samples, self.pairs, self.micro_batch, self.pad_id)
+            measure = evaluate_labelled if self.pairs.method == "kto" else evaluate_pairs
+            row |= measure(model, list(self.samples), self.pairs, self.micro_batch, self.pad_id)
         elif self.samples:
             loss = eval_loss(model, self.samples, self.micro_batch, self.pad_id)
             row |= {"eval_loss": round(loss, 6), "eval_ppl": round(math.exp(min(loss, 50.0)), 4)}

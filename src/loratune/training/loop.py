@@ -25,6 +25,7 @@ from loratune.training.board import Board
 from loratune.training.checkpoint import checkpoint_dir, save_adapter
 from loratune.training.evaluate import Evaluator
 from loratune.training.guard import RunGuard
+from loratune.training.kto import kto_step
 from loratune.training.loss import token_loss_sum
 from loratune.training.pause import pause_point
 from loratune.training.plot import plot_loss
@@ -130,7 +131,8 @@ def train_step(run: Run, batch: list) -> tuple[float, dict]:
     if run.config.train.method == "sft":
         loss, figures = sft_backward(run, batch), {}
     else:
-        loss, figures = preference_step(run, batch, run.reference)
+        step = kto_step if run.config.train.method == "kto" else preference_step
+        loss, figures = step(run, batch, run.reference)
     pause_point("step")  # inert outside the fault-injection tests
     if not math.isfinite(loss):  # before the optimizer step, so the weights stay finite
         raise LoratuneError(

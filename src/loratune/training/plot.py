@@ -1,8 +1,8 @@
 """loss.png: the training loss (and eval loss, when there is one) against the step, drawn from metrics.jsonl.
 
-A preference method's run gets a panel of its preference accuracy and reward margin. A panel below shows the
-retention probe (retention_kl from the base, and the share of unchanged short
-answers) when the run measured it.
+A preference method's run gets a panel of its preference accuracy and reward margin (kto: the margin and z_ref). A
+panel below shows the retention probe (retention_kl from the base, and the share of unchanged short answers) when the
+run measured it.
 
 Written into the adapter folder at the end and into each checkpoint, so a user can look rather than read numbers.
 """
@@ -21,7 +21,7 @@ def plot_loss(metrics_file: Path, png: Path) -> Path | None:
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     kept = [r for r in rows if isinstance(r.get("retention_kl"), int | float)]
-    preferred = [r for r in rows if "accuracy" in r or "eval_accuracy" in r]
+    preferred = [r for r in rows if {"accuracy", "eval_accuracy", "reward_margin", "kl"} & set(r)]
     if not train and not evals:
         return None
 
@@ -55,21 +55,26 @@ def plot_loss(metrics_file: Path, png: Path) -> Path | None:
 
 
 def preference_panel(axes, rows: list[dict]) -> None:
-    """Preference accuracy (training and eval) against the step, with the reward margin on a second axis."""
+    """Preference accuracy (training and eval) against the step, with the reward margin on a second axis; kto (no
+    accuracy): the reward margin and z_ref (kl) on the panel's own axis."""
+    accuracy = False
     for key, style, label in (("accuracy", "-", "preference accuracy"), ("eval_accuracy", "o-", "eval accuracy")):
         points = [(r["step"], r[key]) for r in rows if key in r]
         if points:
             axes.plot(*zip(*points, strict=True), style, label=label, linewidth=1.2)
-    axes.set_ylim(-0.05, 1.05)
-    axes.set_ylabel("chosen preferred")
+            accuracy = True
+    if accuracy:
+        axes.set_ylim(-0.05, 1.05)
+        axes.set_ylabel("chosen preferred")
+        axes.legend(loc="lower left")
     axes.grid(alpha=0.3)
-    margins = [(r["step"], r["reward_margin"]) for r in rows if "reward_margin" in r]
-    if margins:
-        margin = axes.twinx()
-        margin.plot(*zip(*margins, strict=True), "--", color="tab:purple", label="reward margin")
-        margin.set_ylabel("reward margin")
-        margin.legend(loc="lower right")
-    axes.legend(loc="lower left")
+    rewards = axes.twinx() if accuracy else axes
+    for key, style, label in (("reward_margin", "--", "reward margin"), ("kl", ":", "KL estimate (z_ref)")):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            rewards.plot(*zip(*points, strict=True), style, label=label, linewidth=1.2)
+    rewards.set_ylabel("reward margin")
+    rewards.legend(loc="lower right")
 
 
 def retention_panel(axes, rows: list[dict]) -> None:

@@ -1,4 +1,5 @@
-"""Preference tuning (train.method dpo / ipo / simpo / orpo) in the same loop as supervised fine-tuning.
+"""Preference tuning (train.method dpo / ipo / simpo / orpo; kto in training.kto, on these passes and this reference)
+in the same loop as supervised fine-tuning.
 
 A preference record becomes two samples side by side in the data (chosen, then rejected: see
 data.shapes.preference_sides); `Pairs` views them as pairs, and a step's pairs are trained in passes that hold whole
@@ -20,6 +21,7 @@ is the higher.
 from __future__ import annotations
 
 import hashlib
+from abc import abstractmethod
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,8 +35,8 @@ from loratune.data.samples import Sample
 from loratune.errors import LoratuneError
 from loratune.training.loss import kept_logits, trained_positions
 
-NEEDS_REFERENCE = ("dpo", "ipo")
-DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1}  # the papers' (ORPO: lambda, its own option)
+NEEDS_REFERENCE = ("dpo", "ipo", "kto")
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}  # the papers' (ORPO: lambda, its own)
 
 
 @dataclass(frozen=True)
@@ -44,18 +46,29 @@ class Pair:
     rejected: Sample
 
     @property
+    def sides(self) -> tuple[Sample, Sample]:  # the samples of an item that passes and the reference table hold
+        return self.chosen, self.rejected
+
+    @property
     def input_ids(self) -> list[int]:  # what the loop counts as a step's tokens: both sides'
         return self.chosen.input_ids + self.rejected.input_ids
 
 
-class Pairs(Sequence):
-    """Samples laid out chosen, rejected, chosen, rejected ... seen as pairs."""
+class Items(Sequence):
+    """The training items of a preference method over its samples (pairs; KTO's labelled samples, training.kto), by
+    their index in the data; `total` items in all of it (the reference table's rows)."""
 
     def __init__(self, samples: Sequence[Sample], indices: list[int] | None = None):
-        if len(samples) % 2:
-            raise LoratuneError(f"preference data gave {len(samples)} samples, not whole pairs")
         self.samples = samples
-        self.indices = indices if indices is not None else list(range(len(samples) // 2))
+        self.indices = indices if indices is not None else list(range(self.total))
+
+    @property
+    @abstractmethod
+    def total(self) -> int: ...
+
+    @abstractmethod
+    def item(self, i: int):
+        """The item at position `i` of this view."""
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -63,11 +76,10 @@ class Pairs(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        at = self.indices[i]
-        return Pair(at, self.samples[2 * at], self.samples[2 * at + 1])
+        return self.item(i)
 
-    def subset(self, positions: list[int]) -> Pairs:
-        return Pairs(self.samples, [self.indices[p] for p in positions])
+    def subset(self, positions: list[int]) -> Items:
+        return type(self)(self.samples, [self.indices[p] for p in positions])
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(np.asarray(self.indices, dtype=np.int64).tobytes())
@@ -76,7 +88,25 @@ class Pairs(Sequence):
         else:
             for s in self.samples:
                 digest.update(np.asarray(s.input_ids + s.labels, dtype=np.int64).tobytes())
+                digest.update(repr(s.desirable).encode() if s.desirable is not None else b"")
         return digest.hexdigest()[:16]
+
+
+class Pairs(Items):
+    """Samples laid out chosen, rejected, chosen, rejected ... seen as pairs."""
+
+    def __init__(self, samples: Sequence[Sample], indices: list[int] | None = None):
+        if len(samples) % 2:
+            raise LoratuneError(f"preference data gave {len(samples)} samples, not whole pairs")
+        super().__init__(samples, indices)
+
+    @property
+    def total(self) -> int:
+        return len(self.samples) // 2
+
+    def item(self, i: int) -> Pair:
+        at = self.indices[i]
+        return Pair(at, self.samples[2 * at], self.samples[2 * at + 1])
 
 
 def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,11 +136,14 @@ class Options:
     label_smoothing: float = 0.0
     simpo_gamma: float = 1.0
     orpo_lambda: float = 0.1
+    kto_desirable_weight: float = 1.0
+    kto_undesirable_weight: float = 1.0
 
     @classmethod
     def of(cls, tc) -> Options:
         beta = tc.beta or DEFAULT_BETA[tc.method]
-        return cls(tc.method, beta, tc.label_smoothing, tc.simpo_gamma, tc.orpo_lambda)
+        return cls(tc.method, beta, tc.label_smoothing, tc.simpo_gamma, tc.orpo_lambda, tc.kto_desirable_weight,
+                   tc.kto_undesirable_weight)  # fmt: skip
 
 
 def pair_losses(o: Options, logps, counts, ref=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -139,59 +172,61 @@ def _log1m_exp(x: torch.Tensor) -> torch.Tensor:
     return torch.log1p(-torch.exp(x).clamp(max=1 - 1e-7))
 
 
-def pass_groups(pairs: list[Pair], micro_batch: int, pad_id: int, packed_tokens: int, rank: int = 0, world: int = 1):
-    """This process's share of a step's pairs as collated passes of whole pairs, each with its pairs and its weight
-    (each pass's samples: chosen, rejected, ...).
+def pass_groups(items: list, micro_batch: int, pad_id: int, packed_tokens: int, rank: int = 0, world: int = 1):
+    """This process's share of a step's items (pairs; KTO's samples) as collated passes of whole items, each with its
+    items and its weight (each pass's samples: the items' sides in turn, chosen, rejected, ...).
 
-    Pairs go micro_batch / 2 to a padded pass (a pair at least), or into packed rows of up to `packed_tokens`. Under
-    `accelerate launch` every process runs as many passes (DDP synchronises on the last): one with fewer repeats its
-    last with weight 0."""
-    every = [_groups(pairs[r::world], micro_batch, packed_tokens) for r in range(world)]
+    Pairs go micro_batch / 2 to a padded pass (a pair at least), KTO's samples micro_batch, or into packed rows of up
+    to `packed_tokens`. Under `accelerate launch` every process runs as many passes (DDP synchronises on the last):
+    one with fewer repeats its last with weight 0."""
+    every = [_groups(items[r::world], micro_batch, packed_tokens) for r in range(world)]
     mine, count = every[rank], max(len(g) for g in every)
     weights = [1.0] * len(mine) + [0.0] * (count - len(mine))
-    mine = mine + [mine[-1] if mine else pairs[:1]] * (count - len(mine))
+    mine = mine + [mine[-1] if mine else items[:1]] * (count - len(mine))
     passes = []
     for group, weight in zip(mine, weights, strict=True):
-        samples = [s for p in group for s in (p.chosen, p.rejected)]
+        samples = [s for item in group for s in item.sides]
         collated = collate_packed(samples) if packed_tokens > 0 else collate(samples, pad_id)
         passes.append((collated, group, weight))
     return passes
 
 
-def _groups(pairs: list[Pair], micro_batch: int, packed_tokens: int) -> list[list[Pair]]:
-    per_pass = max(1, micro_batch // 2)
+def _groups(items: list, micro_batch: int, packed_tokens: int) -> list[list]:
+    per_pass = max(1, micro_batch // len(items[0].sides)) if items else 1
     groups, current, used = [], [], 0
-    for pair in pairs:
-        size = len(pair.chosen.input_ids) + len(pair.rejected.input_ids)
+    for item in items:
+        size = sum(len(s.input_ids) for s in item.sides)
         full = used + size > packed_tokens if packed_tokens > 0 else len(current) >= per_pass
         if current and full:
             groups.append(current)
             current, used = [], 0
-        current.append(pair)
+        current.append(item)
         used += size
     return groups + [current] if current else groups
 
 
 class Reference:
     """The reference model's sequence log-probs: the base with the adapter disabled (no second copy in memory),
-    computed per pass, or once for all pairs before training (train.precompute_reference) and looked up."""
+    computed per pass, or once for all items before training (train.precompute_reference) and looked up."""
 
     def __init__(self, needed: bool):
         self.needed = needed
-        self.table: torch.Tensor | None = None  # (pairs, 2), by Pair.index, when precomputed
+        self.table: torch.Tensor | None = None  # (items, sides), by the item's index, when precomputed
 
     @torch.no_grad()
-    def precompute(self, model, pairs: Pairs, micro_batch: int, pad_id: int, device, packed_tokens: int = 0) -> None:
-        """Every pair's reference log-probs, in passes as training makes them (packed rows when training packs)."""
-        table = torch.full((len(pairs.samples) // 2, 2), float("nan"), dtype=torch.float64)
-        every = [pairs[i] for i in range(len(pairs))]
+    def precompute(self, model, items: Items, micro_batch: int, pad_id: int, device, packed_tokens: int = 0) -> None:
+        """Every item's reference log-probs, in passes as training makes them (packed rows when training packs)."""
+        every = [items[i] for i in range(len(items))]
+        width = len(every[0].sides) if every else 2
+        table = torch.full((items.total, width), float("nan"), dtype=torch.float64)
         for tensors, group, _ in pass_groups(every, micro_batch, pad_id, packed_tokens):
             logps = self._base_logps(model, tensors, device)
-            for k, pair in enumerate(group):
-                table[pair.index] = logps[2 * k : 2 * k + 2].double().cpu()
+            for k, item in enumerate(group):
+                table[item.index] = logps[width * k : width * (k + 1)].double().cpu()
         self.table = table
 
-    def of(self, model, tensors, group: list[Pair], device) -> torch.Tensor | None:
+    def of(self, model, tensors, group: list, device) -> torch.Tensor | None:
+        """The reference log-probs of a pass's items, (items, sides)."""
         if not self.needed:
             return None
         if self.table is not None:
@@ -199,7 +234,7 @@ class Reference:
             if not any(torch.isnan(r).any() for r in rows):
                 return torch.stack(rows).to(device=device, dtype=torch.float32)
         with torch.no_grad():
-            return self._base_logps(model, tensors, device).view(-1, 2)
+            return self._base_logps(model, tensors, device).view(len(group), -1)
 
     @staticmethod
     def _base_logps(model, tensors, device) -> torch.Tensor:

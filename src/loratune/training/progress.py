@@ -59,6 +59,8 @@ class Progress:
                 parts[0] += f", ppl {row['eval_ppl']:.2f}"
             if "eval_accuracy" in row:
                 parts[0] += f", preference accuracy {row['eval_accuracy']:.2f} (margin {row['eval_margin']:.3f})"
+            elif "eval_margin" in row:  # kto: no pairs to be accurate on
+                parts[0] += f", reward margin {row['eval_margin']:.3f}"
             if "retention_kl" in row:
                 parts.append(retention_text(row))
             line = f"eval step {row['step']}: {', '.join(parts)}{' (best)' if best else ''}"

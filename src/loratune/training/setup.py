@@ -35,6 +35,7 @@ from loratune.training.checkpoint import (
 )
 from loratune.training.evaluate import split_eval
 from loratune.training.guard import RunGuard
+from loratune.training.kto import LabelledSamples
 from loratune.training.lora_dropout import share_lora_dropout
 from loratune.training.optim import build_optimizer, build_scheduler
 from loratune.training.packing import use_packed_attention
@@ -162,8 +163,8 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
         model = prepare_for_training(model)
     samples, report = build_samples(config.data, tokenizer, plan.ws)
     check_method(tc.method, report)  # first: other records under a preference method are refused by name
-    if tc.method != "sft":  # preference data: its samples are pairs (chosen, rejected)
-        samples = Pairs(samples)
+    if tc.method != "sft":  # preference data: its samples are pairs (chosen, rejected), or labelled (kto)
+        samples = LabelledSamples(samples) if tc.method == "kto" else Pairs(samples)
     contract = make_contract(config.data, tokenizer, plan.ws)  # how prompts were built: generate/serve/merge reuse it
     samples, eval_samples = split_eval(config.data, samples, tokenizer, plan.ws, tc.seed)
     retention = Retention.prepare(config, plan.ws, contract, tokenizer)  # a bad probe file fails here
@@ -195,7 +196,7 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     if accelerator.is_main_process:  # model, data and options are good: only now is anything written
         write_run_folder(plan, guard, contract, tokenizer)
     if reference.needed and tc.precompute_reference:  # the base's log-probs of every pair, once (not saved)
-        say(f"reference: the base model's log-probs of {len(samples)} pairs")
+        say(f"reference: the base model's log-probs of {len(samples)} {'samples' if tc.method == 'kto' else 'pairs'}")
         pad_id = tokenizer.pad_token_id
         reference.precompute(model, samples, tc.micro_batch, pad_id, accelerator.device, config.packed_tokens())
     if retention is not None:  # the base model's answers to the probe, once per run (cached in the run folder)
@@ -219,19 +220,29 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
 
 
 def check_method(method: str, report) -> None:
-    """Preference methods train on preference records only, supervised fine-tuning on anything else."""
-    shapes = set(report.shapes)
-    if method == "sft" and "preference" in shapes:
+    """Pair methods train on preference records only, kto on labelled records only, supervised fine-tuning on
+    anything else: SFT on labelled records would teach the undesirable completions too."""
+    counts = report.shapes
+    if method == "sft" and "preference" in counts:
         raise LoratuneError(
-            f"{report.path}: {report.shapes['preference']} preference records (chosen / rejected): train them with "
+            f"{report.path}: {counts['preference']} preference records (chosen / rejected): train them with "
             "--train.method dpo (or ipo, simpo, orpo), or give supervised records"
         )
-    if method != "sft" and shapes - {"preference"}:
-        others = ", ".join(f"{shape} {n}" for shape, n in report.shapes.items() if shape != "preference")
+    if method == "sft" and "kto" in counts:
         raise LoratuneError(
-            f"{report.path}: train.method {method} needs preference records (prompt or instruction, chosen, rejected);"
-            f" this data has {others}"
+            f"{report.path}: {counts['kto']} labelled records (prompt / completion / label): train them with "
+            "--train.method kto; supervised fine-tuning would learn the undesirable completions too (give the "
+            "desirable ones without a label to fine-tune on them)"
         )
+    needed = {"sft": None, "kto": "kto"}.get(method, "preference")
+    if needed and set(counts) - {needed}:
+        others = ", ".join(f"{shape} {n}" for shape, n in counts.items() if shape != needed)
+        wants = "labelled records (prompt, completion, label true/false)" if needed == "kto" else (
+            "preference records (prompt or instruction, chosen, rejected)")  # fmt: skip
+        hint = {"kto": "; labelled records train with --train.method kto",
+                "preference": "; pairs train with --train.method dpo (or ipo, simpo, orpo)"}  # fmt: skip
+        also = next((hint[shape] for shape in counts if shape in hint and shape != needed), "")
+        raise LoratuneError(f"{report.path}: train.method {method} needs {wants}; this data has {others}{also}")
 
 
 def add_lora(model, config: RunConfig):

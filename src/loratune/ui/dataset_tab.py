@@ -101,15 +101,16 @@ def build(ws: Workspace, max_upload_mb: int) -> DatasetTab:
 
 def summary_text(check) -> str:
     share = f"{100 * check.trained_tokens / check.tokens:.1f} %" if check.tokens else "-"
-    return "\n\n".join(
-        [
-            f"**{check.kind or 'unreadable'}** data, cutoff {check.cutoff} tokens: {check.records} records → "
-            f"**{check.samples} samples**, {check.tokens:,} tokens, {check.trained_tokens:,} trained ({share})",
-            f"dropped {check.dropped} (too long {check.dropped_too_long}, nothing to train "
-            f"{check.dropped_nothing_to_train}, too short {check.dropped_too_short}), cut {check.truncated}; "
-            f"samples that train EOS: {check.samples_with_eos} of {check.samples}",
-        ]
-    )
+    lines = [
+        f"**{check.kind or 'unreadable'}** data, cutoff {check.cutoff} tokens: {check.records} records → "
+        f"**{check.samples} samples**, {check.tokens:,} tokens, {check.trained_tokens:,} trained ({share})",
+        f"dropped {check.dropped} (too long {check.dropped_too_long}, nothing to train "
+        f"{check.dropped_nothing_to_train}, too short {check.dropped_too_short}), cut {check.truncated}; "
+        f"samples that train EOS: {check.samples_with_eos} of {check.samples}",
+    ]
+    if check.labels:  # kto data
+        lines.append("labels: " + ", ".join(f"{label} {count}" for label, count in check.labels.items()))
+    return "\n\n".join(lines)
 
 
 def warnings_html(check) -> str:
@@ -132,12 +133,13 @@ def mask_view(check) -> str:
     )
     samples = "".join(
         '<div class="mask-sample">'
+        + (f"<b>{label}:</b> " if label else "")
         + "".join(
             f'<span class="{"mask-trained" if trained else "mask-masked"}">{html.escape(text)}</span>'
             for text, trained in segments
         )
         + "</div>"
-        for segments in check.examples
+        for segments, label in zip(check.examples, check.example_labels, strict=True)
     )
     return legend + samples
 

@@ -73,16 +73,22 @@ def job_view(ws: Workspace, name: str | None) -> JobView:
 
 
 def preference_line(train_rows: list[dict], eval_rows: list[dict]) -> str:
-    """A preference method's newest figures: accuracy, reward margin, and the eval accuracy when measured."""
-    last = train_rows[-1] if train_rows and "accuracy" in train_rows[-1] else None
-    if last is None:
+    """A preference method's newest figures: accuracy, reward margin, and the eval accuracy when measured; kto's
+    (no accuracy, and a step may hold one kind of sample only): its rewards and z_ref (kl)."""
+    last = train_rows[-1] if train_rows else {}
+    parts = [f"preference accuracy {last['accuracy']:.2f}"] if "accuracy" in last else []
+    rewards = ", ".join(f"{side} {last[f'reward_{side}']:.3f}" for side in ("chosen", "rejected")
+                        if f"reward_{side}" in last)  # fmt: skip
+    if "reward_margin" in last:
+        parts.append(f"reward margin {last['reward_margin']:.3f} ({rewards})")
+    elif rewards:
+        parts.append(f"rewards {rewards}")
+    if "kl" in last:
+        parts.append(f"KL estimate {last['kl']:.3f}")
+    if not parts:
         return ""
-    line = (
-        f"preference accuracy {last['accuracy']:.2f} · reward margin {last['reward_margin']:.3f} "
-        f"(chosen {last['reward_chosen']:.3f}, rejected {last['reward_rejected']:.3f})"
-    )
     held = [r for r in eval_rows if "eval_accuracy" in r]
-    return line + (f" · eval accuracy {held[-1]['eval_accuracy']:.2f}" if held else "")
+    return " · ".join(parts) + (f" · eval accuracy {held[-1]['eval_accuracy']:.2f}" if held else "")
 
 
 def retention_line(rows: list[dict]) -> str:
