@@ -90,6 +90,24 @@ def test_an_untrained_adapter_keeps_the_base_and_a_trained_one_drifts(tiny_model
     assert 0.5 * total / tokens < moved["retention_kl"] <= total / tokens + 1e-5
 
 
+def test_the_measure_keeps_few_logits_at_once_and_gives_the_same_figures(tiny_model, tokenizer, tmp_path, monkeypatch):
+    """A large vocabulary measures in smaller batches (at most LOGIT_FLOATS logits alive): the same KL and agreement."""
+    import loratune.training.retention as retention_module
+
+    model = peft_model(tiny_model, randomize_b=True)
+    retention = probe(tiny_model, tokenizer, tmp_path, model)
+    whole = retention.measure(model)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(retention_module, "LOGIT_FLOATS", 40 * vocab)  # 40 rows: every batch split by rows
+    sizes = []
+    real = retention_module.batches
+    monkeypatch.setattr(retention_module, "batches", lambda *a: sizes.append(real(*a)) or sizes[-1])
+    split = retention.measure(model)
+    assert max(sum(len(i.answer) for i in chunk) for chunk in sizes[-1]) <= 40 and len(sizes[-1]) > 3
+    assert split["retention_kl"] == pytest.approx(whole["retention_kl"], abs=1e-6)
+    assert split["retention_same"] == whole["retention_same"]
+
+
 def test_retention_grows_as_training_moves_away_and_is_reported(tiny_model, data_file, home, capsys):
     run = train(config(tiny_model, data_file, eval_every=3, lr=1e-2), home=home, data={"eval_split": 0.2})
     rows = [r for r in read_metrics(run.run_dir) if "retention_kl" in r]

@@ -41,6 +41,7 @@ TOP = 32  # the base's likeliest next tokens kept per answer position; the rest 
 SHARE = 0.06  # train.retention_items 0: the probe's share of the run's compute it may take (in token passes)
 MIN_ITEMS = 32  # ... but never fewer items than this
 BATCH_TOKENS = 4096  # prompt + answer tokens per generate() call or forward pass (batches by length, fewest calls)
+LOGIT_FLOATS = 1 << 26  # full-vocabulary logits a measurement keeps at once (256 MB; a 150k vocabulary: 441 rows)
 
 
 @dataclass
@@ -190,7 +191,8 @@ class Retention:
         peft.eval()
         kl_sum, tokens, same, shorts = 0.0, 0, 0, 0
         ordered = sorted(self.probe, key=lambda i: len(i.prompt) + len(i.answer))
-        for chunk in batches(ordered, lambda i: len(i.prompt) + len(i.answer)):
+        rows = max(1, LOGIT_FLOATS // peft.get_output_embeddings().weight.shape[0])
+        for chunk in batches(ordered, lambda i: len(i.prompt) + len(i.answer), lambda i: len(i.answer), rows):
             inputs, keep = teacher_forced(chunk, self.pad_id, peft.device)
             tuned = F.log_softmax(answer_logits(model, inputs, keep), dim=-1)
             top_ids = torch.tensor([t for i in chunk for t in i.top_ids], device=tuned.device)
@@ -217,15 +219,18 @@ class Retention:
         return [self.replay[order[(step * count + j) % n]] for j in range(min(count, n))]
 
 
-def batches(items: list, length) -> list[list]:
-    """`items` (sorted by length) in consecutive runs of at most BATCH_TOKENS padded tokens."""
-    found, chunk, widest = [], [], 0
+def batches(items: list, length, rows=None, most_rows: int = 0) -> list[list]:
+    """`items` (sorted by length) in consecutive runs of at most BATCH_TOKENS padded tokens (and, with `rows`, at
+    most `most_rows` rows of logits: the answer positions a measurement keeps)."""
+    found, chunk, widest, used = [], [], 0, 0
     for item in items:
         widest = max(widest, length(item))
-        if chunk and widest * (len(chunk) + 1) > BATCH_TOKENS:
+        over = rows is not None and used + rows(item) > most_rows
+        if chunk and (widest * (len(chunk) + 1) > BATCH_TOKENS or over):
             found.append(chunk)
-            chunk, widest = [], length(item)
+            chunk, widest, used = [], length(item), 0
         chunk.append(item)
+        used += rows(item) if rows is not None else 0
     return found + ([chunk] if chunk else [])
 
 
