@@ -29,6 +29,8 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from loratune.training.checkpoint import read_state
+from test_multiprocess import OPTIONS as DDP_OPTIONS
+from test_multiprocess import RECORDS, flags
 
 pytestmark = [
     pytest.mark.long,  # three runs of 2 processes under accelerate launch: make test-long
@@ -40,19 +42,8 @@ pytestmark = [
 ]
 
 SHIM = Path(__file__).with_name("fsdp_on_cpu.py")
-RECORDS = [
-    {"instruction": f"What is {a} plus {b}?", "output": f"Arr, it be {a + b}." + " Yo ho!" * a}
-    for a in range(5)
-    for b in range(3)
-]  # 15 samples of varied lengths: the second step of each epoch has 7, an uneven split over 2 processes
 OPTIONS = {
-    "adapter.dropout": 0.0,  # dropout masks come from each process's RNG: they would differ by design
-    "adapter.rank": 4,
-    "train.max_steps": 4,
-    "train.batch_size": 8,
-    "train.micro_batch": 2,
-    "train.save_every": 2,
-    "train.lr": 1e-2,
+    **DDP_OPTIONS,
     "data.eval_split": 0.2,  # an evaluation and the retention probe after every step: passes without gradients
     "train.eval_every": 1,  # between the training steps, which FSDP must gather and free like the others
 }
@@ -87,10 +78,6 @@ def fsdp(home: Path, *args: str, wrap: bool = True, shim: bool = True) -> subpro
 def single(home: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "loratune.cli", "--home", str(home), "train", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=CPU_ONLY)
-
-
-def flags(options: dict) -> list[str]:
-    return [x for key, value in options.items() for x in (f"--{key}", str(value))]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from loratune.errors import LoratuneError
 from loratune.training.kto import LabelledSamples, kl_sums, kto_losses
 from loratune.training.preference import Options, sequence_logps
 from loratune.workspace import Workspace
+from test_preference import OPTIONS as PAIR_OPTIONS
+from test_preference import rows
 
 RECORDS = [
     record
@@ -31,26 +33,11 @@ RECORDS = [
     )
 ]  # 40 records, desirable and undesirable in turn
 DATA_FILE = "kto.jsonl"
-OPTIONS = {
-    "train.method": "kto",
-    "train.max_steps": 6,
-    "train.batch_size": 4,
-    "train.micro_batch": 4,
-    "train.lr": 5e-3,
-    "train.save_every": 2,
-    "train.retention": False,
-    "adapter.rank": 4,
-    "adapter.dropout": 0.1,  # on: a resume must restore the dropout RNG too
-}
+OPTIONS = PAIR_OPTIONS | {"train.method": "kto"}
 
 
 def run(model, data, home, name, **options):
     return train(model=str(model), data=str(data), name=name, home=home, show_progress=False, **OPTIONS | options)
-
-
-def rows(run_dir) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if "loss" in r]
 
 
 def logp_by_hand(model, ids: list[int], labels: list[int]) -> float:
