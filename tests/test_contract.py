@@ -274,7 +274,8 @@ def test_a_prompt_ending_in_a_space_is_cut_where_training_cut_it_on_the_real_tok
 @pytest.mark.parametrize("name", ["alpaca", "vicuna"])
 def test_named_chat_templates_render_a_turn_like_their_format_files(tokenizer, tmp_path, name):
     from loratune.data.chat_templates import NAMED
-    from loratune.data.instructions import chat_segments, format_segments, load_format
+    from loratune.data.chats import chat_segments
+    from loratune.data.instructions import format_segments, load_format
 
     record = {"instruction": "What is the capital of France?", "output": "Paris."}
     messages = [{"role": "user", "content": record["instruction"]}, {"role": "assistant", "content": "Paris."}]

@@ -11,10 +11,9 @@ from conftest import make_tokenizer
 from loratune.config import DataSpec
 from loratune.data.batching import collate
 from loratune.data.build import IGNORE, Sample, build_samples
+from loratune.data.chats import alpaca_to_messages, chat_segments
 from loratune.data.files import read_records
 from loratune.data.instructions import (
-    alpaca_to_messages,
-    chat_segments,
     format_segments,
     load_format,
     make_renderer,

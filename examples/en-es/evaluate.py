@@ -19,7 +19,7 @@ from sacrebleu.metrics import CHRF
 
 from loratune import Generator
 from loratune.config import GenerateSpec
-from loratune.data.instructions import alpaca_to_messages
+from loratune.data.chats import alpaca_to_messages
 
 
 def translate(generator: Generator, records: list[dict], use_lora: bool, max_new_tokens: int) -> tuple[list, float]:

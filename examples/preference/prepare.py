@@ -21,7 +21,7 @@ from pathlib import Path
 
 from loratune import Generator
 from loratune.config import GenerateSpec
-from loratune.data.instructions import alpaca_to_messages
+from loratune.data.chats import alpaca_to_messages
 
 DEMO = Path(__file__).resolve().parents[1] / "demo" / "pirate.jsonl"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from loratune import Generator
 from loratune.config import GenerateSpec
-from loratune.data.instructions import alpaca_to_messages
+from loratune.data.chats import alpaca_to_messages
 
 
 def label_of(answer: str) -> str:

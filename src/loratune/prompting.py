@@ -29,6 +29,7 @@ from loratune.config import DataSpec, from_dict
 from loratune.data import instructions as ins
 from loratune.data.build import IGNORE, adds_bos, find_data, is_raw_text, wants_bos
 from loratune.data.chat_templates import format_to_jinja, resolve_chat_template
+from loratune.data.chats import render_chat_text
 from loratune.errors import LoratuneError
 from loratune.rundir import CONFIG, CONTRACT_FILE, config_folder, read_run_config
 from loratune.workspace import Workspace
@@ -134,7 +135,7 @@ def turn_end(chat_template: str, tokenizer) -> str:
     marker = "\u2063answer\u2063"
     chat = [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}]
     try:
-        text = ins.render_chat_text(chat, tokenizer, chat_template, False)
+        text = render_chat_text(chat, tokenizer, chat_template, False)
     except Exception:
         return ""
     at = text.rfind(marker)
@@ -277,7 +278,7 @@ def chat_text(contract: PromptContract, tokenizer, messages: list[dict]) -> str:
     if contract.system and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": contract.system}, *messages]
     if contract.kind == "chat":
-        return ins.render_chat_text(messages, tokenizer, contract.chat_template, True)
+        return render_chat_text(messages, tokenizer, contract.chat_template, True)
     return _format_chat(contract, messages)
 
 
