@@ -156,27 +156,28 @@ def test_a_sharded_checkpoint_loads_as_an_adapter(runs, tiny_model):
         torch.testing.assert_close(loaded[key.replace(".weight", ".default.weight")], value, rtol=0, atol=0)
 
 
-def test_a_sharded_checkpoint_resumes_on_one_process(runs):
-    """Lose everything after checkpoint-000002 of the FSDP run, resume it on 1 process: the uninterrupted adapter."""
-    two, resumed = runs / "loras" / "two", runs / "loras" / "two-on-one"
-    cut_back(two, resumed)
-    result = single(runs, "--name", resumed.name, "--resume")
+def resumed_from_checkpoint_2(runs: Path, source: str, name: str, launch) -> Path:
+    """Lose everything after checkpoint-000002 of run `source`, resume it through `launch` as run `name`: the
+    uninterrupted run's adapter and Adam moments."""
+    uninterrupted, resumed = runs / "loras" / source, runs / "loras" / name
+    cut_back(uninterrupted, resumed)
+    result = launch(runs, "--name", resumed.name, "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from checkpoint-000002 (step 2 of 4)" in result.stdout
-    assert_same_adapter(two, resumed, ATOL)
-    assert_same_moments(two / "checkpoint-000004", resumed / "checkpoint-000004")  # the moments went on
-    assert [r["step"] for r in metrics(resumed)] == [r["step"] for r in metrics(two)]
+    assert_same_adapter(uninterrupted, resumed, ATOL)
+    assert_same_moments(uninterrupted / "checkpoint-000004", resumed / "checkpoint-000004")  # the moments went on
+    return resumed
+
+
+def test_a_sharded_checkpoint_resumes_on_one_process(runs):
+    """checkpoint-000002 of the FSDP run resumed on 1 process."""
+    resumed = resumed_from_checkpoint_2(runs, "two", "two-on-one", single)
+    assert [r["step"] for r in metrics(resumed)] == [r["step"] for r in metrics(runs / "loras" / "two")]
 
 
 def test_a_one_process_checkpoint_resumes_sharded(runs):
     """The other way: checkpoint-000002 of the 1-process run resumed by 2 FSDP processes."""
-    one, resumed = runs / "loras" / "one", runs / "loras" / "one-on-two"
-    cut_back(one, resumed)
-    result = fsdp(runs, "--name", resumed.name, "--resume")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming from checkpoint-000002 (step 2 of 4)" in result.stdout
-    assert_same_adapter(one, resumed, ATOL)
-    assert_same_moments(one / "checkpoint-000004", resumed / "checkpoint-000004")
+    resumed = resumed_from_checkpoint_2(runs, "one", "one-on-two", fsdp)
     assert not list(resumed.glob(".*tmp*")), "temporary folders left behind"
 
 
