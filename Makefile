@@ -36,14 +36,17 @@ en-es: $(STAMP)
 	$(BIN)/loratune train --config examples/en-es/config.yaml --overwrite
 	$(BIN)/python examples/en-es/evaluate.py
 
-# Preference tuning on the demo (examples/preference/README.md): pairs of the pirate answer (chosen) and the base
+# Preference tuning on the demo (README "Preference tuning"): pairs of the pirate answer (chosen) and the base
 # model's own answer (rejected), then train.method $(METHOD) and the held-out preference accuracy and answers.
+# FROM=demo-pirate (after `make demo`) starts from that SFT adapter, which is then the reference: SFT, then DPO.
 METHOD ?= dpo
+FROM ?=
 preference: $(STAMP)
 	$(BIN)/python examples/preference/prepare.py
-	$(BIN)/loratune train --config examples/preference/config.yaml --train.method $(METHOD) --name demo-$(METHOD) --overwrite \
-		$(if $(filter kto,$(METHOD)),--data.path preference/train_kto.jsonl)
-	$(BIN)/python examples/preference/evaluate.py --lora demo-$(METHOD)
+	$(BIN)/loratune train --config examples/preference/config.yaml --train.method $(METHOD) \
+		--name demo-$(METHOD)$(if $(FROM),-from-$(FROM)) --overwrite \
+		$(if $(filter kto,$(METHOD)),--data.path preference/train_kto.jsonl) $(if $(FROM),--adapter.init_from $(FROM))
+	$(BIN)/python examples/preference/evaluate.py --lora demo-$(METHOD)$(if $(FROM),-from-$(FROM))
 
 # The suite without the long checks (under 10 minutes on 2 cores); test-long runs those, test-all everything.
 test: $(STAMP)

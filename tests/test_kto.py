@@ -65,7 +65,7 @@ def test_the_loss_equals_the_papers_formula_on_a_tiny_model(tiny_model, tokenize
     options = Options.of(TrainSpec(method="kto", kto_desirable_weight=1.5, kto_undesirable_weight=0.7))
     pad = tokenizer.pad_token_id
     with torch.no_grad():
-        sums = kl_sums(model, list(items), 2, pad, 0, "cpu")  # in passes of 2 samples
+        sums = kl_sums(model, list(items), None, 2, pad, 0, "cpu")  # in passes of 2 samples
         own = collate([item.sample for item in items], pad)
         logps, _ = sequence_logps(model, own)
         with model.disable_adapter():

@@ -4,7 +4,8 @@
 
 On the held-out pairs of prepare.py: the adapter's preference accuracy (implicit reward of chosen above rejected, as
 its method defines the reward, e.g. DPO's beta (log p - log p_ref), which is KTO's too: a kto adapter is measured on
-the pairs as DPO's, its loss then DPO's), its loss and margin; the base model's accuracy by
+the pairs as DPO's, its loss then DPO's; p_ref is the run's reference, the base, or for a run started from another
+adapter with adapter.init_from that adapter), its loss and margin; the base model's accuracy by
 its own log-probs (it wrote the rejected answers, so it prefers them); then the demo's six held-out prompts answered
 by base and LoRA, counted as pirate style when the answer starts with "Arr". Writes loras/<lora>/evaluation.json.
 """
@@ -26,6 +27,7 @@ from loratune.config import DataSpec, GenerateSpec, RunConfig, from_dict
 from loratune.data import build_samples
 from loratune.rundir import read_run_config
 from loratune.training.preference import Options, Pairs, evaluate_pairs, pass_groups, sequence_logps
+from loratune.training.start_adapter import START, start_weights_of
 
 HELD_OUT_PROMPTS = Path(__file__).resolve().parents[1] / "demo" / "held_out.txt"
 
@@ -57,10 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     options = Options.of(config.train)
     if options.method == "kto":  # the same implicit reward as DPO's; KTO's own loss needs no pairs
         options = dataclasses.replace(options, method="dpo")
+    kept = generator.lora_path / START  # the run started from another adapter: that one is its reference
+    reference = start_weights_of(generator.model, kept) if kept.is_file() else None
     start = time.perf_counter()
-    lora = evaluate_pairs(generator.model, list(pairs), options, 8, generator.tokenizer.pad_token_id)
+    lora = evaluate_pairs(generator.model, list(pairs), options, 8, generator.tokenizer.pad_token_id, reference)
     results = {
         "method": config.train.method,
+        "init_from": config.adapter.init_from or None,
         "pairs": len(pairs),
         "lora": lora,
         "base_logp_accuracy": round(base_accuracy(generator, pairs), 4),
@@ -75,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     results["pirate"] = {who: sum(a.startswith("Arr") for a in said) for who, said in answers.items()}
     results["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
-    print(f"{args.lora} ({config.train.method}) on {len(pairs)} held-out pairs ({held_out}):")
+    since = f", from {config.adapter.init_from} (its reference)" if config.adapter.init_from else ""
+    print(f"{args.lora} ({config.train.method}{since}) on {len(pairs)} held-out pairs ({held_out}):")
     print("| model | preference accuracy | held-out prompts in pirate style |")
     print("|---|---|---|")
     pirate, n = results["pirate"], len(prompts)

@@ -85,6 +85,9 @@ class AdapterSpec:
     """'attention+mlp', 'attention' (q_proj,v_proj on LLaMA), 'all-linear', or module names (e.g. 'q_proj,v_proj')."""
     copy_from: str = ""
     """Take this group's values (rank, alpha, ...) from an existing LoRA's saved loratune.yaml (name or folder)."""
+    init_from: str = ""
+    """Start from this LoRA's trained weights and shape (name, name/checkpoint-N or an adapter folder): SFT, then
+    DPO on top of it; dpo/ipo/kto then measure their reference with this starting adapter on, not the bare base."""
     rslora: bool = False
     """Rank-stabilised LoRA: scale the update by alpha / sqrt(rank), so high ranks keep learning."""
     dora: bool = False
@@ -92,6 +95,10 @@ class AdapterSpec:
 
     def validate(self) -> AdapterSpec:
         checks = [
+            (
+                lambda: not (self.copy_from and self.init_from),
+                "adapter.copy_from and adapter.init_from both set: init_from already takes the adapter's shape",
+            ),
             (lambda: self.rank > 0, "adapter.rank must be > 0"),
             (lambda: self.alpha > 0, "adapter.alpha must be > 0"),
             (lambda: 0 <= self.dropout < 1, "adapter.dropout must be in [0, 1)"),

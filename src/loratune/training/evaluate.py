@@ -64,10 +64,11 @@ class Evaluator:
     """Call it at the steps `due` names; it returns the metrics row and keeps metrics.jsonl and best.json."""
 
     def __init__(self, samples: list[Sample], run_dir: Path | None, every: int, total_steps: int, micro, pad_id,
-                 retention=None, pairs=None):  # fmt: skip
+                 retention=None, pairs=None, reference_start=None):  # fmt: skip
         self.samples, self.run_dir, self.every, self.total = samples, run_dir, every, total_steps
         self.micro_batch, self.pad_id = micro, pad_id
         self.pairs = pairs  # a preference method's options: `samples` are pairs, measured by its loss and accuracy
+        self.reference_start = reference_start  # the adapter weights the reference holds (adapter.init_from), or None
         self.retention = retention if retention is not None and retention.probe else None
         self.last_was_best = False  # only the main process (it has the run folder) keeps best.json
         if run_dir is not None and (run_dir / BEST).is_file():
@@ -89,7 +90,7 @@ class Evaluator:
         row = {"step": step}
         if self.samples and self.pairs is not None:
             measure = evaluate_labelled if self.pairs.method == "kto" else evaluate_pairs
-            row |= measure(model, list(self.samples), self.pairs, self.micro_batch, self.pad_id)
+            row |= measure(model, list(self.samples), self.pairs, self.micro_batch, self.pad_id, self.reference_start)
         elif self.samples:
             loss = eval_loss(model, self.samples, self.micro_batch, self.pad_id)
             row |= {"eval_loss": round(loss, 6), "eval_ppl": round(math.exp(min(loss, 50.0)), 4)}

@@ -96,12 +96,13 @@ def kto_losses(o: Options, logps, ref, kl: float, desirable) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def kl_sums(model, items: list[Labelled], micro_batch: int, pad_id: int, packed: int, device, rank: int = 0,
-            world: int = 1) -> torch.Tensor:  # fmt: skip
+def kl_sums(model, items: list[Labelled], start: dict | None, micro_batch: int, pad_id: int, packed: int, device,
+            rank: int = 0, world: int = 1) -> torch.Tensor:  # fmt: skip
     """(sum of log pi(y'|x) - log pi_ref(y'|x) over this process's share of the items' mismatched samples, their
     count): z_ref is max(0, the first over the second), summed over the processes."""
     inner = getattr(model, "module", model)  # DDP's module: no gradients here, so nothing to synchronise
-    reference, sums = Reference(True), torch.zeros(2, dtype=torch.float64)
+    reference = Reference(True, start)  # a pass each time: the mismatched samples are new every step
+    sums = torch.zeros(2, dtype=torch.float64)
     for tensors, group, weight in pass_groups(mismatched_items(items), micro_batch, pad_id, packed, rank, world):
         ref = reference.of(inner, tensors, group, device)[:, 0]
         logps, _ = sequence_logps(inner, _on(tensors, device))
@@ -115,7 +116,7 @@ def kto_step(run, batch: list[Labelled], reference: Reference) -> tuple[float, d
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     options = Options.of(tc)
     pad_id, packed = run.tokenizer.pad_token_id, run.config.packed_tokens()
-    sums = kl_sums(model, batch, tc.micro_batch, pad_id, packed, device, rank, world)
+    sums = kl_sums(model, batch, reference.start, tc.micro_batch, pad_id, packed, device, rank, world)
     if world > 1:
         sums = accelerator.reduce(sums.to(device), "sum").cpu()
     kl = max(0.0, sums[0].item() / max(sums[1].item(), 1))
@@ -132,13 +133,15 @@ def kto_step(run, batch: list[Labelled], reference: Reference) -> tuple[float, d
 
 
 @torch.no_grad()
-def evaluate_labelled(model, items: list[Labelled], options: Options, micro_batch: int, pad_id: int) -> dict:
-    """The eval samples' mean loss, reward margin and z_ref (theirs, dropout off), as training measures them."""
+def evaluate_labelled(model, items: list[Labelled], options: Options, micro_batch: int, pad_id: int,
+                      start: dict | None = None) -> dict:  # fmt: skip
+    """The eval samples' mean loss, reward margin and z_ref (theirs, dropout off), as training measures them; the
+    reference is the base, or the base with the adapter weights `start` (Reference)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    reference = Reference(True)
-    sums = kl_sums(model, items, micro_batch, pad_id, 0, device)  # the eval set as one batch
+    reference = Reference(True, start)
+    sums = kl_sums(model, items, start, micro_batch, pad_id, 0, device)  # the eval set as one batch
     kl = max(0.0, sums[0].item() / max(sums[1].item(), 1))
     totals = torch.zeros(5, dtype=torch.float64)
     for tensors, group, _ in pass_groups(items, micro_batch, pad_id, 0):

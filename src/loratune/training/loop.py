@@ -91,7 +91,7 @@ def train_loop(run: Run, stopping: StopRequest, on_step) -> str | None:
     pad_id = run.tokenizer.pad_token_id
     pairs = Options.of(tc) if tc.method != "sft" else None
     evaluate = Evaluator(run.eval_samples, own, tc.eval_every, run.total_steps, tc.micro_batch, pad_id, run.retention,
-                         pairs)  # fmt: skip
+                         pairs, run.reference.start)  # fmt: skip
     progress = Progress(own / METRICS if own else None, run.total_steps, run.step, tc.log_every, run.show)
     # The last logged loss stands until a step is trained (a resume that only finishes the run trains none).
     run.loss = read_losses(run.run_dir).get(run.step, float("nan"))

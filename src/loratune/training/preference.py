@@ -206,11 +206,13 @@ def _groups(items: list, micro_batch: int, packed_tokens: int) -> list[list]:
 
 
 class Reference:
-    """The reference model's sequence log-probs: the base with the adapter disabled (no second copy in memory),
+    """The reference model's sequence log-probs: the base with the adapter disabled (no second copy in memory), or,
+    for a run started from another adapter (adapter.init_from), the base with that adapter's weights swapped in;
     computed per pass, or once for all items before training (train.precompute_reference) and looked up."""
 
-    def __init__(self, needed: bool):
+    def __init__(self, needed: bool, start: dict[str, torch.Tensor] | None = None):
         self.needed = needed
+        self.start = start  # the starting adapter's weights by parameter name; None: the bare base
         self.table: torch.Tensor | None = None  # (items, sides), by the item's index, when precomputed
 
     @torch.no_grad()
@@ -220,7 +222,7 @@ class Reference:
         width = len(every[0].sides) if every else 2
         table = torch.full((items.total, width), float("nan"), dtype=torch.float64)
         for tensors, group, _ in pass_groups(every, micro_batch, pad_id, packed_tokens):
-            logps = self._base_logps(model, tensors, device)
+            logps = self._logps(model, tensors, device)
             for k, item in enumerate(group):
                 table[item.index] = logps[width * k : width * (k + 1)].double().cpu()
         self.table = table
@@ -234,16 +236,17 @@ class Reference:
             if not any(torch.isnan(r).any() for r in rows):
                 return torch.stack(rows).to(device=device, dtype=torch.float32)
         with torch.no_grad():
-            return self._base_logps(model, tensors, device).view(len(group), -1)
+            return self._logps(model, tensors, device).view(len(group), -1)
 
-    @staticmethod
-    def _base_logps(model, tensors, device) -> torch.Tensor:
+    def _logps(self, model, tensors, device) -> torch.Tensor:
+        from loratune.training.start_adapter import swapped_in
+
         tensors = {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
         inner = getattr(model, "module", model)  # DDP's module: the PeftModel
         was_training = inner.training
         inner.eval()  # the reference has no dropout, precomputed or not
         try:
-            with inner.disable_adapter():
+            with inner.disable_adapter() if self.start is None else swapped_in(inner, self.start):
                 logps, _ = sequence_logps(inner, tensors)
         finally:
             inner.train(was_training)
@@ -282,12 +285,14 @@ def preference_step(run, batch: list[Pair], reference: Reference) -> tuple[float
 
 
 @torch.no_grad()
-def evaluate_pairs(model, pairs: list[Pair], options: Options, micro_batch: int, pad_id: int) -> dict:
-    """The eval pairs' mean loss and preference accuracy (dropout off), as training measures them."""
+def evaluate_pairs(model, pairs: list[Pair], options: Options, micro_batch: int, pad_id: int,
+                   start: dict | None = None) -> dict:  # fmt: skip
+    """The eval pairs' mean loss and preference accuracy (dropout off), as training measures them; the reference is
+    the base, or the base with the adapter weights `start` (Reference)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    reference = Reference(options.method in NEEDS_REFERENCE)
+    reference = Reference(options.method in NEEDS_REFERENCE, start)
     loss = correct = margin = 0.0
     for tensors, group, _ in pass_groups(list(pairs), micro_batch, pad_id, 0):
         ref = reference.of(model, tensors, group, device)

@@ -50,6 +50,7 @@ from loratune.training.sharding import (
     shard_optimizer_state,
     uses_fsdp2,
 )
+from loratune.training.start_adapter import START, keep_start, load_start, starting_adapter
 from loratune.workspace import Workspace
 
 
@@ -64,6 +65,7 @@ class Plan:
     finished: dict | None  # the record of a finished run that these options would not train further
     resume_from: Path | None  # the checkpoint to continue from
     clear_first: bool  # empty the folder before writing: --overwrite, or a resume over a run with no weights
+    start_from: Path | None = None  # adapter.init_from: the adapter weights the run starts from
 
 
 @dataclass
@@ -85,7 +87,7 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     position: dict  # what fixes the data each step sees, saved in checkpoints (see checkpoint.data_position)
-    reference: Reference | None = None  # a preference method's reference log-probs (the base, adapter off)
+    reference: Reference | None = None  # a preference method's reference log-probs (the base, or + the start adapter)
     retention: Retention | None = None  # the retention probe with the base's answers (None: train.retention off)
     step: int = 0  # optimizer steps finished
     loss: float = float("nan")  # of the last finished step
@@ -134,9 +136,13 @@ def plan_run(config: RunConfig | None, home, options: dict, guard: RunGuard) -> 
     guard.claim(run_dir, ws.home, accelerator.is_main_process)  # a second run on the same name is refused here
     finished = already_finished(run_dir, config) if tc.resume else None
     resume_from, clear_first = check_run_dir(run_dir, tc.resume, tc.overwrite) if finished is None else (None, False)
-    if resume_from is not None or finished is not None:  # continuing: the options must describe the same run
+    resuming = resume_from is not None or finished is not None
+    start_from = None
+    if config.adapter.init_from:  # the shape and weights of the adapter the run starts from
+        config.adapter, start_from = starting_adapter(config.adapter, ws, run_dir, resuming)
+    if resuming:  # continuing: the options must describe the same run
         check_resume_options(run_dir, config)
-    return Plan(config, ws, run_dir, accelerator, finished, resume_from, clear_first)
+    return Plan(config, ws, run_dir, accelerator, finished, resume_from, clear_first, start_from)
 
 
 def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
@@ -172,6 +178,7 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     if config.checkpointing():
         enable_gradient_checkpointing(model)
     model = add_lora(model, config)
+    reference = starting_point(plan, model, sharded, say)  # adapter.init_from's weights; the reference
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], tc)
 
     steps_per_epoch = math.ceil(len(samples) / tc.batch_size)
@@ -180,7 +187,6 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     total_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
     scheduler = build_scheduler(optimizer, tc, total_steps)
     position = data_position(samples, steps_per_epoch, tc.seed)
-    reference = Reference(tc.method in NEEDS_REFERENCE)
     step, optimizer_state = 0, None
     if plan.resume_from is not None:  # the adapter before `prepare` shards it; the optimizer's state after
         step, optimizer_state = restore(plan, model, scheduler, position, total_steps, samples)
@@ -195,7 +201,9 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
         optimizer.load_state_dict(shard_optimizer_state(optimizer, optimizer_state) if sharded else optimizer_state)
     if accelerator.is_main_process:  # model, data and options are good: only now is anything written
         write_run_folder(plan, guard, contract, tokenizer)
-    if reference.needed and tc.precompute_reference:  # the base's log-probs of every pair, once (not saved)
+        if reference.start is not None and plan.start_from != plan.run_dir / START:
+            keep_start(plan.start_from, plan.run_dir)  # the reference's weights, for a resume
+    if reference.needed and tc.precompute_reference:  # the reference's log-probs of every pair, once (not saved)
         say(f"reference: the base model's log-probs of {len(samples)} {'samples' if tc.method == 'kto' else 'pairs'}")
         pad_id = tokenizer.pad_token_id
         reference.precompute(model, samples, tc.micro_batch, pad_id, accelerator.device, config.packed_tokens())
@@ -217,6 +225,26 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
         eval_samples=eval_samples, steps_per_epoch=steps_per_epoch, total_steps=total_steps, position=position,
         retention=retention, reference=reference, step=step,
     )  # fmt: skip
+
+
+def starting_point(plan: Plan, model, sharded: bool, say) -> Reference:
+    """Put adapter.init_from's weights into the new adapter (a resume then loads its checkpoint over them); the
+    run's reference: the base, or for a run with a starting adapter that adapter."""
+    method = plan.config.train.method
+    reference = Reference(method in NEEDS_REFERENCE)
+    if plan.start_from is None:
+        return reference
+    start = load_start(model, plan.start_from)
+    if reference.needed:
+        if sharded:
+            raise LoratuneError(
+                f"adapter.init_from with train.method {method} under FSDP: a starting adapter as the reference is "
+                "not supported on sharded weights yet; use DDP (`accelerate launch --multi_gpu`)"
+            )
+        reference.start = start
+    also = " (also the reference)" if reference.start is not None else ""
+    say(f"starting from the adapter in {plan.start_from.parent}{also}")
+    return reference
 
 
 def check_method(method: str, report) -> None:
