@@ -24,7 +24,7 @@ def test_split_is_seeded_disjoint_and_sized(tmp_path, tokenizer, home):
     samples, _ = build_samples(spec, tokenizer, ws)
     kept, held = split_eval(spec, samples, tokenizer, ws, seed=1)
     assert (len(kept), len(held)) == (15, 5)
-    assert sorted(map(str, kept + held)) == sorted(map(str, samples))
+    assert sorted(map(str, list(kept) + held)) == sorted(map(str, samples))
     assert split_eval(spec, samples, tokenizer, ws, seed=1) == (kept, held)
     assert split_eval(spec, samples, tokenizer, ws, seed=2)[1] != held
     assert split_eval(DataSpec(path=spec.path), samples, tokenizer, ws, seed=1) == (samples, [])

@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from loratune.config import DataSpec
@@ -41,7 +42,10 @@ def split_eval(spec: DataSpec, samples: list[Sample], tokenizer, ws, seed: int) 
     held = set(order[:n_eval])
     if isinstance(samples, Items):  # whole pairs are held out
         return samples.subset([i for i in range(len(samples)) if i not in held]), samples.subset(sorted(held))
-    return [s for i, s in enumerate(samples) if i not in held], [samples[i] for i in sorted(held)]
+    kept = np.setdiff1d(np.arange(len(samples)), np.fromiter(held, dtype=np.int64, count=len(held)))
+    if hasattr(samples, "select"):  # a data.store.SampleSet: a selection of rows, nothing read from its tokens
+        return samples.select(kept), [samples[i] for i in sorted(held)]
+    return [samples[int(i)] for i in kept], [samples[i] for i in sorted(held)]
 
 
 @torch.no_grad()

@@ -210,7 +210,7 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     if retention is not None:  # the base model's answers to the probe, once per run (cached in the run folder)
         # Under FSDP every process takes part in each forward pass, so all answer together.
         with nullcontext() if sharded else accelerator.main_process_first():
-            trained_tokens = sum(len(s.input_ids) for s in samples) * total_steps // steps_per_epoch
+            trained_tokens = token_count(samples) * total_steps // steps_per_epoch
             measures = (tc.eval_every and total_steps // tc.eval_every) + 1
             retention.fit(tc.retention_items, trained_tokens, measures)
             retention.answer_as_base(model, plan.run_dir, accelerator.is_main_process, say)
@@ -225,6 +225,14 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
         eval_samples=eval_samples, steps_per_epoch=steps_per_epoch, total_steps=total_steps, position=position,
         retention=retention, reference=reference, step=step,
     )  # fmt: skip
+
+
+def token_count(samples) -> int:
+    """The tokens of the training samples: from the sample table of cached samples (a pass over every sample would
+    read the whole memory-mapped corpus), else sample by sample (a preference method's items, a few thousand)."""
+    if hasattr(samples, "column"):
+        return int(samples.column("length").sum())
+    return sum(len(s.input_ids) for s in samples)
 
 
 def starting_point(plan: Plan, model, sharded: bool, say) -> Reference:
