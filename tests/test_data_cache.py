@@ -236,3 +236,21 @@ def test_tiny_blocks_give_the_cached_samples_and_fingerprint_of_large_ones(token
     assert not again.cached and again == report and report.kind == "mixed"
     assert tiny == large and tiny.fingerprint() == large.fingerprint()
     assert report.samples > 13 and any(-100 in s.labels for s in tiny)  # windows and masked instruction samples
+
+
+def test_a_run_reads_only_the_samples_it_trains_and_holds_out(tiny_model, tokenizer, home, monkeypatch):
+    """A memory-mapped corpus is never read whole before step 1: counting tokens, fingerprinting the data and holding
+    out an eval split all work from the sample table, so a short run builds only its steps' and eval samples."""
+    path = home / "datasets" / "long.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(CORPUS * 40, encoding="utf-8")
+    spec = DataSpec(path=str(path), cutoff=32, overlap=8)
+    windows = len(build_samples(spec, tokenizer, Workspace.resolve(home))[0])
+    built = []
+    real = store.Store.sample
+    monkeypatch.setattr(store.Store, "sample", lambda self, i: built.append(i) or real(self, i))
+    cfg = run_config(tiny_model, path, "short", AdapterSpec(rank=4, alpha=8), max_steps=1, batch_size=4, micro_batch=4)
+    cfg.data.cutoff, cfg.data.overlap, cfg.data.eval_split = 32, 8, 0.05  # the retention probe stays on
+    train(cfg, home=home, show_progress=False)
+    held_out = round(windows * 0.05)
+    assert windows > 200 and len(built) <= 4 + 3 * held_out  # its step, the eval set (drawn, measured), not the rest
