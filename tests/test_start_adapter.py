@@ -107,6 +107,11 @@ def test_the_weights_are_the_starting_adapters(tiny_model, home, tmp_path):
     assert max((start[k] - end[k]).abs().max().item() for k in start) < 1e-8
     assert any(start[k].abs().max() > 0 for k in start if "lora_B" in k)  # trained: not the fresh B = 0
     assert not (again.run_dir / START).exists()  # no reference: nothing to keep
+    shutil.rmtree(sft.run_dir)  # a resume goes on from its checkpoint, whose shape its loratune.yaml records
+    more = {"train.max_steps": 2, "train.lr": 1e-12, "adapter.init_from": "sft", "train.resume": True}
+    longer = train(model=str(tiny_model), data=str(chosen), name="again", home=home, show_progress=False,
+                   **OPTIONS | more)  # fmt: skip
+    assert longer.steps == 2
 
 
 def test_dpo_from_an_adapter_resumes_exactly_without_it(tiny_model, data_file, home, tmp_path):

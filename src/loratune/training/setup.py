@@ -139,7 +139,8 @@ def plan_run(config: RunConfig | None, home, options: dict, guard: RunGuard) -> 
     resuming = resume_from is not None or finished is not None
     start_from = None
     if config.adapter.init_from:  # the shape and weights of the adapter the run starts from
-        config.adapter, start_from = starting_adapter(config.adapter, ws, run_dir, resuming)
+        reference = tc.method in NEEDS_REFERENCE
+        config.adapter, start_from = starting_adapter(config.adapter, ws, run_dir, resuming, reference)
     if resuming:  # continuing: the options must describe the same run
         check_resume_options(run_dir, config)
     return Plan(config, ws, run_dir, accelerator, finished, resume_from, clear_first, start_from)
@@ -204,7 +205,8 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
         if reference.start is not None and plan.start_from != plan.run_dir / START:
             keep_start(plan.start_from, plan.run_dir)  # the reference's weights, for a resume
     if reference.needed and tc.precompute_reference:  # the reference's log-probs of every pair, once (not saved)
-        say(f"reference: the base model's log-probs of {len(samples)} {'samples' if tc.method == 'kto' else 'pairs'}")
+        whose = "the base model's" if reference.start is None else "the starting adapter's"
+        say(f"reference: {whose} log-probs of {len(samples)} {'samples' if tc.method == 'kto' else 'pairs'}")
         pad_id = tokenizer.pad_token_id
         reference.precompute(model, samples, tc.micro_batch, pad_id, accelerator.device, config.packed_tokens())
     if retention is not None:  # the base model's answers to the probe, once per run (cached in the run folder)

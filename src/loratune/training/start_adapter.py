@@ -23,14 +23,17 @@ from loratune.errors import LoratuneError
 START = "start_adapter.safetensors"  # in the run folder: the weights the run started from (reference methods only)
 
 
-def starting_adapter(current: AdapterSpec, ws, run_dir: Path, resuming: bool) -> tuple[AdapterSpec, Path]:
-    """The adapter group of a run with adapter.init_from, and the weights file it starts from: a resumed run's own
-    copy (START) and its saved shape, else the adapter init_from names (the shape its adapter_config.json gives)."""
+def starting_adapter(current: AdapterSpec, ws, run_dir: Path, resuming: bool, reference: bool):
+    """(the adapter group of a run with adapter.init_from, the weights file it starts from). A resumed run keeps its
+    saved shape, and needs starting weights only for a `reference`: its own copy (START), else the adapter init_from
+    names again; a new run takes the shape that adapter's adapter_config.json gives."""
     from loratune.adapters.catalog import adapter_path
     from loratune.config import adapter_from_run
 
-    if resuming and (run_dir / START).is_file():
-        return adapter_from_run(run_dir, current), run_dir / START
+    if resuming:
+        shape = adapter_from_run(run_dir, current)  # as the run was trained
+        if (run_dir / START).is_file() or not reference:  # the checkpoint holds the weights it goes on from
+            return shape, run_dir / START if reference else None
     folder = adapter_path(current.init_from, ws, folders=True)
     if folder.resolve() == run_dir.resolve() or run_dir.resolve() in folder.resolve().parents:
         raise LoratuneError(
