@@ -7,7 +7,8 @@ its method defines the reward, e.g. DPO's beta (log p - log p_ref), which is KTO
 the pairs as DPO's, its loss then DPO's; p_ref is the run's reference, the base, or for a run started from another
 adapter with adapter.init_from that adapter), its loss and margin; the base model's accuracy by
 its own log-probs (it wrote the rejected answers, so it prefers them); then the demo's six held-out prompts answered
-by base and LoRA, counted as pirate style when the answer starts with "Arr". Writes loras/<lora>/evaluation.json.
+by base and LoRA, counted as pirate style when the answer starts with "Arr" and does not degenerate into repeating
+itself (a word or symbol 4 times in a row, or a character 8 times: `degenerate`). Writes loras/<lora>/evaluation.json.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import resource
 import time
 from pathlib import Path
@@ -30,6 +32,14 @@ from loratune.training.preference import Options, Pairs, evaluate_pairs, pass_gr
 from loratune.training.start_adapter import START, start_weights_of
 
 HELD_OUT_PROMPTS = Path(__file__).resolve().parents[1] / "demo" / "held_out.txt"
+
+
+def degenerate(answer: str) -> bool:
+    """The answer repeats itself: one word or symbol 4 times in a row ("⚓ ⚓ ⚓ ⚓"), or one character 8 times."""
+    words = answer.split()
+    if any(len(set(words[i : i + 4])) == 1 for i in range(len(words) - 3)):
+        return True
+    return re.search(r"(.)\1{7}", answer) is not None
 
 
 @torch.no_grad()
@@ -77,16 +87,20 @@ def main(argv: list[str] | None = None) -> None:
     answers["lora"] = generator.complete_all(prompts, gen)
     rows = zip(prompts, answers["base"], answers["lora"], strict=True)
     results["answers"] = [{"prompt": p, "base": b, "lora": a} for p, b, a in rows]
-    results["pirate"] = {who: sum(a.startswith("Arr") for a in said) for who, said in answers.items()}
+    results["pirate"] = {
+        who: sum(a.startswith("Arr") and not degenerate(a) for a in said) for who, said in answers.items()
+    }
+    results["degenerate"] = {who: sum(degenerate(a) for a in said) for who, said in answers.items()}
     results["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
     since = f", from {config.adapter.init_from} (its reference)" if config.adapter.init_from else ""
     print(f"{args.lora} ({config.train.method}{since}) on {len(pairs)} held-out pairs ({held_out}):")
-    print("| model | preference accuracy | held-out prompts in pirate style |")
-    print("|---|---|---|")
-    pirate, n = results["pirate"], len(prompts)
-    print(f"| base (by its own log-probs) | {results['base_logp_accuracy']:.2f} | {pirate['base']} / {n} |")
-    print(f"| + LoRA {args.lora} (implicit reward) | {lora['eval_accuracy']:.2f} | {pirate['lora']} / {n} |")
+    print("| model | preference accuracy | held-out prompts in pirate style | answers repeating themselves |")
+    print("|---|---|---|---|")
+    pirate, bad, n = results["pirate"], results["degenerate"], len(prompts)
+    for key, who, accuracy in (("base", "base (by its own log-probs)", results["base_logp_accuracy"]),
+                               ("lora", f"+ LoRA {args.lora} (implicit reward)", lora["eval_accuracy"])):  # fmt: skip
+        print(f"| {who} | {accuracy:.2f} | {pirate[key]} / {n} | {bad[key]} |")
     for row in results["answers"]:
         print(f">>> {row['prompt']}\n  base: {row['base'][:100]}\n  lora: {row['lora'][:100]}")
     (generator.lora_path / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
