@@ -110,6 +110,8 @@ def build(ws: Workspace) -> TrainTab:
             config.data.eval_path = names.data_path(ws, config.data.eval_path)
         if config.adapter.copy_from:
             adapters.get_adapter(config.adapter.copy_from, ws)  # a name in loras/, not a folder elsewhere
+        if config.adapter.init_from:  # a LoRA or checkpoint in loras/, given to the job as its folder there
+            config.adapter.init_from = str(adapters.adapter_path(config.adapter.init_from, ws))
         from loratune.data.build import run_name
 
         config.name = config.name or run_name(config.data.path)  # as `loratune train` names it
