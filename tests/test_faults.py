@@ -167,21 +167,32 @@ def test_kills_at_every_point_then_resume_exactly(tiny_model, data_file, home, t
     )
 
 
-def test_dpo_survives_kills_and_resumes_exactly(tiny_model, home, tmp_path):
-    """The same guarantees for a preference method: kill -9 mid-step and during a checkpoint, Ctrl-C, then resume."""
+@pytest.mark.parametrize("method", ["dpo", "kto", "dpo from an adapter"])
+def test_preference_methods_survive_kills_and_resume_exactly(method, tiny_model, home, tmp_path):
+    """The same guarantees for the preference methods (DPO; KTO, whose z is measured every step; DPO started from an
+    SFT adapter, its reference): kill -9 mid-step and during a checkpoint, Ctrl-C, then resume."""
     from loratune import train
 
-    pairs = [{"instruction": r["instruction"], "chosen": r["output"], "rejected": "No."} for r in RECORDS]
-    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)  # 24 pairs, 4 a step: 12 steps in 2 epochs
-    dpo = ("--train.method", "dpo")
+    if method == "kto":  # 24 labelled answers, half of them undesirable
+        records = [{"prompt": r["instruction"], "completion": r["output"] if i % 2 else "No.", "label": bool(i % 2)}
+                   for i, r in enumerate(RECORDS)]  # fmt: skip
+    else:
+        records = [{"instruction": r["instruction"], "chosen": r["output"], "rejected": "No."} for r in RECORDS]
+    data = write_jsonl(tmp_path / "prefs.jsonl", records)  # 24 items, 4 a step: 12 steps in 2 epochs
+    options = {"train.method": "kto" if method == "kto" else "dpo"}
+    if method == "dpo from an adapter":
+        sft = train(model=str(tiny_model), data=str(write_jsonl(tmp_path / "sft.jsonl", RECORDS)), name="sft",
+                    home=tmp_path / "sft-home", show_progress=False, **OPTIONS | {"train.max_steps": 4})  # fmt: skip
+        options["adapter.init_from"] = str(sft.run_dir)
+    flags = [item for key, value in options.items() for item in (f"--{key}", value)]
     straight = train(model=str(tiny_model), data=str(data), name="straight", home=tmp_path / "ref",
-                     show_progress=False, **OPTIONS, **{"train.method": "dpo"})  # fmt: skip
+                     show_progress=False, **OPTIONS | options)  # fmt: skip
     expected = [row["loss"] for row in metrics(straight.run_dir)]
     run = home / "loras" / "run"
     for number, (point, sig, code) in enumerate(
         [("step@3", signal.SIGKILL, -9), ("checkpoint-write@1", signal.SIGKILL, -9), ("step@2", signal.SIGINT, 0)]
     ):
-        proc = Run(home, tiny_model, data, *dpo, *(["--resume"] if number else []), pause=point)
+        proc = Run(home, tiny_model, data, *flags, *(["--resume"] if number else []), pause=point)
         proc.wait_paused()
         proc.signal(sig)
         returncode, _, err = proc.finish()
@@ -189,8 +200,8 @@ def test_dpo_survives_kills_and_resumes_exactly(tiny_model, home, tmp_path):
         assert_nothing_truncated(run)
         rows = metrics(run)
         assert [r["loss"] for r in rows] == pytest.approx(expected[: len(rows)], abs=1e-5), point
-        assert all("accuracy" in r for r in rows)
-    code, out, err = Run(home, tiny_model, data, *dpo, "--resume").finish()
+        assert all(("kl" if method == "kto" else "accuracy") in r for r in rows)
+    code, out, err = Run(home, tiny_model, data, *flags, "--resume").finish()
     assert code == 0, err
     assert [r["loss"] for r in metrics(run)] == pytest.approx(expected, abs=1e-5)
 
