@@ -117,6 +117,24 @@ def assert_same_moments(a: Path, b: Path) -> None:
             torch.testing.assert_close(s2[i][moment], s1[i][moment], rtol=1e-4, atol=1e-4 * scale)
 
 
+def assert_same_base_answers(a: Path, b: Path) -> None:
+    """The retention probe's base answers: the same tokens; their top log-probs equal up to float32 round-off (the
+    sharded forward sums in another order, which moves a last digit)."""
+    one, two = json.loads(a.read_text()), json.loads(b.read_text())
+    assert one["key"] == two["key"]
+    for group in ("probe", "replay"):
+        assert len(one[group]) == len(two[group])
+        for x, y in zip(one[group], two[group], strict=True):
+            assert (x["prompt"], x["answer"], x["short"], x["top_ids"]) == (
+                y["prompt"],
+                y["answer"],
+                y["short"],
+                y["top_ids"],
+            )
+            for p, q in zip(x["top_logp"], y["top_logp"], strict=True):
+                assert p == pytest.approx(q, abs=1e-5)
+
+
 def cut_back(run: Path, to: Path) -> None:
     """A copy of `run` that lost everything after checkpoint-000002."""
     shutil.copytree(run, to)
@@ -139,7 +157,7 @@ def test_two_sharded_processes_train_the_same_adapter_as_one(runs):
         for key in ("loss", "eval_loss", "retention_kl"):
             if key in r1:
                 assert r2[key] == pytest.approx(r1[key], abs=1e-5), (r1["step"], key)
-    assert (two / "retention.json").read_bytes() == (one / "retention.json").read_bytes()  # the base's answers
+    assert_same_base_answers(one / "retention.json", two / "retention.json")
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
 
 
