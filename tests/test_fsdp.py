@@ -125,12 +125,8 @@ def assert_same_base_answers(a: Path, b: Path) -> None:
     for group in ("probe", "replay"):
         assert len(one[group]) == len(two[group])
         for x, y in zip(one[group], two[group], strict=True):
-            assert (x["prompt"], x["answer"], x["short"], x["top_ids"]) == (
-                y["prompt"],
-                y["answer"],
-                y["short"],
-                y["top_ids"],
-            )
+            for field in ("prompt", "answer", "short", "top_ids"):
+                assert x[field] == y[field], field
             for p, q in zip(x["top_logp"], y["top_logp"], strict=True):
                 assert p == pytest.approx(q, abs=1e-5)
 
