@@ -38,14 +38,15 @@ def split_eval(spec: DataSpec, samples: list[Sample], tokenizer, ws, seed: int) 
         raise LoratuneError(
             f"data.eval_split {spec.eval_split} leaves nothing to train on {len(samples)} samples; lower it"
         )
-    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(order[:n_eval])
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).numpy()
+    trained = np.ones(len(samples), dtype=bool)
+    trained[order[:n_eval]] = False
+    kept, held = np.flatnonzero(trained), [int(i) for i in np.flatnonzero(~trained)]  # each in the data's order
     if isinstance(samples, Items):  # whole pairs are held out
-        return samples.subset([i for i in range(len(samples)) if i not in held]), samples.subset(sorted(held))
-    kept = np.setdiff1d(np.arange(len(samples)), np.fromiter(held, dtype=np.int64, count=len(held)))
+        return samples.subset(kept.tolist()), samples.subset(held)
     if hasattr(samples, "select"):  # a data.store.SampleSet: a selection of rows, nothing read from its tokens
-        return samples.select(kept), [samples[i] for i in sorted(held)]
-    return [samples[int(i)] for i in kept], [samples[i] for i in sorted(held)]
+        return samples.select(kept), [samples[i] for i in held]
+    return [samples[int(i)] for i in kept], [samples[i] for i in held]
 
 
 @torch.no_grad()

@@ -27,21 +27,29 @@ def starting_adapter(current: AdapterSpec, ws, run_dir: Path, resuming: bool, re
     """(the adapter group of a run with adapter.init_from, the weights file it starts from). A resumed run keeps its
     saved shape, and needs starting weights only for a `reference`: its own copy (START), else the adapter init_from
     names again; a new run takes the shape that adapter's adapter_config.json gives."""
-    from loratune.adapters.catalog import adapter_path
     from loratune.config import adapter_from_run
 
-    if resuming:
-        shape = adapter_from_run(run_dir, current)  # as the run was trained
-        if (run_dir / START).is_file() or not reference:  # the checkpoint holds the weights it goes on from
-            return shape, run_dir / START if reference else None
-    folder = adapter_path(current.init_from, ws, folders=True)
+    if not resuming:
+        folder = _init_folder(current.init_from, ws, run_dir)
+        return start_shape(folder, current), folder / "adapter_model.safetensors"
+    shape = adapter_from_run(run_dir, current)  # as the run was trained; its checkpoint holds the weights
+    if not reference:
+        return shape, None
+    kept = run_dir / START
+    return shape, kept if kept.is_file() else _init_folder(current.init_from, ws, run_dir) / "adapter_model.safetensors"
+
+
+def _init_folder(init_from: str, ws, run_dir: Path) -> Path:
+    """The adapter folder init_from names; never the run's own folder (a new run replaces it)."""
+    from loratune.adapters.catalog import adapter_path
+
+    folder = adapter_path(init_from, ws, folders=True)
     if folder.resolve() == run_dir.resolve() or run_dir.resolve() in folder.resolve().parents:
         raise LoratuneError(
-            f"adapter.init_from {current.init_from!r} is this run's own folder, which a new run replaces: train "
+            f"adapter.init_from {init_from!r} is this run's own folder, which a new run replaces: train "
             "the new run under another --name"
         )
-    shape = adapter_from_run(run_dir, current) if resuming else start_shape(folder, current)
-    return shape, folder / "adapter_model.safetensors"
+    return folder
 
 
 def start_shape(folder: Path, current: AdapterSpec) -> AdapterSpec:
@@ -72,6 +80,11 @@ def adapter_tensors(model) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if "lora_" in name}
 
 
+def _copies(model) -> dict[str, torch.Tensor]:
+    """A copy of the adapter's weights as they are now, by parameter name."""
+    return {name: p.detach().clone() for name, p in adapter_tensors(model).items()}
+
+
 def load_start(model, weights: Path) -> dict[str, torch.Tensor]:
     """Put the adapter file `weights` into `model`'s adapter (a refusal in one line if its shape differs) and return
     a copy of them by parameter name (the reference's weights)."""
@@ -89,12 +102,12 @@ def load_start(model, weights: Path) -> dict[str, torch.Tensor]:
             f"adapter.init_from: {weights} holds weights this model has no place for ({unexpected[0]}, ...): "
             "was it trained on another base model?"
         )
-    return {name: p.detach().clone() for name, p in adapter_tensors(model).items()}
+    return _copies(model)
 
 
 def start_weights_of(model, weights: Path) -> dict[str, torch.Tensor]:
     """The adapter file `weights` by `model`'s parameter names, leaving `model`'s own adapter as it is."""
-    own = {name: p.detach().clone() for name, p in adapter_tensors(model).items()}
+    own = _copies(model)
     start = load_start(model, weights)
     _copy_into(model, own)
     return start
@@ -114,7 +127,7 @@ def keep_start(source: Path, run_dir: Path) -> None:
 @contextmanager
 def swapped_in(model, weights: dict[str, torch.Tensor]):
     """`model`'s adapter holds `weights` inside the block, its own weights again after it (no-grad passes only)."""
-    saved = {name: p.detach().clone() for name, p in adapter_tensors(model).items() if name in weights}
+    saved = _copies(model)
     _copy_into(model, weights)
     try:
         yield
