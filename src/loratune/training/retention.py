@@ -41,7 +41,7 @@ TOP = 32  # the base's likeliest next tokens kept per answer position; the rest 
 SHARE = 0.06  # train.retention_items 0: the probe's share of the run's compute it may take (in token passes)
 MIN_ITEMS = 32  # ... but never fewer items than this
 BATCH_TOKENS = 4096  # prompt + answer tokens per generate() call or forward pass (batches by length, fewest calls)
-LOGIT_FLOATS = 1 << 26  # full-vocabulary logits a measurement keeps at once (256 MB; a 150k vocabulary: 441 rows)
+LOGIT_FLOATS = 1 << 24  # full-vocabulary logits a measurement keeps at once (64 MB; a 150k vocabulary: 110 rows)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from loratune.training.checkpoint import (
 from loratune.training.evaluate import split_eval
 from loratune.training.guard import RunGuard
 from loratune.training.kto import LabelledSamples
+from loratune.training.fused_mlp import fuse_swiglu
 from loratune.training.lora_dropout import share_lora_dropout
 from loratune.training.optim import build_optimizer, build_scheduler
 from loratune.training.packing import use_packed_attention
@@ -301,6 +302,7 @@ def add_lora(model, config: RunConfig):
     torch.manual_seed(config.train.seed)
     model = get_peft_model(model, lora)
     share_lora_dropout(model, config.adapter.dropout)
+    fuse_swiglu(model)
     if config.train.packing:
         use_packed_attention(model)
     return model
