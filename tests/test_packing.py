@@ -15,7 +15,7 @@ from loratune.data import build_samples
 from loratune.data.batching import collate, collate_packed, micro_batches, pack_rows
 from loratune.data.build import IGNORE
 from loratune.training.loss import token_loss_sum
-from loratune.training.packing import use_packed_attention
+from loratune.training.packing import equal_length_runs, use_packed_attention
 from loratune.workspace import Workspace
 
 RECORDS = [
@@ -84,6 +84,24 @@ def test_no_attention_across_samples(model, samples):
     assert not torch.allclose(before[0], after[0])
     for a, b in zip(before[1:], after[1:], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_runs_of_equal_length_attend_in_one_batched_call_and_only_to_themselves(model, samples, tokenizer):
+    """Raw text in full windows packs samples of one length: those runs take one batched call, same logits."""
+    first, second = samples[0], samples[1]
+    twin = type(first)([(t + 7) % 250 + 4 for t in first.input_ids], first.labels)  # same length, other tokens
+    equal = [first, twin, first, second, second]
+    bounds = collate_packed(equal)["packed_bounds"]
+    n0, n1 = len(first.input_ids), len(second.input_ids)
+    assert equal_length_runs(bounds) == [(0, 3 * n0, 3), (3 * n0, 3 * n0 + 2 * n1, 2)]
+    padded = collate(equal, tokenizer.pad_token_id)
+    with torch.no_grad():
+        reference = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+        packed = packed_logits(model, equal)
+    for row, (s, got) in enumerate(zip(equal, packed, strict=True)):
+        torch.testing.assert_close(got, reference[row, : len(s.input_ids)], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(packed[0], packed[1])  # the twin attends to its own tokens only
+    torch.testing.assert_close(packed[0], packed[2], rtol=1e-5, atol=1e-5)
 
 
 def test_packed_loss_and_gradients_equal_padded(tiny_model, samples, tokenizer):

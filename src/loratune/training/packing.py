@@ -29,19 +29,32 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
         # The mask transformers built from the position ids is exact here, only slower.
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     gqa = getattr(module, "num_key_value_groups", 1) > 1
-    parts = [
-        F.scaled_dot_product_attention(
-            query[:, :, s:e],
-            key[:, :, s:e],
-            value[:, :, s:e],
-            dropout_p=dropout,
-            scale=scaling,
-            is_causal=True,
-            enable_gqa=gqa,
-        )
-        for s, e in bounds
-    ]
-    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+    # (1, heads, total, dim) is a transposed view of (total, heads, dim): a run of k samples of one length L is a
+    # free view (k, heads, L, dim) of it, so one batched call covers them (raw text in full windows: the whole row).
+    parts = []
+    for s, e, k in equal_length_runs(bounds):
+        n = (e - s) // k
+
+        def batched(x):
+            return x[0, :, s:e].transpose(0, 1).unflatten(0, (k, n)).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(
+            batched(query), batched(key), batched(value), dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa
+        )  # (k, heads, n, dim)
+        parts.append(out.transpose(1, 2).flatten(0, 1))  # (k * n, heads, dim)
+    return torch.cat(parts).unsqueeze(0), None
+
+
+def equal_length_runs(bounds) -> list[tuple[int, int, int]]:
+    """(start, end, samples) of each run of consecutive samples of one length in `bounds` [(start, end), ...]."""
+    runs = []
+    for s, e in bounds:
+        if runs and e - s == (runs[-1][1] - runs[-1][0]) // runs[-1][2] and s == runs[-1][1]:
+            start, _, k = runs[-1]
+            runs[-1] = (start, e, k + 1)
+        else:
+            runs.append((s, e, 1))
+    return runs
 
 
 def use_packed_attention(model) -> None:
