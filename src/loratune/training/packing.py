@@ -33,16 +33,15 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
     # free view (k, heads, L, dim) of it, so one batched call covers them (raw text in full windows: the whole row).
     parts = []
     for s, e, k in equal_length_runs(bounds):
-        n = (e - s) // k
-
-        def batched(x):
-            return x[0, :, s:e].transpose(0, 1).unflatten(0, (k, n)).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(
-            batched(query), batched(key), batched(value), dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa
-        )  # (k, heads, n, dim)
-        parts.append(out.transpose(1, 2).flatten(0, 1))  # (k * n, heads, dim)
+        q, kv, v = (batched(x, s, e, k) for x in (query, key, value))
+        out = F.scaled_dot_product_attention(q, kv, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
+        parts.append(out.transpose(1, 2).flatten(0, 1))  # (k, heads, n, dim) -> (k * n, heads, dim)
     return torch.cat(parts).unsqueeze(0), None
+
+
+def batched(x: torch.Tensor, start: int, end: int, k: int) -> torch.Tensor:
+    """Positions start:end of x (1, heads, total, dim), k samples of one length, as (k, heads, length, dim)."""
+    return x[0, :, start:end].transpose(0, 1).unflatten(0, (k, (end - start) // k)).transpose(1, 2)
 
 
 def equal_length_runs(bounds) -> list[tuple[int, int, int]]:

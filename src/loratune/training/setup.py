@@ -34,9 +34,9 @@ from loratune.training.checkpoint import (
     save_checkpoint,
 )
 from loratune.training.evaluate import split_eval
+from loratune.training.fused_mlp import fuse_swiglu
 from loratune.training.guard import RunGuard
 from loratune.training.kto import LabelledSamples
-from loratune.training.fused_mlp import fuse_swiglu
 from loratune.training.lora_dropout import share_lora_dropout
 from loratune.training.optim import build_optimizer, build_scheduler
 from loratune.training.packing import use_packed_attention
