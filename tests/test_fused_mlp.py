@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from loratune.config import AdapterSpec, RunConfig, TrainSpec
-from loratune.training.fused_mlp import SWIGLU_MLPS, SiluMul, fuse_swiglu
+from loratune.models.families import SWIGLU_MLPS
+from loratune.training.fused_mlp import SiluMul, fuse_swiglu
 from loratune.training.setup import add_lora
 
 STOCK = "down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))"

@@ -5,8 +5,9 @@ embeddings, biases and fused projections count as they do in the real model, and
 target modules. Activations follow what autograd keeps for backward in one decoder layer with a frozen base
 (weights frozen, so a frozen linear layer keeps nothing; LoRA keeps its inputs):
 
-    per token and layer  2 h (two norm inputs) + 2 h + 2 kv (SDPA keeps q, k, v, out) + MLP (3 i gated, 2 i plain,
-                         4 i for GPT-2's gelu_new) + residual dropouts where the config has them
+    per token and layer  2 h (two norm inputs) + 2 h + 2 kv (SDPA keeps q, k, v, out) + MLP (3 i gated, 2 i for
+                         the SwiGLU MLPs training fuses and plain ones, 4 i for GPT-2's gelu_new)
+                         + residual dropouts where the config has them
                          + per LoRA module: its input, the dropout mask (1 byte) and the rank-r output
 
 plus one layer's worth again for backward's temporaries. On a CPU, glibc's allocator keeps freed activation memory
@@ -49,7 +50,7 @@ class Shape:
     hidden: int
     kv: int  # key/value width (smaller than hidden with grouped-query attention)
     intermediate: int
-    mlp_saved: int  # intermediate-sized tensors autograd keeps per token: 3 gated, 4 GPT-2's gelu_new, else 2
+    mlp_saved: int  # intermediate-sized tensors autograd keeps per token: 3 gated (2 fused), 4 GPT-2's gelu_new, else 2
     residual_dropout: bool  # dropout on the residual branches (GPT-2, GPT-J, OPT configs): outputs and masks kept
     vocab: int
     eager_heads: int  # attention heads when the model has no SDPA (then T x T scores are kept), else 0
@@ -153,7 +154,7 @@ def shape_of(config, rank: int, targets: str) -> Shape:
     import torch  # here, not at the top: `loratune models list` formats sizes with human() and needs no torch
     from transformers import AutoModelForCausalLM
 
-    from loratune.models.families import linear_module_paths, resolve_targets
+    from loratune.models.families import SWIGLU_MLPS, linear_module_paths, resolve_targets
 
     with torch.device("meta"):
         try:
@@ -175,8 +176,11 @@ def shape_of(config, rank: int, targets: str) -> Shape:
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     intermediate = _first(text, "intermediate_size", "ffn_dim", "n_inner", "d_ff", default=0) or 4 * hidden
     has_gate = any(re.search(r"gate", p) for p in linear)
-    # counted with saved-tensor hooks: gelu_new (GPT-2, GPT-J) is a composite of elementwise ops that keeps 4
-    mlp_saved = 3 if has_gate else 4 if getattr(text, "activation_function", "") == "gelu_new" else 2
+    # counted with saved-tensor hooks: gelu_new (GPT-2, GPT-J) is a composite of elementwise ops that keeps 4; a
+    # gated MLP 3, or 2 for the classes training fuses (training/fused_mlp.py)
+    fused = any(type(m).__name__ in SWIGLU_MLPS for m in model.modules())
+    gelu_new = getattr(text, "activation_function", "") == "gelu_new"
+    mlp_saved = 2 if fused else 3 if has_gate else 4 if gelu_new else 2
     residual_dropout = any(getattr(text, n, 0) for n in ("resid_pdrop", "hidden_dropout", "dropout"))
     uses_sdpa = getattr(model, "_supports_sdpa", False) or config.model_type == "rwkv"  # RWKV has no T x T scores
     return Shape(

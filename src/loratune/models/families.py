@@ -53,6 +53,10 @@ FAMILIES: dict[str, Family] = {
 }
 PRESETS = ("attention", "attention+mlp", "all-linear")
 
+# MLP classes whose forward is exactly down_proj(act_fn(gate_proj(x)) * up_proj(x)): training keeps two activations for
+# them instead of three (training/fused_mlp.py); tests/test_fused_mlp.py checks each class's source.
+SWIGLU_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "OlmoMLP", "Olmo2MLP", "GraniteMLP"}
+
 
 def resolve_targets(model, targets: str) -> list[str] | str:
     """Module-name suffixes for peft's `target_modules` (or 'all-linear'), checked against the model."""

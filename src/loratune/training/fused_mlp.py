@@ -17,9 +17,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-# MLP classes whose forward is exactly down_proj(act_fn(gate_proj(x)) * up_proj(x)), with act_fn silu for the
-# checkpoints that use them (checked per module, tests/test_fused_mlp.py checks the classes).
-SWIGLU_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "OlmoMLP", "Olmo2MLP", "GraniteMLP"}
+from loratune.models.families import SWIGLU_MLPS
 
 
 class SiluMul(torch.autograd.Function):
@@ -51,6 +49,7 @@ def fuse_swiglu(model) -> int:
     switched = 0
     for module in model.modules():
         if type(module).__name__ in SWIGLU_MLPS and is_silu(getattr(module, "act_fn", None)):
+            # act_fn checked per module: a checkpoint of a listed class may use another activation
             module.forward = types.MethodType(swiglu_forward, module)
             switched += 1
     return switched
