@@ -12,12 +12,13 @@ target modules. Activations follow what autograd keeps for backward in one decod
 
 plus one layer's worth again for backward's temporaries. On a CPU, glibc's allocator keeps freed activation memory
 (tensors under its 32 MB mmap threshold) fragmented from step to step: measured on SmolLM2 over 5 steps, the peak RSS
-settles up to 0.6x the activations above the first step's (with MALLOC_TRIM_THRESHOLD_=0 it stays at the first step's,
-which this estimate matches within 1 %), so we add that. Logits: our loss projects only positions whose next token is
-trained (train/loss.py: `logits_to_keep`); we assume every position is trained (raw text, the worst case), so
-n = micro_batch * (cutoff - 1) rows of the vocabulary, kept three times at the backward peak (logits, log-softmax,
-their gradient), always in fp32. The runtime (Python, torch, transformers, peft; or the CUDA context) is a constant
-measured on our CPU machine.
+settled up to 0.6x the activations above the first step's (with MALLOC_TRIM_THRESHOLD_=0 it stays at the first step's,
+which this estimate matched within 1 %); since the MLPs keep a third less (training/fused_mlp.py) 0.4x puts the five
+rows of bench/estimate_memory.py within -8 % to +18 % (2026-12-03), so we add that. Logits: our loss projects only
+positions whose next token is trained (train/loss.py: `logits_to_keep`); we assume every position is trained (raw text,
+the worst case), so n = micro_batch * (cutoff - 1) rows of the vocabulary, kept three times at the backward peak
+(logits, log-softmax, their gradient), always in fp32. The runtime (Python, torch, transformers, peft; or the CUDA
+context) is a constant measured on our CPU machine.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from loratune.errors import LoratuneError
 
 GB = 1024**3
 CPU_RUNTIME = 0.40 * GB  # measured: peak RSS of a tiny model's training run less its logits (imports, data)
-CPU_ALLOCATOR = 0.6  # glibc's retained, fragmented activation memory after a few steps (see above), x activations
+CPU_ALLOCATOR = 0.4  # glibc's retained, fragmented activation memory after a few steps (see above), x activations
 CUDA_RUNTIME = 0.5 * GB  # the CUDA context and cuBLAS workspaces, outside torch's allocator statistics
 _BITS = {"4bit": 4.127, "8bit": 8.0}  # NF4 with double-quantized block scales; int8 + per-row scales (small)
 
