@@ -55,13 +55,19 @@ def packed_logits(model, samples):
     return [logits.logits[0, s:e] for s, e in batch["packed_bounds"]]
 
 
-def test_packed_logits_equal_padded_logits(model, samples, tokenizer):
-    padded = collate(samples, tokenizer.pad_token_id)
+def packed_logits_equal_padded(model, samples, pad_id) -> list:
+    """Each sample's logits from one packed row, checked against the same samples in padded rows."""
+    padded = collate(samples, pad_id)
     with torch.no_grad():
         reference = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
         packed = packed_logits(model, samples)
     for row, (s, got) in enumerate(zip(samples, packed, strict=True)):
         torch.testing.assert_close(got, reference[row, : len(s.input_ids)], rtol=1e-5, atol=1e-5)
+    return packed
+
+
+def test_packed_logits_equal_padded_logits(model, samples, tokenizer):
+    packed_logits_equal_padded(model, samples, tokenizer.pad_token_id)
 
 
 def test_packed_logits_equal_transformers_block_mask(model, samples):
@@ -94,12 +100,7 @@ def test_runs_of_equal_length_attend_in_one_batched_call_and_only_to_themselves(
     bounds = collate_packed(equal)["packed_bounds"]
     n0, n1 = len(first.input_ids), len(second.input_ids)
     assert equal_length_runs(bounds) == [(0, 3 * n0, 3), (3 * n0, 3 * n0 + 2 * n1, 2)]
-    padded = collate(equal, tokenizer.pad_token_id)
-    with torch.no_grad():
-        reference = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
-        packed = packed_logits(model, equal)
-    for row, (s, got) in enumerate(zip(equal, packed, strict=True)):
-        torch.testing.assert_close(got, reference[row, : len(s.input_ids)], rtol=1e-5, atol=1e-5)
+    packed = packed_logits_equal_padded(model, equal, tokenizer.pad_token_id)
     assert not torch.allclose(packed[0], packed[1])  # the twin attends to its own tokens only
     torch.testing.assert_close(packed[0], packed[2], rtol=1e-5, atol=1e-5)
 

@@ -6,8 +6,8 @@ gradient). With an intermediate size 2.7-5.4 times the hidden size these are the
 of the ~960 MB a packed pass of 989 tokens keeps on SmolLM2-135M. `SiluMul` keeps only gate's and up's outputs and
 recomputes silu in the backward pass (one element-wise kernel): a third less for the MLPs (-182 MB there).
 
-`fuse_swiglu(model)` switches every MLP of a known class to it; the result is the same to the last bit in the
-forward pass and to rounding in the backward pass.
+`fuse_swiglu(model)` switches every MLP of a known class to it; outputs and gradients are the same to the last bit
+(the backward pass runs the kernels autograd runs, on a recomputed silu).
 """
 
 from __future__ import annotations
