@@ -86,7 +86,8 @@ def profile(suite: dict, steps: int = 1, warmup: int = 2) -> list[str]:
         tc = run.config.train
         rank, vocab = run.config.adapter.rank, run.model.get_output_embeddings().weight.shape[0]
         batches = [
-            loop.step_samples(run.samples, k, run.steps_per_epoch, tc.batch_size, tc.seed) for k in range(warmup + steps)
+            loop.step_samples(run.samples, k, run.steps_per_epoch, tc.batch_size, tc.seed)
+            for k in range(warmup + steps)
         ]
         for batch in batches[:warmup]:  # warm-up: allocator, page faults, thread pools, lazy inits
             loop.train_step(run, batch)
