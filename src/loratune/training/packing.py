@@ -31,17 +31,22 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
     gqa = getattr(module, "num_key_value_groups", 1) > 1
     # (1, heads, total, dim) is a transposed view of (total, heads, dim): a run of k samples of one length L is a
     # free view (k, heads, L, dim) of it, so one batched call covers them (raw text in full windows: the whole row).
+    # One split per tensor, not a slice per run: a slice's backward writes a zero tensor of the whole row, so k
+    # slices cost k rows of zeros and additions per layer; a split's backward is one concatenation.
+    runs = equal_length_runs(bounds)
+    sizes = [e - s for s, e, _ in runs]
     parts = []
-    for s, e, k in equal_length_runs(bounds):
-        q, kv, v = (batched(x, s, e, k) for x in (query, key, value))
+    samples = [k for _, _, k in runs]
+    for q, kv, v, k in zip(*(x[0].split(sizes, dim=1) for x in (query, key, value)), samples, strict=True):
+        q, kv, v = (as_samples(x, k) for x in (q, kv, v))
         out = F.scaled_dot_product_attention(q, kv, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
         parts.append(out.transpose(1, 2).flatten(0, 1))  # (k, heads, n, dim) -> (k * n, heads, dim)
     return torch.cat(parts).unsqueeze(0), None
 
 
-def batched(x: torch.Tensor, start: int, end: int, k: int) -> torch.Tensor:
-    """Positions start:end of x (1, heads, total, dim), k samples of one length, as (k, heads, length, dim)."""
-    return x[0, :, start:end].transpose(0, 1).unflatten(0, (k, (end - start) // k)).transpose(1, 2)
+def as_samples(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x (heads, k * length, dim), k samples of one length end to end, as (k, heads, length, dim)."""
+    return x.transpose(0, 1).unflatten(0, (k, x.shape[1] // k)).transpose(1, 2)
 
 
 def equal_length_runs(bounds) -> list[tuple[int, int, int]]:
