@@ -1,4 +1,5 @@
-"""release_freed_memory hands freed C-heap pages back to the system (glibc), and is inert on other devices."""
+"""release_freed_memory hands freed C-heap pages back to the system (glibc), and is inert on other devices;
+each_pass does it before every training pass."""
 
 import ctypes.util
 import os
@@ -6,7 +7,7 @@ import os
 import pytest
 import torch
 
-from loratune.training.allocator import release_freed_memory
+from loratune.training.allocator import each_pass, release_freed_memory
 
 
 def resident_bytes() -> int:
@@ -39,3 +40,17 @@ def test_freed_heap_pages_go_back_to_the_system():
 @linux_glibc
 def test_other_devices_are_left_alone():
     assert freed_bytes_returned(torch.device("meta")) < 10_000_000  # no trim: the freed pages stay resident
+
+
+@linux_glibc
+def test_each_pass_hands_back_what_the_pass_before_freed():
+    keep, freed_at = [], 0
+    for i in each_pass(range(2), torch.device("cpu")):
+        if i == 0:  # the first pass frees ~256 MB of heap blocks, as a training pass frees its activations
+            blocks = [torch.ones(16_000) for _ in range(4_000)]
+            keep.append(blocks[-1])
+            del blocks
+            freed_at = resident_bytes()
+        else:
+            assert freed_at - resident_bytes() > 100_000_000
+    assert len(keep) == 1

@@ -32,6 +32,7 @@ import torch
 
 from loratune.data.samples import IGNORE, Sample
 from loratune.errors import LoratuneError
+from loratune.training.allocator import each_pass
 from loratune.training.preference import Items, Options, Reference, pass_groups, sequence_logps
 
 
@@ -122,7 +123,7 @@ def kto_step(run, batch: list[Labelled], reference: Reference) -> tuple[float, d
     kl = max(0.0, sums[0].item() / max(sums[1].item(), 1))
     passes = pass_groups(batch, tc.micro_batch, pad_id, packed, rank, world)
     totals = torch.zeros(5, dtype=torch.float64)  # loss, desirable rewards and count, undesirable rewards and count
-    for i, (tensors, group, weight) in enumerate(passes):
+    for i, (tensors, group, weight) in enumerate(each_pass(passes, device)):
         with accelerator.no_sync(model) if i < len(passes) - 1 else nullcontext():
             loss, rewards, desirable = _losses(model, tensors, group, reference, options, kl, device)
             accelerator.backward(loss.sum() * (weight * world / len(batch)))

@@ -21,7 +21,7 @@ from loratune.data.batching import micro_batches
 from loratune.data.build import IGNORE
 from loratune.errors import LoratuneError
 from loratune.rundir import LOSS_PLOT, METRICS, read_losses, read_retention
-from loratune.training.allocator import release_freed_memory
+from loratune.training.allocator import each_pass
 from loratune.training.board import Board
 from loratune.training.checkpoint import checkpoint_dir, save_adapter
 from loratune.training.evaluate import Evaluator
@@ -162,8 +162,7 @@ def sft_backward(run: Run, batch: list[Sample]) -> float:
         with accelerator.no_sync(model):  # every process replays the same items: DDP's average leaves them as they are
             kl_sum, n_replayed = replay_loss(model, replay, pad_id)
             accelerator.backward(kl_sum * (tc.retain / max(n_replayed, 1)))
-    for i, (tensors, weight) in enumerate(zip(passes, weights, strict=True)):
-        release_freed_memory(accelerator.device)
+    for i, (tensors, weight) in enumerate(each_pass(zip(passes, weights, strict=True), accelerator.device)):
         tensors = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in tensors.items()}
         # Normalise by the trained tokens of the whole step, so accumulation equals one big batch; DDP averages
         # gradients over the processes, so scale by their number to get the sum over all of the step's tokens.

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from loratune.data.batching import collate, collate_packed
 from loratune.data.samples import Sample
 from loratune.errors import LoratuneError
+from loratune.training.allocator import each_pass
 from loratune.training.loss import kept_logits, trained_positions
 
 NEEDS_REFERENCE = ("dpo", "ipo", "kto")
@@ -261,7 +262,7 @@ def preference_step(run, batch: list[Pair], reference: Reference) -> tuple[float
     pad_id, packed = run.tokenizer.pad_token_id, run.config.packed_tokens()
     passes = pass_groups(batch, tc.micro_batch, pad_id, packed, accelerator.process_index, world)
     totals = torch.zeros(5, dtype=torch.float64)  # loss, chosen reward, rejected reward, correct, pairs
-    for i, (tensors, group, weight) in enumerate(passes):
+    for i, (tensors, group, weight) in enumerate(each_pass(passes, accelerator.device)):
         ref = reference.of(model, tensors, group, accelerator.device)
         tensors = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in tensors.items()}
         with accelerator.no_sync(model) if i < len(passes) - 1 else nullcontext():
