@@ -15,11 +15,16 @@ def resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def free_heap_blocks() -> torch.Tensor:
+    """Free ~256 MB of 64 kB tensors (heap memory, under glibc's mmap threshold); returns the last one, kept alive
+    so that it pins the heap's top and free() alone cannot shrink the heap."""
+    blocks = [torch.ones(16_000) for _ in range(4_000)]
+    return blocks[-1]
+
+
 def freed_bytes_returned(device) -> int:
-    """Free ~256 MB of 64 kB tensors behind a pinned heap top, release on `device`; how much RSS came back."""
-    blocks = [torch.ones(16_000) for _ in range(4_000)]  # 64 kB each: heap memory, under glibc's mmap threshold
-    keep = blocks[-1]  # the last block pins the heap's top, so free() alone cannot shrink it
-    del blocks
+    """Free ~256 MB of heap blocks, release on `device`; how much RSS came back."""
+    keep = free_heap_blocks()
     before = resident_bytes()
     release_freed_memory(device)
     returned = before - resident_bytes()
@@ -44,13 +49,12 @@ def test_other_devices_are_left_alone():
 
 @linux_glibc
 def test_each_pass_hands_back_what_the_pass_before_freed():
-    keep, freed_at = [], 0
+    at_start = []  # resident bytes as each pass begins, after each_pass's release
     for i in each_pass(range(2), torch.device("cpu")):
+        at_start.append(resident_bytes())
         if i == 0:  # the first pass frees ~256 MB of heap blocks, as a training pass frees its activations
-            blocks = [torch.ones(16_000) for _ in range(4_000)]
-            keep.append(blocks[-1])
-            del blocks
+            keep = free_heap_blocks()
             freed_at = resident_bytes()
-        else:
-            assert freed_at - resident_bytes() > 100_000_000
-    assert len(keep) == 1
+    assert len(at_start) == 2
+    assert freed_at - at_start[1] > 100_000_000
+    assert keep.sum().item() == 16_000

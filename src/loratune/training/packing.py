@@ -36,8 +36,7 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
     runs = equal_length_runs(bounds)
     sizes = [e - s for s, e, _ in runs]
     parts = []
-    samples = [k for _, _, k in runs]
-    for q, kv, v, k in zip(*(x[0].split(sizes, dim=1) for x in (query, key, value)), samples, strict=True):
+    for (_, _, k), q, kv, v in zip(runs, *(x[0].split(sizes, dim=1) for x in (query, key, value)), strict=True):
         q, kv, v = (as_samples(x, k) for x in (q, kv, v))
         out = F.scaled_dot_product_attention(q, kv, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
         parts.append(out.transpose(1, 2).flatten(0, 1))  # (k, heads, n, dim) -> (k * n, heads, dim)
