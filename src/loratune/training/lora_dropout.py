@@ -24,12 +24,12 @@ class _MaskedScale(torch.autograd.Function):
     def forward(ctx, x, mask, scale: float):
         ctx.save_for_backward(mask)
         ctx.scale = scale
-        return torch.mul(x, mask).mul_(scale)
+        return torch.where(mask, x, 0.0).mul_(scale)  # where, not x * mask: a float x bool multiply is ~3x slower
 
     @staticmethod
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return torch.mul(grad, mask).mul_(ctx.scale), None, None
+        return torch.where(mask, grad, 0.0).mul_(ctx.scale), None, None
 
 
 class SharedDropout(torch.nn.Module):
@@ -46,7 +46,8 @@ class SharedDropout(torch.nn.Module):
             ref, version, out = self._last
             if ref() is x and x._version == version:
                 return out
-        mask = torch.empty_like(x, dtype=torch.bool).bernoulli_(1 - self.p)
+        mask = torch.rand(x.shape, device=x.device) >= self.p  # kept with probability 1 - p (float32 uniforms in any
+        # dtype: a bf16 uniform is too coarse for p); on the CPU faster than bernoulli_
         out = _MaskedScale.apply(x, mask, 1 / (1 - self.p))
         self._last = (weakref.ref(x), x._version, out)
         return out

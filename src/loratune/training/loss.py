@@ -100,21 +100,28 @@ class ChunkedHeadCrossEntropy(torch.autograd.Function):
     The gradient with respect to `hidden` is computed during the forward pass, chunk by chunk, and kept (positions x
     hidden size) instead of the (positions x vocabulary) logits and probabilities autograd would otherwise keep. The
     head is frozen (no gradient for `weight`), so nothing else is needed in the backward pass.
+
+    Every chunk's logits go into one buffer, turned into probabilities in place: a (CHUNK x vocabulary) tensor is
+    larger than glibc's mmap threshold, so a fresh one per chunk (and logsumexp's temporary) was mapped and faulted in
+    each time; with the buffer, a chunk reads and writes its logits five times (max, exp, sum, divide, gradient).
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets):
         loss = hidden.new_zeros((), dtype=torch.float32)
         grad = torch.empty_like(hidden) if hidden.requires_grad else None
+        buffer = None
         for i in range(0, hidden.shape[0], CHUNK):
-            logits = (hidden[i : i + CHUNK] @ weight.T).float()
-            lse = torch.logsumexp(logits, dim=-1)
+            logits, buffer = chunk_logits(hidden[i : i + CHUNK], weight, buffer)
             rows = torch.arange(logits.shape[0], device=logits.device)
-            target = targets[i : i + CHUNK]
-            loss += (lse - logits[rows, target]).sum()
+            picked = logits[rows, targets[i : i + CHUNK]]
+            peak = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(peak).exp_()  # softmax numerators, in place
+            total = probs.sum(dim=-1, keepdim=True)
+            loss += (total.log() + peak - picked[:, None]).sum()  # logsumexp - the target's logit
             if grad is not None:  # d loss / d logits = softmax - one-hot
-                probs = logits.sub_(lse[:, None]).exp_()
-                probs[rows, target] -= 1
+                probs.div_(total)
+                probs[rows, targets[i : i + CHUNK]] -= 1
                 grad[i : i + CHUNK] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad)
         return loss
@@ -123,3 +130,12 @@ class ChunkedHeadCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
         return grad * grad_loss, None, None
+
+
+def chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, buffer: torch.Tensor | None):
+    """(float32 logits of `hidden`'s rows, the buffer to pass next time): written into `buffer` when it can be."""
+    if weight.dtype != torch.float32 or hidden.dtype != torch.float32:
+        return (hidden @ weight.T).float(), None
+    if buffer is None:
+        buffer = hidden.new_empty((hidden.shape[0], weight.shape[0]))
+    return torch.mm(hidden, weight.T, out=buffer[: hidden.shape[0]]), buffer
