@@ -22,6 +22,7 @@ from loratune.models.fit import check_fits
 from loratune.models.quant import prepare_for_training
 from loratune.prompting import make_contract, save_contract
 from loratune.rundir import CONFIG, FINISHED, LOCK, checkpoint_step, trim_metrics
+from loratune.training.allocator import within_passes
 from loratune.training.checkpoint import (
     checkpoint_dir,
     clean_leftovers,
@@ -180,6 +181,7 @@ def setup(plan: Plan, guard: RunGuard, show_progress: bool) -> Run:
     if config.checkpointing():
         enable_gradient_checkpointing(model)
     model = add_lora(model, config)
+    within_passes(model, accelerator.device)  # glibc's freed pages handed back inside each forward pass too
     reference = starting_point(plan, model, sharded, say)  # adapter.init_from's weights; the reference
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], tc)
 
