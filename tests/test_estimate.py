@@ -24,6 +24,20 @@ def test_counts_from_config_equal_the_real_model(model_type, targets):
     assert shape.layers == 2
 
 
+def test_logits_of_a_chunked_head_are_one_chunk():
+    """The families whose head training projects in chunks (training/loss.py) count one chunk of logits, not all."""
+    from loratune.models.estimate import HEAD_CHUNK
+    from loratune.training.loss import CHUNK
+
+    assert HEAD_CHUNK == CHUNK
+    chunked = shape_of(tiny_config("llama", make_tokenizer()), rank=4, targets="attention")
+    whole = shape_of(tiny_config("gemma", make_tokenizer()), rank=4, targets="attention")  # soft-capped, scaled head
+    assert chunked.chunked_head and not whole.chunked_head
+    rows = 8 * 511
+    assert estimate(chunked, 8, 512).logits == HEAD_CHUNK * chunked.vocab * 4 + rows * chunked.hidden * 4
+    assert estimate(whole, 8, 512).logits == 3 * rows * whole.vocab * 4
+
+
 @pytest.fixture(scope="module")
 def shape():
     return shape_of(tiny_config("llama", make_tokenizer()), rank=8, targets="attention+mlp")

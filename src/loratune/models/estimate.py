@@ -10,15 +10,16 @@ target modules. Activations follow what autograd keeps for backward in one decod
                          + residual dropouts where the config has them
                          + per LoRA module: its input, the dropout mask (1 byte) and the rank-r output
 
-plus one layer's worth again for backward's temporaries. On a CPU, glibc's allocator keeps freed activation memory
-(tensors under its 32 MB mmap threshold) fragmented from step to step: measured on SmolLM2 over 5 steps, the peak RSS
-settled up to 0.6x the activations above the first step's (with MALLOC_TRIM_THRESHOLD_=0 it stays at the first step's,
-which this estimate matched within 1 %); since the MLPs keep a third less (training/fused_mlp.py) 0.4x puts the five
-rows of bench/estimate_memory.py within -8 % to +18 % (2026-12-03), so we add that. Logits: our loss projects only
-positions whose next token is trained (train/loss.py: `logits_to_keep`); we assume every position is trained (raw text,
-the worst case), so n = micro_batch * (cutoff - 1) rows of the vocabulary, kept three times at the backward peak
-(logits, log-softmax, their gradient), always in fp32. The runtime (Python, torch, transformers, peft; or the CUDA
-context) is a constant measured on our CPU machine.
+plus one layer's worth again for backward's temporaries. On a CPU, glibc's allocator keeps some freed activation
+memory fragmented; training hands freed pages back before each pass and after every third layer
+(training/allocator.py), and 0.1x the activations on top puts the five rows of bench/estimate_memory.py within
+-5 % to +9 % (2026-12-06; 0.4x before the releases inside passes). Logits: our loss projects only positions whose
+next token is trained; we assume every position is trained (raw text, the worst case), so n = micro_batch *
+(cutoff - 1) rows of the vocabulary. For the families whose head training projects in chunks of HEAD_CHUNK rows
+(models/families.py PLAIN_HEAD_FAMILIES, one process) one fp32 chunk is alive at a time, plus the (n x hidden)
+gradient it keeps; for the others all n rows, kept three times at the backward peak (logits, log-softmax, their
+gradient), always in fp32. The runtime (Python, torch, transformers, peft, tokenizer; or the CUDA context) is a
+constant measured on our CPU machine.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from pathlib import Path
 from loratune.errors import LoratuneError
 
 GB = 1024**3
-CPU_RUNTIME = 0.40 * GB  # measured: peak RSS of a tiny model's training run less its logits (imports, data)
-CPU_ALLOCATOR = 0.4  # glibc's retained, fragmented activation memory after a few steps (see above), x activations
+CPU_RUNTIME = 0.55 * GB  # measured: peak RSS of a tiny model's training run less its weights and logits (2026-12-06)
+CPU_ALLOCATOR = 0.1  # glibc's retained, fragmented activation memory (see above), x activations
+HEAD_CHUNK = 256  # rows of logits training's chunked loss keeps at once (training/loss.py CHUNK)
 CUDA_RUNTIME = 0.5 * GB  # the CUDA context and cuBLAS workspaces, outside torch's allocator statistics
 _BITS = {"4bit": 4.127, "8bit": 8.0}  # NF4 with double-quantized block scales; int8 + per-row scales (small)
 
@@ -55,6 +57,7 @@ class Shape:
     residual_dropout: bool  # dropout on the residual branches (GPT-2, GPT-J, OPT configs): outputs and masks kept
     vocab: int
     eager_heads: int  # attention heads when the model has no SDPA (then T x T scores are kept), else 0
+    chunked_head: bool = False  # training projects the LM head in chunks (a plain-head family, bias-free head)
 
 
 @dataclass
@@ -113,7 +116,11 @@ def estimate(
         activations = (shape.layers + 1) * per_layer
     if not cuda:
         activations = int(activations * (1 + CPU_ALLOCATOR))
-    logits = 3 * micro_batch * (cutoff - 1) * shape.vocab * 4
+    rows = micro_batch * (cutoff - 1)
+    if shape.chunked_head:  # one chunk of logits (then probabilities, in place) + the gradient it keeps
+        logits = min(rows, HEAD_CHUNK) * shape.vocab * 4 + rows * shape.hidden * 4
+    else:
+        logits = 3 * rows * shape.vocab * 4
     assumptions = (
         f"{'bf16' if cuda else 'fp32'} activations, every position trained (raw text; instruction data trains "
         f"fewer, so its logits cost less){', gradient checkpointing' if checkpointing else ''}"
@@ -155,7 +162,7 @@ def shape_of(config, rank: int, targets: str) -> Shape:
     import torch  # here, not at the top: `loratune models list` formats sizes with human() and needs no torch
     from transformers import AutoModelForCausalLM
 
-    from loratune.models.families import SWIGLU_MLPS, linear_module_paths, resolve_targets
+    from loratune.models.families import PLAIN_HEAD_FAMILIES, SWIGLU_MLPS, linear_module_paths, resolve_targets
 
     with torch.device("meta"):
         try:
@@ -184,6 +191,7 @@ def shape_of(config, rank: int, targets: str) -> Shape:
     mlp_saved = 2 if fused else 3 if has_gate else 4 if gelu_new else 2
     residual_dropout = any(getattr(text, n, 0) for n in ("resid_pdrop", "hidden_dropout", "dropout"))
     uses_sdpa = getattr(model, "_supports_sdpa", False) or config.model_type == "rwkv"  # RWKV has no T x T scores
+    head = model.get_output_embeddings()
     return Shape(
         params=sum(p.numel() for p in model.parameters()),
         quantizable=sum(m.weight.numel() for m in linear.values()),
@@ -199,6 +207,7 @@ def shape_of(config, rank: int, targets: str) -> Shape:
         residual_dropout=bool(residual_dropout),
         vocab=text.vocab_size,
         eager_heads=0 if uses_sdpa else heads,
+        chunked_head=config.model_type in PLAIN_HEAD_FAMILIES and getattr(head, "bias", None) is None,
     )
 
 

@@ -57,6 +57,10 @@ PRESETS = ("attention", "attention+mlp", "all-linear")
 # them instead of three (training/fused_mlp.py); tests/test_fused_mlp.py checks each class's source.
 SWIGLU_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "OlmoMLP", "Olmo2MLP", "GraniteMLP"}
 
+# Families whose causal-LM head is exactly `lm_head(decoder(...).last_hidden_state)`: no logit scaling or soft-capping,
+# so training's loss can project the head in chunks (training/loss.py) and the estimate counts only a chunk's logits.
+PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gpt_neox", "gptj", "opt", "gpt2"}
+
 
 def resolve_targets(model, targets: str) -> list[str] | str:
     """Module-name suffixes for peft's `target_modules` (or 'all-linear'), checked against the model."""

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from loratune.data.build import IGNORE
+from loratune.models.families import PLAIN_HEAD_FAMILIES
 from loratune.training.sharding import is_sharded
 
 
@@ -71,8 +72,6 @@ def accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-# Families whose causal-LM head is exactly `lm_head(decoder(...).last_hidden_state)`: no logit scaling or soft-capping.
-PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gpt_neox", "gptj", "opt", "gpt2"}
 CHUNK = 256  # rows of logits alive at once: 256 x 50k vocabulary x 4 bytes = 50 MB
 
 
