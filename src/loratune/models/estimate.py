@@ -13,7 +13,7 @@ target modules. Activations follow what autograd keeps for backward in one decod
 plus one layer's worth again for backward's temporaries. On a CPU, glibc's allocator keeps some freed activation
 memory fragmented; training hands freed pages back before each pass and after every third layer
 (training/allocator.py), and 0.1x the activations on top puts the five rows of bench/estimate_memory.py within
--5 % to +9 % (2026-12-06; 0.4x before the releases inside passes). Logits: our loss projects only positions whose
+-9 % to +3 % (2026-12-06; 0.4x before the releases inside passes). Logits: our loss projects only positions whose
 next token is trained; we assume every position is trained (raw text, the worst case), so n = micro_batch *
 (cutoff - 1) rows of the vocabulary. For the families whose head training projects in chunks of HEAD_CHUNK rows
 (models/families.py PLAIN_HEAD_FAMILIES, one process) one fp32 chunk is alive at a time, plus the (n x hidden)
