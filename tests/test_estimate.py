@@ -26,7 +26,7 @@ def test_counts_from_config_equal_the_real_model(model_type, targets):
 
 def test_logits_of_a_chunked_head_are_one_chunk():
     """The families whose head training projects in chunks (training/loss.py) count one chunk of logits, not all."""
-    from loratune.models.estimate import HEAD_CHUNK
+    from loratune.models.families import HEAD_CHUNK
     from loratune.training.loss import CHUNK
 
     assert HEAD_CHUNK == CHUNK

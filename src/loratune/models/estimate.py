@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loratune.errors import LoratuneError
+from loratune.models.families import HEAD_CHUNK
 
 GB = 1024**3
 CPU_RUNTIME = 0.55 * GB  # measured: peak RSS of a tiny model's training run less its weights and logits (2026-12-06)
 CPU_ALLOCATOR = 0.1  # glibc's retained, fragmented activation memory (see above), x activations
-HEAD_CHUNK = 256  # rows of logits training's chunked loss keeps at once (training/loss.py CHUNK)
 CUDA_RUNTIME = 0.5 * GB  # the CUDA context and cuBLAS workspaces, outside torch's allocator statistics
 _BITS = {"4bit": 4.127, "8bit": 8.0}  # NF4 with double-quantized block scales; int8 + per-row scales (small)
 

@@ -60,6 +60,7 @@ SWIGLU_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "OlmoMLP", "Olm
 # Families whose causal-LM head is exactly `lm_head(decoder(...).last_hidden_state)`: no logit scaling or soft-capping,
 # so training's loss can project the head in chunks (training/loss.py) and the estimate counts only a chunk's logits.
 PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gpt_neox", "gptj", "opt", "gpt2"}
+HEAD_CHUNK = 256  # rows of logits that chunked loss keeps at once: 256 x 50k vocabulary x 4 bytes = 50 MB
 
 
 def resolve_targets(model, targets: str) -> list[str] | str:

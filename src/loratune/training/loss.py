@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from loratune.data.build import IGNORE
-from loratune.models.families import PLAIN_HEAD_FAMILIES
+from loratune.models.families import HEAD_CHUNK, PLAIN_HEAD_FAMILIES
 from loratune.training.sharding import is_sharded
 
 
@@ -72,7 +72,7 @@ def accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-CHUNK = 256  # rows of logits alive at once: 256 x 50k vocabulary x 4 bytes = 50 MB
+CHUNK = HEAD_CHUNK  # rows of logits alive at once (the estimate counts the same)
 
 
 def decoder_and_frozen_head(model):
@@ -109,18 +109,23 @@ class ChunkedHeadCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets):
         loss = hidden.new_zeros((), dtype=torch.float32)
         grad = torch.empty_like(hidden) if hidden.requires_grad else None
-        buffer = None
+        fp32 = hidden.dtype == weight.dtype == torch.float32
+        buffer = hidden.new_empty((min(CHUNK, hidden.shape[0]), weight.shape[0])) if fp32 else None
         for i in range(0, hidden.shape[0], CHUNK):
-            logits, buffer = chunk_logits(hidden[i : i + CHUNK], weight, buffer)
+            rows_in, target = hidden[i : i + CHUNK], targets[i : i + CHUNK]
+            if fp32:
+                logits = torch.mm(rows_in, weight.T, out=buffer[: rows_in.shape[0]])
+            else:
+                logits = (rows_in @ weight.T).float()
             rows = torch.arange(logits.shape[0], device=logits.device)
-            picked = logits[rows, targets[i : i + CHUNK]]
+            picked = logits[rows, target]
             peak = logits.amax(dim=-1, keepdim=True)
             probs = logits.sub_(peak).exp_()  # softmax numerators, in place
             total = probs.sum(dim=-1, keepdim=True)
             loss += (total.log() + peak - picked[:, None]).sum()  # logsumexp - the target's logit
             if grad is not None:  # d loss / d logits = softmax - one-hot
                 probs.div_(total)
-                probs[rows, targets[i : i + CHUNK]] -= 1
+                probs[rows, target] -= 1
                 grad[i : i + CHUNK] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad)
         return loss
@@ -129,12 +134,3 @@ class ChunkedHeadCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
         return grad * grad_loss, None, None
-
-
-def chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, buffer: torch.Tensor | None):
-    """(float32 logits of `hidden`'s rows, the buffer to pass next time): written into `buffer` when it can be."""
-    if weight.dtype != torch.float32 or hidden.dtype != torch.float32:
-        return (hidden @ weight.T).float(), None
-    if buffer is None:
-        buffer = hidden.new_empty((hidden.shape[0], weight.shape[0]))
-    return torch.mm(hidden, weight.T, out=buffer[: hidden.shape[0]]), buffer
